@@ -1,0 +1,72 @@
+// csrc/cpu/fused_cpu.h -- launch descriptors of the fused CPU kernels; no torch headers.
+//
+// One call updates every tensor of a bucket: the work is cut into fixed-size chunks across all tensors and
+// the chunks are shared among OpenMP threads, so 1 tensor of 64M elements and 200 tensors of 320K elements
+// keep both cores equally busy. The binding (bindings_cpu.cpp) validates torch tensors and fills these.
+#pragma once
+
+#include <cstdint>
+
+#include "fusedopt/update_rules.h"
+
+namespace fusedopt::cpu {
+
+enum class StorageType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
+
+const char* storage_type_name(StorageType type);
+
+// The most state tensors any optimizer keeps per parameter (Adam with amsgrad, RMSprop centered with momentum).
+constexpr int kMaxStateTensors = 3;
+
+// One parameter: its data, its gradient and its state, all contiguous and of `numel` elements.
+// Unused state slots are null; which slots are used is fixed by the launch's mode flags.
+struct TensorSlot {
+  void* param;
+  const void* grad;
+  void* state[kMaxStateTensors];
+  int64_t numel;
+};
+
+// Types shared by every launch: how the tensors are stored, and how many threads may run.
+struct LaunchLayout {
+  StorageType param_type;  // the gradient has the same type as the parameter
+  StorageType state_type;
+  const TensorSlot* tensors;
+  int64_t num_tensors;
+  int num_threads;
+};
+
+// Adam/AdamW. state = {exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad only)}; scalars has one entry per tensor
+// because each tensor's bias correction follows its own step count.
+struct AdamLaunch {
+  LaunchLayout layout;
+  WeightDecayMode decay;
+  bool amsgrad;
+  const AdamScalars<double>* scalars;
+};
+
+// RMSprop. state = {square_avg, grad_avg (centered only), momentum_buffer (momentum > 0 only)}.
+struct RmspropLaunch {
+  LaunchLayout layout;
+  bool weight_decay;
+  bool centered;
+  bool momentum;
+  RmspropScalars<double> scalars;
+};
+
+// Adagrad. state = {sum}; one scalars entry per tensor (the decayed lr follows the tensor's step).
+struct AdagradLaunch {
+  LaunchLayout layout;
+  bool weight_decay;
+  const AdagradScalars<double>* scalars;
+};
+
+// Throws std::invalid_argument when the kernels are not built for the layout's storage pair. The step
+// functions check too; bindings call this before advancing any step counter.
+void check_layout(const LaunchLayout& layout);
+
+void adam_step(const AdamLaunch& launch);
+void rmsprop_step(const RmspropLaunch& launch);
+void adagrad_step(const AdagradLaunch& launch);
+
+}  // namespace fusedopt::cpu

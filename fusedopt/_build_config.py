@@ -1,0 +1,52 @@
+"""Compiler settings of fusedopt's native extensions, shared by setup.py and the JIT build at first use.
+
+This module imports nothing from torch or fusedopt, so setup.py can load it by path before the package exists.
+"""
+
+from __future__ import annotations
+
+import os
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def source_root() -> str:
+    """The folder holding csrc/: the repository root in a checkout, fusedopt/_csrc in an installed wheel."""
+    installed = os.path.join(PACKAGE_DIR, "_csrc")
+    if os.path.isdir(installed):
+        return installed
+    return os.path.join(os.path.dirname(PACKAGE_DIR), "csrc")
+
+
+CPU_EXTENSION_NAME = "fusedopt._cpu_ext"
+CPU_SOURCES = ("cpu/fused_cpu.cpp", "cpu/bindings_cpu.cpp")
+CPU_INCLUDE_DIRS = ("include",)
+
+# -fno-math-errno lets GCC vectorize sqrt (otherwise every element calls libm to set errno, about 5x slower).
+# -O3 turns on the loop vectorizer; OpenMP shares the chunks of a step among threads. The C++ standard is
+# torch's choice (its headers decide), so none is set here.
+_CPU_CXX_FLAGS = ("-O3", "-fno-math-errno", "-fopenmp", "-Wall", "-Wextra")
+CPU_LINK_FLAGS = ("-fopenmp",)
+
+# CI sets FUSEDOPT_WERROR=1 so that a new compiler warning fails the build; users' builds only warn.
+WERROR_ENV = "FUSEDOPT_WERROR"
+
+
+def cpu_cxx_flags() -> list[str]:
+    flags = list(_CPU_CXX_FLAGS)
+    if os.environ.get(WERROR_ENV) == "1":
+        flags.append("-Werror")
+    return flags
+
+# Set FUSEDOPT_SKIP_CPU_BUILD=1 to install without compiling; the extension is then JIT-built on first use.
+SKIP_CPU_BUILD_ENV = "FUSEDOPT_SKIP_CPU_BUILD"
+
+
+def cpu_sources(root: str | None = None) -> list[str]:
+    root = root or source_root()
+    return [os.path.join(root, s) for s in CPU_SOURCES]
+
+
+def cpu_include_dirs(root: str | None = None) -> list[str]:
+    root = root or source_root()
+    return [os.path.join(root, d) for d in CPU_INCLUDE_DIRS]

@@ -1,0 +1,62 @@
+"""Loads fusedopt's native extensions lazily: the prebuilt module if setup.py built one, else a JIT build.
+
+Nothing here runs at `import fusedopt`. A failure is kept and raised, with the fix, only when a backend that
+needs the extension is asked for (the pattern Apex uses), so a machine without a compiler still imports.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import types
+
+from fusedopt import _build_config
+
+
+class ExtensionUnavailable(RuntimeError):
+    """A native extension could neither be imported nor built; the message says why and how to fix it."""
+
+
+@functools.lru_cache(maxsize=None)
+def _load_cpu_extension() -> types.ModuleType | ExtensionUnavailable:
+    try:
+        return importlib.import_module(_build_config.CPU_EXTENSION_NAME)
+    except ImportError as prebuilt_error:
+        prebuilt_reason = str(prebuilt_error)
+    if os.environ.get("FUSEDOPT_NO_JIT") == "1":
+        return ExtensionUnavailable(
+            f"the prebuilt CPU extension is missing ({prebuilt_reason}) and FUSEDOPT_NO_JIT=1 forbids a JIT build"
+        )
+    try:
+        from torch.utils import cpp_extension
+
+        return cpp_extension.load(
+            name="fusedopt_cpu_ext",
+            sources=_build_config.cpu_sources(),
+            extra_include_paths=_build_config.cpu_include_dirs(),
+            extra_cflags=_build_config.cpu_cxx_flags(),
+            extra_ldflags=list(_build_config.CPU_LINK_FLAGS),
+            verbose=os.environ.get("FUSEDOPT_VERBOSE_BUILD") == "1",
+        )
+    except Exception as jit_error:  # noqa: BLE001 -- any build failure must become a clear, deferred error
+        return ExtensionUnavailable(
+            "the fused CPU extension is not available: the prebuilt module failed to import "
+            f"({prebuilt_reason}) and the JIT build failed ({type(jit_error).__name__}: {jit_error}). "
+            "Install a C++ compiler and ninja, then reinstall with "
+            "`pip install --no-build-isolation .` or set FUSEDOPT_VERBOSE_BUILD=1 to see the build log."
+        )
+
+
+def cpu_extension() -> types.ModuleType:
+    """The CPU extension module; raises ExtensionUnavailable with the reason if it cannot be had."""
+    loaded = _load_cpu_extension()
+    if isinstance(loaded, ExtensionUnavailable):
+        raise loaded
+    return loaded
+
+
+def cpu_extension_error() -> str | None:
+    """Why the CPU extension is unavailable, or None when it loads."""
+    loaded = _load_cpu_extension()
+    return str(loaded) if isinstance(loaded, ExtensionUnavailable) else None

@@ -1,0 +1,193 @@
+"""FusedOptimizer: the torch.optim.Optimizer base class of every fusedopt optimizer.
+
+It owns what the four optimizers share: the backend choice, validation of a step before anything is modified,
+grouping parameters into buckets (param group x device x dtype), state in flat per-bucket buffers
+(NOTE [flat state] in _tensors.py), and state_dict loading. A subclass names its state tensors and makes the one
+functional call that updates a bucket.
+
+Everything else is torch.optim's own: param groups, add_param_group, zero_grad, hooks, state_dict(), lr
+schedulers (group["lr"] is read at every step) and GradScaler (which unscales grads and skips steps with infs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from fusedopt import backends
+from fusedopt._tensors import bucket_by_device_and_dtype, local_tensor, state_views
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128)
+
+
+def scalar(value: float | Tensor) -> float:
+    """A hyperparameter as a Python float (lr and betas may be one-element tensors)."""
+    return float(value.item()) if isinstance(value, Tensor) else float(value)
+
+
+def check_lr(lr: float | Tensor) -> None:
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+
+
+def check_torch_only_flags(capturable: bool, differentiable: bool, foreach: bool | None, fused: bool | None) -> None:
+    """torch.optim's implementation switches. fused/foreach are accepted and ignored: fusedopt always fuses."""
+    if differentiable:
+        raise ValueError("differentiable=True is not supported by fusedopt; use torch.optim for differentiable steps")
+    if capturable:
+        raise ValueError("capturable=True is not supported by fusedopt yet; use torch.optim for CUDA-graph capture")
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
+def _scalar_dtype() -> torch.dtype:
+    # torch.optim's rule for the dtype of state["step"] (torch/optim/optimizer.py:_get_scalar_dtype).
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class FusedOptimizer(Optimizer):
+    #: Exception message for sparse gradients, worded as torch.optim words it for this optimizer.
+    sparse_grad_message: ClassVar[str]
+
+    def __init__(self, params: Any, defaults: dict[str, Any], *, backend: str = "auto") -> None:
+        self._requested_backend = backends.check_backend_name(backend)
+        self._backends: dict[str, backends.Backend] = {}
+        super().__init__(params, defaults)
+
+    # --- what subclasses provide ------------------------------------------------------------------------------
+    def _state_layout(self, group: dict[str, Any]) -> list[tuple[str, float]]:
+        """Names of the per-parameter state tensors this group needs, in torch.optim's order, with fill values."""
+        raise NotImplementedError
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend) -> None:
+        """One fused call updating `params` (one bucket, all with grads and state) with the group's settings."""
+        raise NotImplementedError
+
+    # --- backend ----------------------------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """The backend updating this optimizer's parameters ("a,b" when devices of several types need two)."""
+        names = sorted({b.name for b in self._backends.values()})
+        return ",".join(names) if names else self._requested_backend
+
+    def _backend_for(self, device: torch.device) -> backends.Backend:
+        backend = self._backends.get(device.type)
+        if backend is None:
+            backend = backends.resolve(self._requested_backend, device)
+            self._backends[device.type] = backend
+        return backend
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        first_new = len(self.param_groups)
+        super().add_param_group(param_group)
+        try:
+            for p in self.param_groups[first_new]["params"]:
+                self._backend_for(local_tensor(p).device)
+        except Exception:
+            del self.param_groups[first_new:]
+            raise
+
+    # --- step -------------------------------------------------------------------------------------------------
+    def _check_param_and_grad(self, p: Tensor, group_index: int, param_index: int) -> None:
+        where = f"parameter {param_index} of param group {group_index}"
+        grad = p.grad
+        if grad.is_sparse:
+            raise RuntimeError(self.sparse_grad_message)
+        if p.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(
+                f"fusedopt.{type(self).__name__} updates float32, float64, bfloat16, float16 and complex "
+                f"parameters; {where} is {p.dtype}"
+            )
+        for what, got, expected in (
+            ("shape", tuple(grad.shape), tuple(p.shape)),
+            ("dtype", grad.dtype, p.dtype),
+            ("device", grad.device, p.device),
+        ):
+            if got != expected:
+                raise RuntimeError(
+                    f"fusedopt.{type(self).__name__}: the grad of {where} has {what} {got} "
+                    f"but the parameter has {what} {expected}"
+                )
+
+    def _plan_step(self) -> list[tuple[dict[str, Any], list[list[Tensor]]]]:
+        """Checks every parameter that has a grad, modifying nothing; returns the buckets to update per group."""
+        plan = []
+        for group_index, group in enumerate(self.param_groups):
+            with_grad = []
+            for param_index, p in enumerate(group["params"]):
+                if p.grad is not None:
+                    self._check_param_and_grad(p, group_index, param_index)
+                    with_grad.append(p)
+            buckets = list(bucket_by_device_and_dtype(with_grad).values())
+            for bucket in buckets:
+                self._backend_for(local_tensor(bucket[0]).device)
+            plan.append((group, buckets))
+        return plan
+
+    def _ensure_state(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """Creates the missing state of `params` (one bucket) in new flat buffers, as torch.optim would lazily."""
+        for p in params:
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+        for name, fill in self._state_layout(group):
+            missing = [p for p in params if name not in self.state[p]]
+            for p, view in zip(missing, state_views(missing, fill)):
+                self.state[p][name] = view
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> Any:
+        """Performs a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plan = self._plan_step()
+        for group, buckets in plan:
+            for bucket in buckets:
+                self._ensure_state(group, bucket)
+                self._update(group, bucket, self._backend_for(local_tensor(bucket[0]).device))
+        return loss
+
+    # --- checkpoints ------------------------------------------------------------------------------------------
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_requested_backend", "auto")
+        self.__dict__.setdefault("_backends", {})
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a state_dict written by this optimizer or by its torch.optim counterpart (and vice versa)."""
+        super().load_state_dict(state_dict)
+        self._adopt_loaded_state()
+
+    def _adopt_loaded_state(self) -> None:
+        """Moves loaded state into flat buffers (NOTE [flat state]) and step counters onto the CPU."""
+        for group in self.param_groups:
+            with_state = [p for p in group["params"] if self.state.get(p)]
+            for p in with_state:
+                step = self.state[p].get("step")
+                if step is not None:
+                    self.state[p]["step"] = torch.tensor(scalar(step), dtype=_scalar_dtype())
+            for bucket in bucket_by_device_and_dtype(with_state).values():
+                names = dict.fromkeys(
+                    name for p in bucket for name, value in self.state[p].items() if name != "step"
+                    and isinstance(value, Tensor) and value.shape == p.shape
+                )
+                for name in names:
+                    owners = [p for p in bucket if name in self.state[p]]
+                    views = state_views(owners, 0.0, initial=lambda p, name=name: self.state[p][name])
+                    for p, view in zip(owners, views):
+                        self.state[p][name] = view

@@ -1,0 +1,92 @@
+"""fusedopt.Adagrad: a drop-in replacement for torch.optim.Adagrad (dense gradients)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from fusedopt import backends, functional
+from fusedopt._optimizer import FusedOptimizer, check_lr, check_torch_only_flags, scalar
+from fusedopt._tensors import bucket_by_device_and_dtype
+
+
+class Adagrad(FusedOptimizer):
+    """Adagrad (Duchi et al., 2011) with torch.optim.Adagrad's arguments, defaults and numerics, in one fused pass.
+
+    As in torch.optim, the state of every parameter exists from construction (``sum`` starts at
+    ``initial_accumulator_value``). Sparse gradients are not supported; use torch.optim.Adagrad for those.
+    ``foreach`` and ``fused`` are accepted for drop-in compatibility and ignored. ``backend`` as in
+    :class:`fusedopt.Adam`.
+    """
+
+    sparse_grad_message = (
+        "fusedopt.Adagrad does not support sparse gradients; use torch.optim.Adagrad for sparse embeddings"
+    )
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        backend: str = "auto",
+    ) -> None:
+        # Same checks, order, exception types and messages as torch.optim.Adagrad.__init__.
+        check_lr(lr)
+        if not 0.0 <= lr_decay:
+            raise ValueError(f"Invalid lr_decay value: {lr_decay}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= initial_accumulator_value:
+            raise ValueError(f"Invalid initial_accumulator_value value: {initial_accumulator_value}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        check_torch_only_flags(False, differentiable, foreach, fused)
+        defaults = {
+            "lr": lr,
+            "lr_decay": lr_decay,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "initial_accumulator_value": initial_accumulator_value,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        super().__init__(params, defaults, backend=backend)
+        for group in self.param_groups:
+            for bucket in bucket_by_device_and_dtype(group["params"]).values():
+                self._ensure_state(group, bucket)
+
+    def _state_layout(self, group: dict[str, Any]) -> list[tuple[str, float]]:
+        # torch.optim.Adagrad fills with the constructor's value, whatever the group says.
+        return [("sum", float(self.defaults["initial_accumulator_value"]))]
+
+    def share_memory(self) -> None:
+        """Moves every state sum into shared memory (torch.optim.Adagrad.share_memory)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["sum"].share_memory_()
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend) -> None:
+        states = [self.state[p] for p in params]
+        functional.adagrad(
+            params,
+            [p.grad for p in params],
+            [s["sum"] for s in states],
+            [s["step"] for s in states],
+            lr=scalar(group["lr"]),
+            lr_decay=scalar(group["lr_decay"]),
+            weight_decay=scalar(group["weight_decay"]),
+            eps=scalar(group["eps"]),
+            maximize=bool(group["maximize"]),
+            backend=backend,
+        )

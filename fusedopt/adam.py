@@ -1,0 +1,148 @@
+"""fusedopt.Adam and fusedopt.AdamW: drop-in replacements for torch.optim.Adam and torch.optim.AdamW."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from fusedopt import backends, functional
+from fusedopt._optimizer import FusedOptimizer, check_lr, check_torch_only_flags, scalar
+
+
+def _check_adam_args(lr, betas, eps, weight_decay) -> None:
+    # Same checks, order, exception types and messages as torch.optim.Adam.__init__.
+    check_lr(lr)
+    if not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if not 0.0 <= betas[0] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+    if not 0.0 <= betas[1] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+    if not (
+        (isinstance(betas[0], float) and isinstance(betas[1], float))
+        or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
+    ):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for index, beta in enumerate(betas):
+        if isinstance(beta, Tensor) and beta.numel() != 1:
+            raise ValueError(f"Tensor betas[{index}] must be 1-element")
+
+
+class Adam(FusedOptimizer):
+    """Adam (Kingma & Ba, 2014) with torch.optim.Adam's arguments, defaults and numerics, in one fused pass.
+
+    Weight decay is the coupled L2 penalty unless ``decoupled_weight_decay=True`` (which makes this AdamW).
+    ``foreach`` and ``fused`` are accepted for drop-in compatibility and ignored: fusedopt always fuses.
+    ``backend`` is one of "auto", "cuda", "triton", "cpu" or "reference"; the one in use is ``optimizer.backend``.
+    """
+
+    sparse_grad_message = "Adam does not support sparse gradients, please consider SparseAdam instead"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        _check_adam_args(lr, betas, eps, weight_decay)
+        check_torch_only_flags(capturable, differentiable, foreach, fused)
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        super().__init__(params, defaults, backend=backend)
+
+    def _state_layout(self, group: dict[str, Any]) -> list[tuple[str, float]]:
+        layout = [("exp_avg", 0.0), ("exp_avg_sq", 0.0)]
+        if group["amsgrad"]:
+            layout.append(("max_exp_avg_sq", 0.0))
+        return layout
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend) -> None:
+        states = [self.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        functional.adam(
+            params,
+            [p.grad for p in params],
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
+            [s["step"] for s in states],
+            lr=scalar(group["lr"]),
+            beta1=scalar(beta1),
+            beta2=scalar(beta2),
+            weight_decay=scalar(group["weight_decay"]),
+            eps=scalar(group["eps"]),
+            amsgrad=bool(group["amsgrad"]),
+            maximize=bool(group["maximize"]),
+            decoupled=bool(group["decoupled_weight_decay"]),
+            backend=backend,
+        )
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter, 2017): Adam with decoupled weight decay, like torch.optim.AdamW.
+
+    The parameter is shrunk by ``lr * weight_decay`` directly instead of adding an L2 term to the gradient.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+            backend=backend,
+        )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # As torch.optim.AdamW: whatever a checkpoint says, AdamW decays decoupled.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

@@ -1,0 +1,167 @@
+"""The functional API: one fused update of a list of tensors, by a chosen backend, with no optimizer object.
+
+`adam`, `rmsprop` and `adagrad` take the lists torch.optim's functional API takes and update params and state
+in place. Before a backend sees them, tensors are brought to the form every kernel expects, here, once:
+- DTensor parameters and state (FSDP2) are replaced by their local shards; the kernel updates the shard.
+- Complex tensors become their real view (torch.view_as_real), as torch.optim updates them.
+- A non-contiguous param or state is updated through a contiguous copy that is written back afterwards; a
+  non-contiguous grad is read through a contiguous copy. Contiguous tensors (the normal case) are used as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from fusedopt import backends
+from fusedopt._tensors import local_tensor
+
+
+class _KernelOperands:
+    """Kernel-ready versions of the operands, and the write-backs owed to the originals after the kernel."""
+
+    def __init__(self) -> None:
+        self._write_backs: list[tuple[Tensor, Tensor]] = []
+
+    def readable(self, tensor: Tensor) -> Tensor:
+        tensor = self._real(local_tensor(tensor))
+        return tensor if tensor.is_contiguous() else tensor.contiguous()
+
+    def writable(self, tensor: Tensor) -> Tensor:
+        tensor = self._real(local_tensor(tensor))
+        if tensor.is_contiguous():
+            return tensor
+        proxy = tensor.contiguous()
+        self._write_backs.append((tensor, proxy))
+        return proxy
+
+    def writable_list(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        return [self.writable(t) for t in tensors]
+
+    def write_back(self) -> None:
+        for original, proxy in self._write_backs:
+            original.copy_(proxy)
+
+    @staticmethod
+    def _real(tensor: Tensor) -> Tensor:
+        return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def _backend_for(backend: str | backends.Backend, params: Sequence[Tensor]) -> backends.Backend:
+    if not isinstance(backend, str):
+        return backend
+    device = local_tensor(params[0]).device if params else torch.device("cpu")
+    return backends.resolve(backend, device)
+
+
+@torch.no_grad()
+def adam(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    max_exp_avg_sqs: Sequence[Tensor],
+    state_steps: Sequence[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled: bool,
+    backend: str | backends.Backend = "auto",
+) -> None:
+    """Adam (decoupled=False) or AdamW (decoupled=True) on every tensor of the lists, in one fused pass."""
+    impl = _backend_for(backend, params)
+    ops = _KernelOperands()
+    impl.adam(
+        ops.writable_list(params),
+        [ops.readable(g) for g in grads],
+        ops.writable_list(exp_avgs),
+        ops.writable_list(exp_avg_sqs),
+        ops.writable_list(max_exp_avg_sqs) if amsgrad else [],
+        list(state_steps),
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=weight_decay,
+        eps=eps,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        decoupled=decoupled,
+    )
+    ops.write_back()
+
+
+@torch.no_grad()
+def rmsprop(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    square_avgs: Sequence[Tensor],
+    grad_avgs: Sequence[Tensor],
+    momentum_buffers: Sequence[Tensor],
+    state_steps: Sequence[Tensor],
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+    backend: str | backends.Backend = "auto",
+) -> None:
+    """RMSprop on every tensor of the lists, in one fused pass."""
+    impl = _backend_for(backend, params)
+    ops = _KernelOperands()
+    impl.rmsprop(
+        ops.writable_list(params),
+        [ops.readable(g) for g in grads],
+        ops.writable_list(square_avgs),
+        ops.writable_list(grad_avgs) if centered else [],
+        ops.writable_list(momentum_buffers) if momentum > 0 else [],
+        list(state_steps),
+        lr=lr,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        centered=centered,
+        maximize=maximize,
+    )
+    ops.write_back()
+
+
+@torch.no_grad()
+def adagrad(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    state_sums: Sequence[Tensor],
+    state_steps: Sequence[Tensor],
+    *,
+    lr: float,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    backend: str | backends.Backend = "auto",
+) -> None:
+    """Adagrad on every tensor of the lists, in one fused pass."""
+    impl = _backend_for(backend, params)
+    ops = _KernelOperands()
+    impl.adagrad(
+        ops.writable_list(params),
+        [ops.readable(g) for g in grads],
+        ops.writable_list(state_sums),
+        list(state_steps),
+        lr=lr,
+        lr_decay=lr_decay,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=maximize,
+    )
+    ops.write_back()

@@ -1,0 +1,153 @@
+"""Eager PyTorch reference implementations: the numeric definition every fusedopt backend is tested against.
+
+Written from the equations of torch.optim's documentation (and ../shared/docs/adaptive-optimizers.md), one
+tensor at a time, for reading rather than speed. Each function has the functional signature every backend
+implements (see fusedopt/functional.py): it advances the step counters and updates params and state in place.
+
+Numerics shared by all backends:
+- float32 and float64 tensors compute in their own dtype; bfloat16 and float16 tensors are loaded into float32,
+  updated in float32 and rounded (to nearest even) once when stored, state included.
+- Complex tensors are updated as their real and imaginary parts (torch.view_as_real), as torch.optim does.
+- Per-step scalars (bias corrections, decayed learning rates) are Python floats, i.e. double precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _load(tensor: Tensor) -> Tensor:
+    """The tensor as real numbers in its compute dtype (a new tensor or a read-only alias)."""
+    if tensor.is_complex():
+        tensor = torch.view_as_real(tensor)
+    return tensor.float() if tensor.dtype in _LOW_PRECISION else tensor
+
+
+def _store(destination: Tensor, value: Tensor) -> None:
+    if destination.is_complex():
+        destination = torch.view_as_real(destination)
+    destination.copy_(value)
+
+
+def _advance(step: Tensor) -> float:
+    step += 1
+    return float(step)
+
+
+@torch.no_grad()
+def adam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled: bool,
+) -> None:
+    """Adam (decoupled=False, L2 weight decay) and AdamW (decoupled=True)."""
+    for i, param in enumerate(params):
+        t = _advance(state_steps[i])
+        theta, g, m, v = _load(param), _load(grads[i]), _load(exp_avgs[i]), _load(exp_avg_sqs[i])
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            if decoupled:
+                theta = theta * (1 - lr * weight_decay)  # AdamW: shrink the weights directly
+            else:
+                g = g + weight_decay * theta  # Adam: L2 penalty, later scaled by the adaptive denominator
+        m = torch.lerp(m, g, 1 - beta1)  # m_t = beta1 * m_{t-1} + (1 - beta1) * g_t
+        v = v * beta2 + (1 - beta2) * g * g  # v_t = beta2 * v_{t-1} + (1 - beta2) * g_t^2
+        second_moment = v
+        if amsgrad:
+            second_moment = torch.maximum(_load(max_exp_avg_sqs[i]), v)
+            _store(max_exp_avg_sqs[i], second_moment)
+        step_size = lr / (1 - beta1**t)  # lr / bias_correction1
+        denom = second_moment.sqrt() / math.sqrt(1 - beta2**t) + eps  # sqrt(v_hat) + eps
+        theta = theta - step_size * (m / denom)
+        _store(param, theta)
+        _store(exp_avgs[i], m)
+        _store(exp_avg_sqs[i], v)
+
+
+@torch.no_grad()
+def rmsprop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    square_avgs: list[Tensor],
+    grad_avgs: list[Tensor],
+    momentum_buffers: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+) -> None:
+    """RMSprop, optionally centered (divides by the gradient's variance estimate) and with momentum."""
+    for i, param in enumerate(params):
+        _advance(state_steps[i])
+        theta, g, square_avg = _load(param), _load(grads[i]), _load(square_avgs[i])
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * theta
+        square_avg = square_avg * alpha + (1 - alpha) * g * g  # v_t = alpha * v_{t-1} + (1 - alpha) * g_t^2
+        if centered:
+            grad_avg = torch.lerp(_load(grad_avgs[i]), g, 1 - alpha)  # mean of g, for the variance v_t - mean^2
+            avg = (square_avg - grad_avg * grad_avg).sqrt()
+            _store(grad_avgs[i], grad_avg)
+        else:
+            avg = square_avg.sqrt()
+        avg = avg + eps
+        if momentum > 0:
+            buffer = _load(momentum_buffers[i]) * momentum + g / avg
+            theta = theta - lr * buffer
+            _store(momentum_buffers[i], buffer)
+        else:
+            theta = theta - lr * (g / avg)
+        _store(param, theta)
+        _store(square_avgs[i], square_avg)
+
+
+@torch.no_grad()
+def adagrad(
+    params: list[Tensor],
+    grads: list[Tensor],
+    state_sums: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+) -> None:
+    """Adagrad: divides by the root of the running sum of squared gradients."""
+    for i, param in enumerate(params):
+        t = _advance(state_steps[i])
+        theta, g, state_sum = _load(param), _load(grads[i]), _load(state_sums[i])
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g + weight_decay * theta
+        clr = lr / (1 + (t - 1) * lr_decay)  # learning rate decayed with the step count
+        state_sum = state_sum + g * g
+        theta = theta - clr * (g / (state_sum.sqrt() + eps))
+        _store(param, theta)
+        _store(state_sums[i], state_sum)

@@ -1,0 +1,89 @@
+"""fusedopt.RMSprop: a drop-in replacement for torch.optim.RMSprop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from fusedopt import backends, functional
+from fusedopt._optimizer import FusedOptimizer, check_lr, check_torch_only_flags, scalar
+
+
+class RMSprop(FusedOptimizer):
+    """RMSprop (Hinton, 2012) with torch.optim.RMSprop's arguments, defaults and numerics, in one fused pass.
+
+    ``centered`` divides by an estimate of the gradient's variance; ``momentum > 0`` keeps a momentum buffer.
+    ``foreach`` is accepted for drop-in compatibility and ignored. ``backend`` as in :class:`fusedopt.Adam`.
+    """
+
+    sparse_grad_message = "RMSprop does not support sparse gradients"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        # Same checks, order, exception types and messages as torch.optim.RMSprop.__init__.
+        check_lr(lr)
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= momentum:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= alpha:
+            raise ValueError(f"Invalid alpha value: {alpha}")
+        check_torch_only_flags(capturable, differentiable, foreach, None)
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "alpha": alpha,
+            "eps": eps,
+            "centered": centered,
+            "weight_decay": weight_decay,
+            "capturable": capturable,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+        }
+        super().__init__(params, defaults, backend=backend)
+
+    def _state_layout(self, group: dict[str, Any]) -> list[tuple[str, float]]:
+        layout = [("square_avg", 0.0)]
+        if group["momentum"] > 0:
+            layout.append(("momentum_buffer", 0.0))
+        if group["centered"]:
+            layout.append(("grad_avg", 0.0))
+        return layout
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend) -> None:
+        states = [self.state[p] for p in params]
+        momentum = scalar(group["momentum"])
+        functional.rmsprop(
+            params,
+            [p.grad for p in params],
+            [s["square_avg"] for s in states],
+            [s["grad_avg"] for s in states] if group["centered"] else [],
+            [s["momentum_buffer"] for s in states] if momentum > 0 else [],
+            [s["step"] for s in states],
+            lr=scalar(group["lr"]),
+            alpha=scalar(group["alpha"]),
+            eps=scalar(group["eps"]),
+            weight_decay=scalar(group["weight_decay"]),
+            momentum=momentum,
+            centered=bool(group["centered"]),
+            maximize=bool(group["maximize"]),
+            backend=backend,
+        )
