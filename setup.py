@@ -1,0 +1,67 @@
+"""Builds fusedopt and, when torch is importable at build time, its native extensions.
+
+Build against the torch you already have, as flash-attention and Apex do:
+
+    pip install --no-build-isolation .        # or: pip install --no-build-isolation -e .
+
+With build isolation (plain `pip install .`), pip's build environment has no torch: the package installs
+without compiled extensions and builds them with ninja at first use (JIT) instead.
+Environment switches: FUSEDOPT_SKIP_CPU_BUILD=1 skips the CPU extension; FUSEDOPT_WERROR=1 turns warnings
+into errors (CI).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_build_config():
+    # By path: importing the fusedopt package here would need torch.
+    path = os.path.join(ROOT, "fusedopt", "_build_config.py")
+    spec = importlib.util.spec_from_file_location("_fusedopt_build_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _native_extensions(config) -> tuple[list, dict]:
+    if os.environ.get(config.SKIP_CPU_BUILD_ENV) == "1":
+        print(f"fusedopt: {config.SKIP_CPU_BUILD_ENV}=1, not building the CPU extension (JIT at first use)")
+        return [], {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        print(
+            "fusedopt: torch is not importable in this build environment, so no extension is compiled now; "
+            "they are JIT-built at first use. Use `pip install --no-build-isolation .` to build them here.",
+            file=sys.stderr,
+        )
+        return [], {}
+    csrc = os.path.join(ROOT, "csrc")
+    cpu = CppExtension(
+        name=config.CPU_EXTENSION_NAME,
+        sources=[os.path.relpath(p, ROOT) for p in config.cpu_sources(csrc)],
+        include_dirs=config.cpu_include_dirs(csrc),
+        extra_compile_args={"cxx": config.cpu_cxx_flags()},
+        extra_link_args=list(config.CPU_LINK_FLAGS),
+    )
+    return [cpu], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+config = _load_build_config()
+ext_modules, cmdclass = _native_extensions(config)
+
+setup(
+    packages=find_packages(include=["fusedopt", "fusedopt.*"]) + ["fusedopt.triton_kernels", "fusedopt._csrc"],
+    package_dir={"fusedopt.triton_kernels": "triton_kernels", "fusedopt._csrc": "csrc"},
+    # The sources travel with the package so that the JIT build at first use works from a wheel too.
+    package_data={"fusedopt._csrc": ["include/fusedopt/*.h", "cpu/*", "cuda/*"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
