@@ -1,0 +1,121 @@
+"""Checkpoints: fusedopt and torch.optim state_dicts are interchangeable in both directions."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from conftest import CPU_BACKENDS
+from helpers import (
+    FUSED_CLASSES,
+    OPTIMIZER_CASES,
+    SECOND_GROUP,
+    TORCH_CLASSES,
+    assert_close_detailed,
+    assert_states_close,
+    case_id,
+    clone_params,
+    make_params,
+    run_steps,
+)
+
+# One case per optimizer with every state tensor it can have.
+FULL_STATE_CASES = [
+    ("Adam", dict(lr=1e-2, amsgrad=True, weight_decay=0.1)),
+    ("AdamW", dict(lr=1e-2, amsgrad=True, weight_decay=0.1)),
+    ("RMSprop", dict(lr=1e-3, centered=True, momentum=0.9, weight_decay=0.1)),
+    ("Adagrad", dict(lr=1e-2, lr_decay=0.01, initial_accumulator_value=0.1)),
+]
+
+
+def _through_bytes(state_dict):
+    """Save and load as a real checkpoint would."""
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def _groups(name, params):
+    return [{"params": params[:4]}, {"params": params[4:], **SECOND_GROUP[name]}]
+
+
+@pytest.mark.parametrize("direction", ["torch_to_fused", "fused_to_torch"])
+@pytest.mark.parametrize("case", FULL_STATE_CASES + OPTIMIZER_CASES[:1], ids=case_id)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_resume_across_libraries(backend, case, direction, generator):
+    """Train 5 steps under one library, checkpoint, resume under the other: the next 5 steps equal those of
+    an uninterrupted run."""
+    name, kwargs = case
+    params = make_params(torch.float32, generator)
+    uninterrupted_params = clone_params(params)
+    first_cls, second_cls = TORCH_CLASSES[name], FUSED_CLASSES[name]
+    first_kwargs, second_kwargs = dict(foreach=False), dict(backend=backend)
+    if direction == "fused_to_torch":
+        first_cls, second_cls = second_cls, first_cls
+        first_kwargs, second_kwargs = second_kwargs, first_kwargs
+    first = first_cls(_groups(name, params), **kwargs, **first_kwargs)
+    uninterrupted = TORCH_CLASSES[name](_groups(name, uninterrupted_params), foreach=False, **kwargs)
+    run_steps([(first, params), (uninterrupted, uninterrupted_params)], 5, generator)
+
+    resumed_params = clone_params(params)
+    second = second_cls(_groups(name, resumed_params), **kwargs, **second_kwargs)
+    second.load_state_dict(_through_bytes(first.state_dict()))
+    assert_states_close(second, first)
+    run_steps([(second, resumed_params), (uninterrupted, uninterrupted_params)], 5, generator)
+    for i, (p, q) in enumerate(zip(resumed_params, uninterrupted_params)):
+        assert_close_detailed(p, q, f"param {i}")
+    assert_states_close(second, uninterrupted)
+
+
+@pytest.mark.parametrize("case", FULL_STATE_CASES, ids=case_id)
+def test_state_dict_layout_matches_torch(case, generator):
+    """Same per-parameter keys, shapes and dtypes, and every param-group key torch.optim writes."""
+    name, kwargs = case
+    params = make_params(torch.bfloat16, generator)
+    twins = clone_params(params)
+    fused = FUSED_CLASSES[name](_groups(name, params), **kwargs)
+    reference = TORCH_CLASSES[name](_groups(name, twins), foreach=False, **kwargs)
+    run_steps([(fused, params), (reference, twins)], 2, generator)
+    fused_sd, torch_sd = fused.state_dict(), reference.state_dict()
+    for fused_group, torch_group in zip(fused_sd["param_groups"], torch_sd["param_groups"]):
+        assert set(torch_group) <= set(fused_group)
+        assert fused_group["params"] == torch_group["params"]
+    for index, torch_state in torch_sd["state"].items():
+        fused_state = fused_sd["state"][index]
+        assert list(fused_state) == list(torch_state)
+        for key, value in torch_state.items():
+            assert (fused_state[key].shape, fused_state[key].dtype, fused_state[key].device) == (
+                value.shape,
+                value.dtype,
+                value.device,
+            ), f"state[{index}][{key}]"
+
+
+@pytest.mark.parametrize("case", FULL_STATE_CASES, ids=case_id)
+def test_loaded_state_lives_in_flat_buffers(case, generator):
+    """After load_state_dict, the state of a bucket is adopted into one flat buffer per state name."""
+    name, kwargs = case
+    params = make_params(torch.float32, generator)
+    first = TORCH_CLASSES[name](_groups(name, params), foreach=False, **kwargs)
+    run_steps([(first, params)], 2, generator)
+    fused = FUSED_CLASSES[name](_groups(name, clone_params(params)), **kwargs)
+    fused.load_state_dict(_through_bytes(first.state_dict()))
+    for group in fused.param_groups:
+        stepped = [p for p in group["params"] if fused.state[p]]
+        for key in fused.state[stepped[0]]:
+            if key == "step":
+                continue
+            storages = {fused.state[p][key].untyped_storage().data_ptr() for p in stepped}
+            assert len(storages) == 1, f"{key} of one group is spread over {len(storages)} buffers"
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_fresh_state_lives_in_flat_buffers(name, generator):
+    params = make_params(torch.float32, generator)
+    fused = FUSED_CLASSES[name](params)
+    run_steps([(fused, params)], 1, generator, skip_index=-1)
+    for key in fused.state[params[0]]:
+        if key != "step":
+            assert len({fused.state[p][key].untyped_storage().data_ptr() for p in params}) == 1

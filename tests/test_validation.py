@@ -1,0 +1,150 @@
+"""Bad input: the same exception type and message as torch.optim, raised before anything is modified."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import FUSED_CLASSES, TORCH_CLASSES, make_params, run_steps
+
+import fusedopt
+
+INVALID_ARGUMENTS = [
+    ("Adam", dict(lr=-1e-3)),
+    ("Adam", dict(lr=torch.tensor([1e-3, 1e-3]))),
+    ("Adam", dict(eps=-1.0)),
+    ("Adam", dict(betas=(1.0, 0.999))),
+    ("Adam", dict(betas=(0.9, -0.1))),
+    ("Adam", dict(betas=(0.9, torch.tensor(0.99)))),
+    ("Adam", dict(weight_decay=-0.1)),
+    ("AdamW", dict(lr=-1.0)),
+    ("AdamW", dict(betas=(0.9, 1.5))),
+    ("AdamW", dict(weight_decay=-1e-2)),
+    ("AdamW", dict(eps=-1e-8)),
+    ("RMSprop", dict(lr=-1e-2)),
+    ("RMSprop", dict(eps=-1.0)),
+    ("RMSprop", dict(momentum=-0.5)),
+    ("RMSprop", dict(weight_decay=-0.1)),
+    ("RMSprop", dict(alpha=-0.99)),
+    ("Adagrad", dict(lr=-1e-2)),
+    ("Adagrad", dict(lr_decay=-0.1)),
+    ("Adagrad", dict(weight_decay=-0.1)),
+    ("Adagrad", dict(initial_accumulator_value=-1.0)),
+    ("Adagrad", dict(eps=-1e-10)),
+]
+
+
+def _raised(make):
+    with pytest.raises(Exception) as info:
+        make()
+    return type(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("name,kwargs", INVALID_ARGUMENTS, ids=lambda x: str(x))
+def test_constructor_errors_match_torch(name, kwargs):
+    params = [torch.nn.Parameter(torch.randn(3))]
+    assert _raised(lambda: FUSED_CLASSES[name](params, **kwargs)) == _raised(
+        lambda: TORCH_CLASSES[name](params, **kwargs)
+    )
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_param_list_errors_match_torch(name):
+    p = torch.nn.Parameter(torch.randn(3))
+    for bad in ([], p, [p, 3.0], [{"params": [p]}, {"params": [p]}]):
+        assert _raised(lambda: FUSED_CLASSES[name](bad)) == _raised(lambda: TORCH_CLASSES[name](bad))
+    fused, reference = FUSED_CLASSES[name]([p]), TORCH_CLASSES[name]([p])
+    assert _raised(lambda: fused.add_param_group({"params": [p]})) == _raised(
+        lambda: reference.add_param_group({"params": [p]})
+    )
+    assert len(fused.param_groups) == 1
+
+
+def test_backend_errors():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    with pytest.raises(ValueError, match="Invalid backend: 'fast'"):
+        fusedopt.AdamW(params, backend="fast")
+    with pytest.raises(RuntimeError, match="backend 'cuda' cannot run on cpu tensors"):
+        fusedopt.AdamW(params, backend="cuda")
+    assert fusedopt.AdamW(params, backend="reference").backend == "reference"
+
+
+def test_unsupported_torch_switches():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    with pytest.raises(ValueError, match="differentiable=True is not supported"):
+        fusedopt.Adam(params, differentiable=True)
+    with pytest.raises(ValueError, match="capturable=True is not supported"):
+        fusedopt.RMSprop(params, capturable=True)
+    # fused/foreach are accepted (fusedopt always fuses), and recorded in the groups like torch.optim does.
+    assert fusedopt.AdamW(params, fused=True).param_groups[0]["fused"] is True
+
+
+def _snapshot(optimizer, params):
+    state = {
+        (i, k): v.clone() for i, p in enumerate(params) for k, v in optimizer.state[p].items() if torch.is_tensor(v)
+    }
+    return [p.detach().clone() for p in params], state
+
+
+def _assert_unchanged(optimizer, params, snapshot):
+    before_params, before_state = snapshot
+    for p, q in zip(params, before_params):
+        assert torch.equal(p.detach(), q)
+    after_state = _snapshot(optimizer, params)[1]
+    assert after_state.keys() == before_state.keys()
+    for key, value in before_state.items():
+        assert torch.equal(after_state[key], value), key
+
+
+def _two_group_optimizer(name, generator):
+    params = make_params(torch.float32, generator)
+    optimizer = FUSED_CLASSES[name]([{"params": params[:4]}, {"params": params[4:], "lr": 0.003}])
+    run_steps([(optimizer, params)], 2, generator)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    return optimizer, params
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_sparse_grad_rejected_untouched(name, generator):
+    optimizer, params = _two_group_optimizer(name, generator)
+    params[-2].grad = params[-2].grad.to_sparse()  # in the second group: the first must not be stepped either
+    snapshot = _snapshot(optimizer, params)
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        optimizer.step()
+    _assert_unchanged(optimizer, params, snapshot)
+
+
+def test_sparse_grad_message_matches_torch():
+    p = torch.nn.Parameter(torch.randn(4))
+    for name in ("Adam", "AdamW", "RMSprop"):
+        p.grad = torch.randn(4).to_sparse()
+        assert _raised(FUSED_CLASSES[name]([p]).step) == _raised(TORCH_CLASSES[name]([p], foreach=False).step)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_grad_shape_mismatch_rejected_untouched(name, generator):
+    optimizer, params = _two_group_optimizer(name, generator)
+    params[-1].grad.data = torch.randn(5)  # .data bypasses autograd's own shape check on assignment
+    snapshot = _snapshot(optimizer, params)
+    with pytest.raises(RuntimeError, match=r"grad of parameter \d+ of param group 1 has shape \(5,\)"):
+        optimizer.step()
+    _assert_unchanged(optimizer, params, snapshot)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_grad_dtype_mismatch_rejected_untouched(name, generator):
+    optimizer, params = _two_group_optimizer(name, generator)
+    params[-1].grad.data = params[-1].grad.data.double()
+    snapshot = _snapshot(optimizer, params)
+    with pytest.raises(RuntimeError, match="has dtype torch.float64 but the parameter has dtype torch.float32"):
+        optimizer.step()
+    _assert_unchanged(optimizer, params, snapshot)
+
+
+def test_integer_parameter_rejected():
+    p = torch.zeros(3, dtype=torch.int32)
+    optimizer = fusedopt.Adam([p])
+    p.grad = torch.zeros(3, dtype=torch.int32)
+    with pytest.raises(TypeError, match="parameter 0 of param group 0 is torch.int32"):
+        optimizer.step()
+    assert not optimizer.state[p]
