@@ -38,6 +38,7 @@ def cpu_cxx_flags() -> list[str]:
         flags.append("-Werror")
     return flags
 
+
 # Set FUSEDOPT_SKIP_CPU_BUILD=1 to install without compiling; the extension is then JIT-built on first use.
 SKIP_CPU_BUILD_ENV = "FUSEDOPT_SKIP_CPU_BUILD"
 

@@ -183,8 +183,10 @@ class FusedOptimizer(Optimizer):
                     self.state[p]["step"] = torch.tensor(scalar(step), dtype=_scalar_dtype())
             for bucket in bucket_by_device_and_dtype(with_state).values():
                 names = dict.fromkeys(
-                    name for p in bucket for name, value in self.state[p].items() if name != "step"
-                    and isinstance(value, Tensor) and value.shape == p.shape
+                    name
+                    for p in bucket
+                    for name, value in self.state[p].items()
+                    if name != "step" and isinstance(value, Tensor) and value.shape == p.shape
                 )
                 for name in names:
                     owners = [p for p in bucket if name in self.state[p]]

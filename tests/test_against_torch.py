@@ -40,6 +40,8 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, what: str) -> N
         scale = expected.detach().abs().max().item() if expected.numel() else 0.0
         tolerances = dict(rtol=2 * eps, atol=2 * eps * scale + 1e-5)
     assert_close_detailed(actual, expected, what, **tolerances)
+
+
 FUSED_BACKENDS = [b for b in CPU_BACKENDS if b != "reference"]
 
 

@@ -73,22 +73,35 @@ def test_functional_on_views_writes_nothing_outside(backend, generator):
     and not one element outside the views changes (no out-of-bounds writes)."""
     sizes = [1, 7, 1023, 40_000]
     guard = 37  # odd, so views start unaligned
-    buffers = {name: torch.full((sum(sizes) + guard * (len(sizes) + 1),), float("nan")) for name in ("p", "g", "m", "v")}
+    buffers = {
+        name: torch.full((sum(sizes) + guard * (len(sizes) + 1),), float("nan")) for name in ("p", "g", "m", "v")
+    }
     views = {name: [] for name in buffers}
     offset = guard
     for n in sizes:
         for name, buffer in buffers.items():
             view = buffer[offset : offset + n]
-            view.copy_(torch.randn(n, generator=generator).abs() if name == "v" else torch.randn(n, generator=generator))
+            view.copy_(
+                torch.randn(n, generator=generator).abs() if name == "v" else torch.randn(n, generator=generator)
+            )
             views[name].append(view)
         offset += n + guard
     expected = {name: [v.clone() for v in vs] for name, vs in views.items()}
     kwargs = dict(lr=1e-2, beta1=0.9, beta2=0.999, weight_decay=0.1, eps=1e-8, amsgrad=False, maximize=False)
     steps, expected_steps = [torch.tensor(3.0) for _ in sizes], [torch.tensor(3.0) for _ in sizes]
-    functional.adam(views["p"], views["g"], views["m"], views["v"], [], steps, decoupled=True, backend=backend, **kwargs)
     functional.adam(
-        expected["p"], expected["g"], expected["m"], expected["v"], [], expected_steps, decoupled=True,
-        backend="reference", **kwargs,
+        views["p"], views["g"], views["m"], views["v"], [], steps, decoupled=True, backend=backend, **kwargs
+    )
+    functional.adam(
+        expected["p"],
+        expected["g"],
+        expected["m"],
+        expected["v"],
+        [],
+        expected_steps,
+        decoupled=True,
+        backend="reference",
+        **kwargs,
     )
     for name in ("p", "m", "v"):
         for i, (actual, want) in enumerate(zip(views[name], expected[name])):
@@ -104,7 +117,9 @@ def test_functional_on_views_writes_nothing_outside(backend, generator):
 
 def test_functional_empty_lists():
     for backend in CPU_BACKENDS:
-        functional.adagrad([], [], [], [], lr=0.1, lr_decay=0, weight_decay=0, eps=1e-10, maximize=False, backend=backend)
+        functional.adagrad(
+            [], [], [], [], lr=0.1, lr_decay=0, weight_decay=0, eps=1e-10, maximize=False, backend=backend
+        )
 
 
 # --- distributed: one gloo process, enough to run the real DDP, ZeRO and DTensor code paths -------------------

@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import CPU_BACKENDS
 from helpers import FUSED_CLASSES, TORCH_CLASSES, assert_close_detailed, clone_params, make_params, run_steps
-
 from torch.optim import lr_scheduler
 
 TOTAL_STEPS = 30

@@ -170,6 +170,16 @@ void adagrad(const TensorList& params, const TensorList& grads, const TensorList
   adagrad_step(launch);
 }
 
+void stream(const TensorList& params, const TensorList& grads, const TensorList& states0, const TensorList& states1,
+            const TensorList& states2) {
+  StreamLaunch launch{};
+  const auto slots = make_slots(params, grads, {&states0, &states1, &states2}, launch.layout);
+  launch.num_states = static_cast<int>(!states0.empty()) + !states1.empty() + !states2.empty();
+  TORCH_CHECK(launch.num_states == 0 || !states0.empty(), "fusedopt CPU backend: fill state lists in order");
+  pybind11::gil_scoped_release no_gil;
+  stream_step(launch);
+}
+
 }  // namespace
 }  // namespace fusedopt::cpu
 
@@ -187,4 +197,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adagrad", &fusedopt::cpu::adagrad, "Fused Adagrad step over a bucket of tensors", py::arg("params"),
         py::arg("grads"), py::arg("state_sums"), py::arg("steps"), py::arg("lr"), py::arg("lr_decay"),
         py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"));
+  m.def("stream", &fusedopt::cpu::stream,
+        "Roofline for the benchmark: an optimizer step's loads and stores with one add per element",
+        py::arg("params"), py::arg("grads"), py::arg("states0"), py::arg("states1"), py::arg("states2"));
 }

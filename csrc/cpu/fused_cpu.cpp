@@ -251,6 +251,51 @@ FUSEDOPT_CPU_CLONES void adagrad_chunk(const AdagradLaunch& launch, const Chunk&
   dispatch_storage<AdagradChunk>(launch.layout.param_type, launch.layout.state_type, launch, chunk);
 }
 
+// ----------------------------------------------------------------------------------------------------------
+// Roofline: the same loads and stores, one add each
+// ----------------------------------------------------------------------------------------------------------
+template <typename P, typename S>
+struct StreamChunk {
+  using C = compute_t<P>;
+
+  template <int kStates>
+  static FUSEDOPT_ALWAYS_INLINE void loop(P* __restrict param, const P* __restrict grad, S* __restrict s0,
+                                          S* __restrict s1, S* __restrict s2, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      const C g = load_as<C>(grad[i]);
+      param[i] = store_as<P>(load_as<C>(param[i]) + g);
+      if (kStates > 0) s0[i] = store_as<S>(load_as<C>(s0[i]) + g);
+      if (kStates > 1) s1[i] = store_as<S>(load_as<C>(s1[i]) + g);
+      if (kStates > 2) s2[i] = store_as<S>(load_as<C>(s2[i]) + g);
+    }
+  }
+
+  static FUSEDOPT_ALWAYS_INLINE void run(const StreamLaunch& launch, const Chunk& chunk) {
+    const TensorSlot& t = launch.layout.tensors[chunk.tensor];
+    P* param = static_cast<P*>(t.param) + chunk.begin;
+    const P* grad = static_cast<const P*>(t.grad) + chunk.begin;
+    S* state[kMaxStateTensors];
+    for (int k = 0; k < kMaxStateTensors; ++k) {
+      state[k] = t.state[k] ? static_cast<S*>(t.state[k]) + chunk.begin : nullptr;
+    }
+    const int64_t n = chunk.end - chunk.begin;
+    switch (launch.num_states) {
+      case 0:
+        return loop<0>(param, grad, state[0], state[1], state[2], n);
+      case 1:
+        return loop<1>(param, grad, state[0], state[1], state[2], n);
+      case 2:
+        return loop<2>(param, grad, state[0], state[1], state[2], n);
+      default:
+        return loop<3>(param, grad, state[0], state[1], state[2], n);
+    }
+  }
+};
+
+FUSEDOPT_CPU_CLONES void stream_chunk(const StreamLaunch& launch, const Chunk& chunk) {
+  dispatch_storage<StreamChunk>(launch.layout.param_type, launch.layout.state_type, launch, chunk);
+}
+
 }  // namespace
 
 void check_layout(const LaunchLayout& layout) {
@@ -274,6 +319,11 @@ void rmsprop_step(const RmspropLaunch& launch) {
 void adagrad_step(const AdagradLaunch& launch) {
   check_layout(launch.layout);
   parallel_over_chunks(launch.layout, [&](const Chunk& chunk) { adagrad_chunk(launch, chunk); });
+}
+
+void stream_step(const StreamLaunch& launch) {
+  check_layout(launch.layout);
+  parallel_over_chunks(launch.layout, [&](const Chunk& chunk) { stream_chunk(launch, chunk); });
 }
 
 }  // namespace fusedopt::cpu

@@ -61,6 +61,13 @@ struct AdagradLaunch {
   const AdagradScalars<double>* scalars;
 };
 
+// The roofline of the benchmark: the memory traffic of an optimizer step with almost no arithmetic. Reads
+// param, grad and the first `num_states` state tensors, adds the grad to each, and writes them back.
+struct StreamLaunch {
+  LaunchLayout layout;
+  int num_states;
+};
+
 // Throws std::invalid_argument when the kernels are not built for the layout's storage pair. The step
 // functions check too; bindings call this before advancing any step counter.
 void check_layout(const LaunchLayout& layout);
@@ -68,5 +75,6 @@ void check_layout(const LaunchLayout& layout);
 void adam_step(const AdamLaunch& launch);
 void rmsprop_step(const RmspropLaunch& launch);
 void adagrad_step(const AdagradLaunch& launch);
+void stream_step(const StreamLaunch& launch);
 
 }  // namespace fusedopt::cpu

@@ -77,8 +77,7 @@ def resolve(requested: str, device: torch.device) -> Backend:
             if reasons and (device.type, name) not in _warned_fallbacks:
                 _warned_fallbacks.add((device.type, name))
                 warnings.warn(
-                    f"fusedopt: using the {name!r} backend for {device.type} tensors because "
-                    + "; ".join(reasons),
+                    f"fusedopt: using the {name!r} backend for {device.type} tensors because " + "; ".join(reasons),
                     RuntimeWarning,
                     stacklevel=3,
                 )
