@@ -74,9 +74,12 @@ def adam(
         if amsgrad:
             second_moment = torch.maximum(_load(max_exp_avg_sqs[i]), v)
             _store(max_exp_avg_sqs[i], second_moment)
-        step_size = lr / (1 - beta1**t)  # lr / bias_correction1
-        denom = second_moment.sqrt() / math.sqrt(1 - beta2**t) + eps  # sqrt(v_hat) + eps
-        theta = theta - step_size * (m / denom)
+        # theta -= lr * m_hat / (sqrt(v_hat) + eps), with m_hat = m / (1 - beta1^t) and v_hat = v / (1 - beta2^t),
+        # written as Kingma & Ba's "efficient version": both corrections folded into the step size and eps
+        # (NOTE [folded bias correction] in csrc/include/fusedopt/update_rules.h).
+        bias_correction2_sqrt = math.sqrt(1 - beta2**t)
+        step_size = lr * bias_correction2_sqrt / (1 - beta1**t)
+        theta = theta - step_size * (m / (second_moment.sqrt() + eps * bias_correction2_sqrt))
         _store(param, theta)
         _store(exp_avgs[i], m)
         _store(exp_avg_sqs[i], v)

@@ -1,0 +1,3 @@
+from fusedopt.bench.cli import main
+
+raise SystemExit(main())

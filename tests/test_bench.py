@@ -1,0 +1,112 @@
+"""The benchmark's byte accounting, argument parsing, output schema, and a tiny end-to-end CLI run (untimed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from fusedopt.bench import cli, report, workloads
+from fusedopt.bench.traffic import num_state_tensors, step_traffic
+
+
+@pytest.mark.parametrize(
+    "optimizer,options,dtype,expected",
+    [
+        ("adamw", {}, torch.float32, 28),  # read p, g, m, v; write p, m, v: 7 x 4 bytes
+        ("adam", {"amsgrad": True}, torch.float32, 36),
+        ("adamw", {}, torch.bfloat16, 14),
+        ("rmsprop", {}, torch.float32, 20),
+        ("rmsprop", {"centered": True, "momentum": 0.9}, torch.float32, 36),
+        ("rmsprop", {"momentum": 0.0}, torch.float64, 40),
+        ("adagrad", {}, torch.float16, 10),
+    ],
+)
+def test_bytes_per_element(optimizer, options, dtype, expected):
+    assert step_traffic(optimizer, options, [10], dtype).bytes_per_element == expected
+
+
+def test_total_bytes_counts_step_counters_and_mixed_state():
+    traffic = step_traffic("adamw", {}, [1000, 24], torch.bfloat16, state_dtype=torch.float32)
+    # bf16 param read+write and grad read (6 bytes), two fp32 states read+write (16 bytes); 2 float32 steps.
+    assert traffic.bytes_per_element == 22
+    assert traffic.total_bytes == 1024 * 22 + 2 * 2 * 4
+
+
+def test_state_tensor_counts():
+    assert [num_state_tensors("rmsprop", o) for o in ({}, {"centered": True}, {"momentum": 0.5})] == [1, 2, 2]
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        num_state_tensors("sgd", {})
+
+
+def test_workload_shapes():
+    gpt2 = workloads.gpt2_like()
+    assert len(gpt2.shapes) == 148
+    assert 124_000_000 < gpt2.numel < 125_000_000  # GPT-2 small: 124M parameters
+    llama = workloads.llama_like()
+    assert 1_090_000_000 < llama.numel < 1_110_000_000  # TinyLlama: 1.1B parameters
+    small = workloads.many_small(2000, 4 << 10, 256 << 10)
+    assert len(small.sizes) == 2000 and min(small.sizes) >= 4 << 10 and max(small.sizes) <= 256 << 10
+    split = workloads.flat(1000, tensors=3)
+    assert split.sizes == [333, 333, 334] and split.name == "flat-1000x3"
+
+
+def test_parse_size():
+    assert cli.parse_size("64M") == 64 << 20 and cli.parse_size("4k") == 4096 and cli.parse_size("123") == 123
+    for bad in ("", "M", "-4M", "1.5G"):
+        with pytest.raises(Exception, match="invalid size"):
+            cli.parse_size(bad)
+
+
+def test_argument_errors(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--optimizer", "sgd", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="unknown dtype"):
+        cli.main(["--dtype", "int8", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="matches none"):
+        cli.main(["--impl", "nothing", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="leave no case"):
+        cli.main(["--size", "3", "--device", "cpu"])
+
+
+def test_quick_plan():
+    args = cli.build_parser().parse_args(["--quick"])
+    cases = cli.plan_cases(args)
+    assert {(c.device, c.optimizer, c.dtype) for c in cases} == {("cpu", "adamw", "float32")}
+    assert [c.workload.name for c in cases] == ["flat-1M", "flat-64M", "flat-64Mx200"]
+    assert [i.name for i in cli.select_implementations(args)] == list(cli.QUICK_IMPLEMENTATIONS)
+
+
+def test_end_to_end_cpu_run(tmp_path, capsys):
+    json_path, csv_path = tmp_path / "rows.json", tmp_path / "rows.csv"
+    argv = [
+        "--device", "cpu", "--optimizer", "adamw,rmsprop", "--dtype", "float32", "--size", "1M",
+        "--variants", "default", "--impl", "fusedopt,torch-fused,roofline-stream,apex", "--reps", "2",
+        "--no-progress", "--json", str(json_path), "--csv", str(csv_path),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "fusedopt-cpu" in table and "roofline-stream" in table
+    document = json.loads(json_path.read_text())
+    assert document["schema"] == report.JSON_SCHEMA_VERSION
+    assert {"date", "command", "torch", "cpu"} <= document["metadata"].keys()
+    rows = {(r["variant"], r["implementation"]): r for r in document["rows"]}
+    fused = rows[("adamw", "fusedopt-cpu")]
+    assert fused["status"] == "ok" and fused["reps"] == 2 and fused["bytes_per_step"] == (1 << 20) * 28 + 8
+    assert fused["gb_per_s"] == pytest.approx(fused["bytes_per_step"] / fused["median_ms"] / 1e6)
+    assert rows[("adamw", "roofline-stream")]["pct_of_roofline"] == pytest.approx(100.0)
+    assert rows[("adamw", "apex")]["status"].startswith(("not installed", "unsupported"))
+    assert rows[("rmsprop", "torch-fused")]["status"].startswith("unsupported")  # torch has no fused RMSprop
+    with open(csv_path) as f:
+        csv_rows = list(csv.DictReader(f))
+    assert list(csv_rows[0].keys()) == report.CSV_FIELDS and len(csv_rows) == len(document["rows"])
+
+
+def test_plot(tmp_path):
+    path = tmp_path / "plot.png"
+    assert cli.main(["--device", "cpu", "--optimizer", "adamw", "--dtype", "float32", "--size", "1M",
+                     "--variants", "default", "--impl", "fusedopt-cpu,roofline-stream", "--reps", "1",
+                     "--no-progress", "--plot", str(path)]) == 0  # fmt: skip
+    assert path.stat().st_size > 10_000
