@@ -17,7 +17,7 @@ import torch
 import fusedopt
 from fusedopt.bench import report, workloads
 from fusedopt.bench.implementations import IMPLEMENTATIONS
-from fusedopt.bench.runner import Case, bytes_needed, run_case
+from fusedopt.bench.runner import Case, run_case
 from fusedopt.bench.traffic import OPTIMIZERS
 
 # Option variants benchmarked per optimizer: the default and each option that adds a state tensor.
@@ -116,16 +116,6 @@ def select_implementations(args) -> list:
     return chosen
 
 
-def _free_bytes(device: str) -> int:
-    if device == "cuda":
-        return torch.cuda.mem_get_info()[0]
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 1 << 62
-
-
 def metadata(argv: list[str]) -> dict:
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -170,14 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     progress = report.Progress(len(cases), enabled=not args.no_progress)
     for case in cases:
         progress.update(f"{case.device} {case.variant} {case.dtype} {case.workload.name}")
-        needed, free = bytes_needed(case, len(implementations)), _free_bytes(case.device)
-        if needed > 0.8 * free:
-            rows.extend(
-                report.skipped_rows(
-                    case, implementations, f"skipped: needs {needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
-                )
-            )
-            continue
         reps = args.reps or (20 if case.device == "cuda" else 7)
         rows.extend(run_case(case, implementations, reps))
     progress.close()

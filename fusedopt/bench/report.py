@@ -7,8 +7,7 @@ import json
 import sys
 import time
 
-from fusedopt.bench.runner import Case, Row
-from fusedopt.bench.traffic import step_traffic
+from fusedopt.bench.runner import Row
 
 JSON_SCHEMA_VERSION = 1
 CSV_FIELDS = [
@@ -39,32 +38,6 @@ class Progress:
         if self.enabled:
             sys.stderr.write("\r" + " " * (self.width + 80) + "\r")
             sys.stderr.flush()
-
-
-def skipped_rows(case: Case, implementations, status: str) -> list[Row]:
-    traffic = step_traffic(case.optimizer, case.options, case.workload.sizes, _dtype(case.dtype))
-    return [
-        Row(
-            device=case.device,
-            optimizer=case.optimizer,
-            variant=case.variant,
-            dtype=case.dtype,
-            workload=case.workload.name,
-            numel=case.workload.numel,
-            tensors=len(case.workload.shapes),
-            implementation=impl.name,
-            group=impl.group,
-            status=status,
-            bytes_per_step=traffic.total_bytes,
-        )  # fmt: skip
-        for impl in implementations
-    ]
-
-
-def _dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
 
 
 def _fmt(value, spec: str) -> str:

@@ -79,11 +79,20 @@ def _make_params(workload: Workload, dtype: torch.dtype, device: str, seed: int)
     return params
 
 
-def bytes_needed(case: Case, implementations: int) -> int:
-    """Memory for params, grads and state of every implementation, with headroom for torch's temporaries."""
+def bytes_needed(case: Case) -> int:
+    """Memory one implementation needs: params, grads and state, plus two tensors' worth for temporaries."""
     element = torch.empty((), dtype=getattr(torch, case.dtype)).element_size()
-    per_impl = case.workload.numel * element * (2 + num_state_tensors(case.optimizer, case.options) + 2)
-    return per_impl * implementations
+    return case.workload.numel * element * (2 + num_state_tensors(case.optimizer, case.options) + 2)
+
+
+def free_bytes(device: str) -> int:
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
 
 
 @contextlib.contextmanager
@@ -154,8 +163,14 @@ def run_case(case: Case, implementations: list[Implementation], reps: int, seed:
     )
     replicas = _replicas_needed(case, traffic.total_bytes)
     rows, steppers = [], {}
+    needed = bytes_needed(case) * replicas
     for impl in implementations:
         row = Row(implementation=impl.name, group=impl.group, status="ok", **base)
+        rows.append(row)
+        free = free_bytes(case.device)
+        if needed > 0.8 * free:
+            row.status = f"skipped: needs {needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
+            continue
         try:
             steppers[impl.name] = [
                 impl.build(case.optimizer, dict(case.options), _make_params(case.workload, dtype, case.device, seed))
@@ -163,7 +178,6 @@ def run_case(case: Case, implementations: list[Implementation], reps: int, seed:
             ]
         except Unavailable as why:
             row.status = str(why)
-        rows.append(row)
     timings = _time_interleaved(steppers, reps, case.device)
     cuda = case.device == "cuda"
     for row in rows:
