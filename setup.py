@@ -35,7 +35,7 @@ def _native_extensions(config) -> tuple[list, dict]:
         print(f"fusedopt: {config.SKIP_CPU_BUILD_ENV}=1, not building the CPU extension (JIT at first use)")
         return [], {}
     try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
+        from torch.utils.cpp_extension import BuildExtension, CppExtension, include_paths
     except ImportError:
         print(
             "fusedopt: torch is not importable in this build environment, so no extension is compiled now; "
@@ -48,7 +48,9 @@ def _native_extensions(config) -> tuple[list, dict]:
         name=config.CPU_EXTENSION_NAME,
         sources=[os.path.relpath(p, ROOT) for p in config.cpu_sources(csrc)],
         include_dirs=config.cpu_include_dirs(csrc),
-        extra_compile_args={"cxx": config.cpu_cxx_flags()},
+        # setuptools passes torch's headers with -I; naming them -isystem too makes GCC treat them as system
+        # headers, so that -Wextra -Werror (FUSEDOPT_WERROR=1) judge fusedopt's code and not torch's.
+        extra_compile_args={"cxx": config.cpu_cxx_flags() + [f for p in include_paths() for f in ("-isystem", p)]},
         extra_link_args=list(config.CPU_LINK_FLAGS),
     )
     return [cpu], {"build_ext": BuildExtension.with_options(use_ninja=True)}
@@ -58,10 +60,12 @@ config = _load_build_config()
 ext_modules, cmdclass = _native_extensions(config)
 
 setup(
-    packages=find_packages(include=["fusedopt", "fusedopt.*"]) + ["fusedopt.triton_kernels", "fusedopt._csrc"],
+    packages=find_packages(include=["fusedopt", "fusedopt.*"])
+    + ["fusedopt.triton_kernels"]
+    + ["fusedopt._csrc" + sub for sub in ("", ".cpu", ".cuda", ".include", ".include.fusedopt")],
     package_dir={"fusedopt.triton_kernels": "triton_kernels", "fusedopt._csrc": "csrc"},
     # The sources travel with the package so that the JIT build at first use works from a wheel too.
-    package_data={"fusedopt._csrc": ["include/fusedopt/*.h", "cpu/*", "cuda/*"]},
+    package_data={"fusedopt._csrc.cpu": ["*"], "fusedopt._csrc.cuda": ["*"], "fusedopt._csrc.include.fusedopt": ["*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
