@@ -14,6 +14,7 @@ import torch
 
 from fusedopt.backends import cpu as _cpu
 from fusedopt.backends import reference as _reference
+from fusedopt.backends import triton as _triton
 
 BACKEND_NAMES = ("auto", "cuda", "triton", "cpu", "reference")
 
@@ -32,12 +33,14 @@ class Backend(Protocol):
 
 
 _REGISTRY: dict[str, Backend] = {
+    "triton": _triton.TritonBackend(),
     "cpu": _cpu.CpuBackend(),
     "reference": _reference.ReferenceBackend(),
 }
 
 # Preference order of "auto" per device type, fastest first; the reference always runs.
-_AUTO_ORDER = {"cpu": ("cpu", "reference")}
+# On CPU the interpreted Triton kernels are correct but far too slow to be chosen automatically.
+_AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
 _warned_fallbacks: set[tuple[str, str]] = set()
 
 

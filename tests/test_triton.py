@@ -1,0 +1,173 @@
+"""The Triton backend against the eager reference and torch.optim.
+
+Without a GPU these run through Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set in conftest.py),
+on small awkward shapes because the interpreter is slow; with a GPU the same tests run compiled on CUDA tensors.
+Covers every option combination and dtype of the CPU backend's tests, several tensors of different sizes in one
+launch, a transposed parameter, a strided gradient, two param groups and a parameter without a gradient.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from helpers import (
+    FUSED_CLASSES,
+    OPTIMIZER_CASES,
+    SECOND_GROUP,
+    assert_close_detailed,
+    assert_states_close,
+    build_pair,
+    case_id,
+    clone_params,
+    make_params,
+    run_steps,
+)
+from test_against_torch import assert_matches
+
+import fusedopt
+from fusedopt import functional
+
+STEPS = 5
+SMALL_SHAPES = [(0,), (), (1,), (7,), (1023,), (1025,), (3, 5, 7), (4097,)]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = [pytest.mark.gpu] if DEVICE == "cuda" else []
+
+
+def _on_device(params):
+    return [torch.nn.Parameter(p.detach().to(DEVICE)) for p in params]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=case_id)
+def test_triton_matches_reference(case, dtype, generator):
+    name, kwargs = case
+    params = _on_device(make_params(dtype, generator, SMALL_SHAPES))
+    twins = clone_params(params)
+    groups = lambda ps: [{"params": ps[:4]}, {"params": ps[4:], **SECOND_GROUP[name]}]  # noqa: E731
+    fused = FUSED_CLASSES[name](groups(params), backend="triton", **kwargs)
+    reference = FUSED_CLASSES[name](groups(twins), backend="reference", **kwargs)
+    assert fused.backend == "triton"
+    run_steps([(fused, params), (reference, twins)], STEPS, generator)
+    for i, (p, q) in enumerate(zip(params, twins)):
+        assert_matches(p, q, f"param {i}")
+    assert_states_close(fused, reference, compare=assert_matches)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=case_id)
+def test_triton_matches_torch_optim(case, dtype, generator):
+    name, kwargs = case
+    fused, params, reference, twins = build_pair(name, kwargs, dtype, "triton", generator, SMALL_SHAPES)
+    if DEVICE == "cuda":
+        fused = FUSED_CLASSES[name](
+            [{"params": _on_device(params[:4])}, {"params": _on_device(params[4:]), **SECOND_GROUP[name]}],
+            backend="triton",
+            **kwargs,
+        )
+        params = [p for g in fused.param_groups for p in g["params"]]
+        twins = _on_device(twins)
+        reference = type(reference)(
+            [{"params": twins[:4]}, {"params": twins[4:], **SECOND_GROUP[name]}], foreach=False, **kwargs
+        )
+    run_steps([(fused, params), (reference, twins)], STEPS, generator)
+    for i, (p, q) in enumerate(zip(params, twins)):
+        assert_close_detailed(p, q, f"param {i}")
+    assert_states_close(fused, reference)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="compares with the C++ kernel on CPU tensors; GPUs run the CUDA check")
+def test_triton_matches_cpu_kernel(generator):
+    """Both implement update_rules.h: the interpreted Triton kernel and the C++ loop agree closely."""
+    params = make_params(torch.float32, generator, SMALL_SHAPES)
+    twins = clone_params(params)
+    fused = fusedopt.AdamW(params, backend="triton", amsgrad=True)
+    cpu = fusedopt.AdamW(twins, backend="cpu", amsgrad=True)
+    run_steps([(fused, params), (cpu, twins)], STEPS, generator)
+    for i, (p, q) in enumerate(zip(params, twins)):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=f"param {i}")
+
+
+def test_one_launch_for_many_tensors(generator, monkeypatch):
+    """A bucket of tensors of different sizes is updated by exactly one kernel launch."""
+    adam_module = importlib.import_module("fusedopt.triton_kernels.adam")
+    launches = []
+    original = adam_module._adam_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return original[grid]
+
+    monkeypatch.setattr(adam_module, "_adam_kernel", Counting())
+    params = _on_device(make_params(torch.float32, generator, [(5,), (4096,), (4097,), (13, 3)]))
+    optimizer = fusedopt.AdamW(params, backend="triton")
+    run_steps([(optimizer, params)], 2, generator, skip_index=-1)
+    assert len(launches) == 2
+    assert launches[0] == (1 + 1 + 2 + 1 + 1,)  # blocks of 4096: 5, 4096, 4097 (two), 39, transposed 48
+
+
+def test_launch_table_uses_64_bit_offsets_and_is_cached():
+    """Block starts past 2^31 elements are exact (int64); a table is reused until an operand moves."""
+    from fusedopt.triton_kernels import _common as common
+
+    class FakeTensor:  # stands in for a 2^31 + 5 element tensor that would not fit in this machine's memory
+        def __init__(self, address, numel):
+            self.address, self.size = address, numel
+
+        def data_ptr(self):
+            return self.address
+
+        def numel(self):
+            return self.size
+
+    huge = 2**31 + 5
+    columns = [[FakeTensor(1 << 40, huge), FakeTensor(1 << 41, 3)], [FakeTensor(1 << 42, huge), FakeTensor(64, 3)]]
+    table = common.launch_table(columns, torch.device("cpu"))
+    blocks = -(-huge // common.BLOCK)
+    assert table.num_blocks == blocks + 1
+    assert table.block_start.dtype == torch.int64
+    assert int(table.block_start[blocks - 1]) == (blocks - 1) * common.BLOCK >= 2**31  # past int32
+    assert table.block_tensor.tolist()[-2:] == [0, 1] and int(table.block_start[-1]) == 0
+    assert table.aligned
+    assert common.launch_table(columns, torch.device("cpu")) is table
+    moved = [columns[0], [columns[1][0], FakeTensor(72, 3)]]
+    rebuilt = common.launch_table(moved, torch.device("cpu"))
+    assert rebuilt is not table and not rebuilt.aligned  # address 72 is not 16-byte aligned
+
+
+def test_functional_stream_roofline(generator):
+    params = _on_device([torch.randn(n, generator=generator) for n in (3, 5000)])
+    grads = [torch.randn_like(p) for p in params]
+    states = [[torch.randn_like(p) for p in params] for _ in range(2)]
+    expected_params = [p + g for p, g in zip(params, grads)]
+    expected_states = [[s + g for s, g in zip(column, grads)] for column in states]
+    from fusedopt.backends import get_backend
+
+    get_backend("triton").stream(params, grads, states)
+    for actual, want in zip(params + states[0] + states[1], expected_params + expected_states[0] + expected_states[1]):
+        torch.testing.assert_close(actual, want)
+
+
+def test_functional_views_with_guards(generator):
+    """Unaligned views into poisoned buffers: the kernel writes exactly the views (masked tails, no overrun)."""
+    sizes, guard = [1, 7, 1023, 4099], 37
+    buffers = {k: torch.full((sum(sizes) + guard * 5,), float("nan"), device=DEVICE) for k in "pgs"}
+    views, offset = {k: [] for k in buffers}, guard
+    for n in sizes:
+        for k, buffer in buffers.items():
+            view = buffer[offset : offset + n]
+            view.copy_(torch.rand(n, generator=generator).to(DEVICE))
+            views[k].append(view)
+        offset += n + guard
+    expected = {k: [v.clone() for v in vs] for k, vs in views.items()}
+    kwargs = dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, eps=1e-10, maximize=False)
+    steps = [torch.tensor(0.0) for _ in sizes]
+    functional.adagrad(views["p"], views["g"], views["s"], steps, backend="triton", **kwargs)
+    steps = [torch.tensor(0.0) for _ in sizes]
+    functional.adagrad(expected["p"], expected["g"], expected["s"], steps, backend="reference", **kwargs)
+    for k in "ps":
+        for actual, want in zip(views[k], expected[k]):
+            torch.testing.assert_close(actual, want)
+        assert int(buffers[k].isnan().sum()) == guard * 5

@@ -1,0 +1,197 @@
+"""Pieces shared by the Triton kernels: storage conversions, the multi-tensor launch table, the launcher.
+
+NOTE [multi-tensor launch]: one launch updates every tensor of a bucket. The host builds a table per bucket:
+the address of every operand of every tensor (one int64 row per operand), each tensor's element count, and,
+per program, which tensor it updates and where its block starts. A program loads its row, casts the addresses
+to typed pointers and updates BLOCK elements: unmasked (vectorizable) when the block is full, masked at a
+tensor's tail. Offsets are int64, so tensors over 2^31 elements work. Tables depend only on addresses and sizes,
+so they are cached and rebuilt only when an operand moves; learning rate, step and sizes are runtime data,
+never constexpr, so changing them never recompiles.
+
+Installed as fusedopt.triton_kernels (the top-level name `triton_kernels` belongs to upstream Triton).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+# Elements per program and warps per program. 4096 fp32 elements over 8 warps give every thread 16 elements:
+# four 16-byte loads per operand in flight. Chosen by reasoning, to be replaced by the table that
+# bench/gpu_check.sh measures; not autotuned at run time, because a tuning run would apply the in-place
+# update several times to data it cannot restore through the address table.
+BLOCK = 4096
+NUM_WARPS = 8
+_ALIGN_BYTES = 16
+_TABLE_CACHE_SIZE = 64
+
+TORCH_TO_TRITON = {
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+    torch.bfloat16: tl.bfloat16,
+    torch.float16: tl.float16,
+}
+
+
+def compute_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    """float64 computes in float64; every other dtype in float32."""
+    return torch.float64 if param_dtype == torch.float64 else torch.float32
+
+
+# --- device helpers ---------------------------------------------------------------------------------------------
+@triton.jit
+def round_to_bfloat16(x):
+    """float32 -> bfloat16, round to nearest even, done in bits so the interpreter (which truncates) and the GPU
+    agree; NaN stays a quiet NaN. The final cast is exact: the low 16 bits are already zero."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    rounded = tl.where(x != x, 0x7FC00000, rounded)
+    return rounded.to(tl.float32, bitcast=True).to(tl.bfloat16)
+
+
+@triton.jit
+def to_storage(x, DTYPE: tl.constexpr):
+    if DTYPE == tl.bfloat16:
+        return round_to_bfloat16(x.to(tl.float32))
+    else:
+        return x.to(DTYPE)
+
+
+@triton.jit
+def ieee_sqrt(x):
+    """Correctly rounded square root, as C++'s sqrt and torch's: Triton's tl.sqrt may be approximate in float32."""
+    if x.dtype == tl.float64:
+        return tl.sqrt(x)
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def ieee_div(x, y):
+    """Correctly rounded division (Triton's float32 `/` may be approximate)."""
+    if x.dtype == tl.float64:
+        return x / y
+    else:
+        return tl.div_rn(x, y)
+
+
+@triton.jit
+def lerp(start, end, weight):
+    """torch.lerp's formula, exact at both ends (mirrors fusedopt::lerp in update_rules.h)."""
+    return tl.where(weight < 0.5, start + weight * (end - start), end - (end - start) * (1.0 - weight))
+
+
+@triton.jit
+def nan_max(a, b):
+    """Maximum that propagates NaN like torch.maximum (mirrors fusedopt::max_of)."""
+    return tl.where(a != a, a, tl.where(b != b, b, tl.maximum(a, b)))
+
+
+@triton.jit
+def block_of_program(block_tensor, block_start, numels, BLOCK: tl.constexpr):
+    """(tensor index, first element, tensor numel) of this program's block."""
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.load(block_tensor + pid).to(tl.int64)
+    start = tl.multiple_of(tl.load(block_start + pid), BLOCK)
+    return t, start, tl.load(numels + t)
+
+
+@triton.jit
+def operand(address_table, t, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Typed pointer to operand `t` of a row of the address table; 16-byte aligned when ALIGNED says so."""
+    address = tl.load(address_table + t)
+    if ALIGNED:
+        address = tl.multiple_of(address, 16)
+    return address.to(tl.pointer_type(DTYPE))
+
+
+@triton.jit
+def load(pointer, offsets, mask, MASKED: tl.constexpr, COMPUTE: tl.constexpr):
+    if MASKED:
+        value = tl.load(pointer + offsets, mask=mask, other=0.0)
+    else:
+        value = tl.load(pointer + offsets)
+    return value.to(COMPUTE)
+
+
+@triton.jit
+def store(pointer, offsets, mask, value, MASKED: tl.constexpr):
+    value = to_storage(value, pointer.dtype.element_ty)
+    if MASKED:
+        tl.store(pointer + offsets, value, mask=mask)
+    else:
+        tl.store(pointer + offsets, value)
+
+
+# --- host side --------------------------------------------------------------------------------------------------
+class LaunchTable:
+    """The device-side table of one bucket (NOTE [multi-tensor launch])."""
+
+    def __init__(self, operands: Sequence[Sequence[torch.Tensor]], device: torch.device) -> None:
+        numels = [t.numel() for t in operands[0]]
+        addresses = [[t.data_ptr() for t in column] for column in operands]
+        self.aligned = all(a % _ALIGN_BYTES == 0 for column in addresses for a in column)
+        self.addresses = torch.tensor(addresses, dtype=torch.int64).to(device)
+        counts = torch.tensor([-(-n // BLOCK) for n in numels], dtype=torch.int64)
+        self.num_blocks = int(counts.sum())
+        block_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), counts)
+        first_block = torch.cumsum(counts, 0) - counts
+        block_index = torch.arange(self.num_blocks, dtype=torch.int64) - first_block.repeat_interleave(counts)
+        self.block_tensor = block_tensor.to(device)
+        self.block_start = (block_index * BLOCK).to(device)
+        self.numels = torch.tensor(numels, dtype=torch.int64).to(device)
+
+
+_tables: OrderedDict[tuple, LaunchTable] = OrderedDict()
+
+
+def launch_table(operands: Sequence[Sequence[torch.Tensor]], device: torch.device) -> LaunchTable:
+    """The cached table for these exact operands (same addresses and sizes), built on first use."""
+    key = (device, tuple(tuple(t.data_ptr() for t in column) for column in operands))
+    key += (tuple(t.numel() for t in operands[0]),)
+    table = _tables.get(key)
+    if table is None:
+        table = LaunchTable(operands, device)
+        _tables[key] = table
+        if len(_tables) > _TABLE_CACHE_SIZE:
+            _tables.popitem(last=False)
+    else:
+        _tables.move_to_end(key)
+    return table
+
+
+def advance_steps(state_steps: Sequence[torch.Tensor]) -> list[float]:
+    """Adds one to every step counter, as torch.optim does before using it, and returns the new values."""
+    torch._foreach_add_(list(state_steps), 1)
+    return [float(s) for s in state_steps]
+
+
+def check_operands(params: Sequence[torch.Tensor], *columns: Sequence[torch.Tensor]) -> tuple[torch.dtype, torch.dtype]:
+    """The (param, state) dtypes of a bucket, after checking that every operand is a contiguous tensor on the
+    parameters' device with the parameter's size."""
+    device, param_dtype = params[0].device, params[0].dtype
+    state_dtype = columns[1][0].dtype if len(columns) > 1 else param_dtype
+    if param_dtype not in TORCH_TO_TRITON or state_dtype not in TORCH_TO_TRITON:
+        raise TypeError(f"fusedopt Triton backend: unsupported dtypes {param_dtype} (params), {state_dtype} (state)")
+    for i, p in enumerate(params):
+        if p.dtype != param_dtype:
+            raise TypeError("fusedopt Triton backend: all params of one call must share a dtype")
+        for k, column in enumerate(columns):
+            t = column[i]
+            expected = param_dtype if k == 0 else state_dtype
+            if t.device != device or not t.is_contiguous() or t.numel() != p.numel() or t.dtype != expected:
+                raise ValueError(
+                    f"fusedopt Triton backend: operand {k} of tensor {i} must be a contiguous {expected} tensor on "
+                    f"{device} with {p.numel()} elements"
+                )
+    return param_dtype, state_dtype
+
+
+def scalars_tensor(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Per-launch or per-tensor scalars as a device tensor of the compute dtype (float64 math keeps its
+    precision, unlike scalar kernel arguments, which Triton passes as float32)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
