@@ -1,0 +1,83 @@
+"""Compiles every Triton kernel for NVIDIA GPUs (sm_80, sm_90) without a GPU, and checks the PTX.
+
+Run by tests/test_triton_compile.py in a subprocess: compiling needs the real @triton.jit functions, which the
+interpreter mode of the other tests replaces. Triton's wheel ships ptxas, so the PTX is assembled to cubin too.
+Prints one JSON line per compiled variant: kernel, target, constexprs, and the counts of 16-byte global loads and
+stores in the whole kernel.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.compiler import compile as triton_compile
+
+from fusedopt.triton_kernels import _common as common
+
+POINTER_ARGS = {"block_tensor": "*i32", "hyper": "*{compute}", "per_tensor": "*{compute}", "clrs": "*{compute}"}
+# A 16-byte global access: four 32-bit or two 64-bit lanes.
+SIXTEEN_BYTES = r"{op}\.global(?:\.\w+)*\.(?:v4\.[bfu]32|v2\.[bfu]64)"
+DTYPE_NAMES = {tl.float32: "fp32", tl.float64: "fp64", tl.bfloat16: "bf16", tl.float16: "fp16"}
+
+
+def variants():
+    adam = importlib.import_module("fusedopt.triton_kernels.adam")._adam_kernel
+    rmsprop = importlib.import_module("fusedopt.triton_kernels.rmsprop")._rmsprop_kernel
+    adagrad = importlib.import_module("fusedopt.triton_kernels.adagrad")._adagrad_kernel
+    stream = importlib.import_module("fusedopt.triton_kernels.stream")._stream_kernel
+    pairs = [(tl.float32, tl.float32), (tl.float64, tl.float64), (tl.bfloat16, tl.bfloat16), (tl.float16, tl.float16)]
+    for param, state in pairs:
+        compute = tl.float64 if param == tl.float64 else tl.float32
+        base = dict(PARAM=param, STATE=state, COMPUTE=compute, ALIGNED=True, BLOCK=common.BLOCK)
+        yield adam, dict(base, DECAY_MODE=2, AMSGRAD=True)
+        yield rmsprop, dict(base, WEIGHT_DECAY=True, CENTERED=True, MOMENTUM=True)
+        yield adagrad, dict(base, WEIGHT_DECAY=True)
+    base = dict(PARAM=tl.float32, STATE=tl.float32, COMPUTE=tl.float32, ALIGNED=True, BLOCK=common.BLOCK)
+    for mode in (0, 1):
+        yield adam, dict(base, DECAY_MODE=mode, AMSGRAD=False)
+    yield rmsprop, dict(base, WEIGHT_DECAY=False, CENTERED=False, MOMENTUM=False)
+    yield adagrad, dict(base, WEIGHT_DECAY=False)
+    yield adam, dict(base, DECAY_MODE=0, AMSGRAD=False, ALIGNED=False)
+    yield stream, dict(PARAM=tl.float32, STATE=tl.float32, NUM_STATES=2, ALIGNED=True, BLOCK=common.BLOCK)
+
+
+def compile_variant(kernel, constexprs: dict, capability: int) -> dict:
+    compute = DTYPE_NAMES[constexprs.get("COMPUTE", tl.float32)]
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        else:
+            signature[name] = POINTER_ARGS.get(name, "*i64").format(compute=compute)
+    constants = {(kernel.arg_names.index(n),): v for n, v in constexprs.items()}
+    compiled = triton_compile(
+        ASTSource(fn=kernel, signature=signature, constexprs=constants),
+        target=GPUTarget("cuda", capability, 32),
+        options={"num_warps": common.NUM_WARPS},
+    )
+    ptx = compiled.asm["ptx"]
+    return {
+        "kernel": kernel.__name__,
+        "target": f"sm_{capability}",
+        "constexprs": {k: DTYPE_NAMES.get(v, v) for k, v in constexprs.items()},
+        "vector_loads": len(re.findall(SIXTEEN_BYTES.format(op="ld"), ptx)),
+        "vector_stores": len(re.findall(SIXTEEN_BYTES.format(op="st"), ptx)),
+        "cubin_bytes": len(compiled.asm["cubin"]),
+    }
+
+
+def main() -> int:
+    for capability in (80, 90):
+        for kernel, constexprs in variants():
+            print(json.dumps(compile_variant(kernel, constexprs, capability)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
