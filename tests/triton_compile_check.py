@@ -14,11 +14,10 @@ import re
 import sys
 
 import triton.language as tl
+from fusedopt.triton_kernels import _common as common
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler import compile as triton_compile
-
-from fusedopt.triton_kernels import _common as common
 
 POINTER_ARGS = {"block_tensor": "*i32", "hyper": "*{compute}", "per_tensor": "*{compute}", "clrs": "*{compute}"}
 # A 16-byte global access: four 32-bit or two 64-bit lanes.
