@@ -6,8 +6,9 @@ Build against the torch you already have, as flash-attention and Apex do:
 
 With build isolation (plain `pip install .`), pip's build environment has no torch: the package installs
 without compiled extensions and builds them with ninja at first use (JIT) instead.
-Environment switches: FUSEDOPT_SKIP_CPU_BUILD=1 skips the CPU extension; FUSEDOPT_WERROR=1 turns warnings
-into errors (CI).
+Environment switches: FUSEDOPT_SKIP_CPU_BUILD=1 / FUSEDOPT_SKIP_CUDA_BUILD=1 skip an extension;
+FUSEDOPT_CUDA_ARCH="80;90" picks the GPU architectures; FUSEDOPT_WERROR=1 turns warnings into errors (CI).
+The CUDA extension is built when torch has CUDA and nvcc is found; otherwise it is JIT-built on first use.
 """
 
 from __future__ import annotations
@@ -31,11 +32,9 @@ def _load_build_config():
 
 
 def _native_extensions(config) -> tuple[list, dict]:
-    if os.environ.get(config.SKIP_CPU_BUILD_ENV) == "1":
-        print(f"fusedopt: {config.SKIP_CPU_BUILD_ENV}=1, not building the CPU extension (JIT at first use)")
-        return [], {}
     try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension, include_paths
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension, include_paths
     except ImportError:
         print(
             "fusedopt: torch is not importable in this build environment, so no extension is compiled now; "
@@ -44,16 +43,37 @@ def _native_extensions(config) -> tuple[list, dict]:
         )
         return [], {}
     csrc = os.path.join(ROOT, "csrc")
-    cpu = CppExtension(
-        name=config.CPU_EXTENSION_NAME,
-        sources=[os.path.relpath(p, ROOT) for p in config.cpu_sources(csrc)],
-        include_dirs=config.cpu_include_dirs(csrc),
-        # setuptools passes torch's headers with -I; naming them -isystem too makes GCC treat them as system
-        # headers, so that -Wextra -Werror (FUSEDOPT_WERROR=1) judge fusedopt's code and not torch's.
-        extra_compile_args={"cxx": config.cpu_cxx_flags() + [f for p in include_paths() for f in ("-isystem", p)]},
-        extra_link_args=list(config.CPU_LINK_FLAGS),
-    )
-    return [cpu], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    # setuptools passes torch's headers with -I; naming them -isystem too makes GCC treat them as system
+    # headers, so that -Wextra -Werror (FUSEDOPT_WERROR=1) judge fusedopt's code and not torch's.
+    system_headers = [f for p in include_paths() for f in ("-isystem", p)]
+    extensions = []
+    if os.environ.get(config.SKIP_CPU_BUILD_ENV) == "1":
+        print(f"fusedopt: {config.SKIP_CPU_BUILD_ENV}=1, not building the CPU extension (JIT at first use)")
+    else:
+        extensions.append(
+            CppExtension(
+                name=config.CPU_EXTENSION_NAME,
+                sources=[os.path.relpath(p, ROOT) for p in config.cpu_sources(csrc)],
+                include_dirs=config.cpu_include_dirs(csrc),
+                extra_compile_args={"cxx": config.cpu_cxx_flags() + system_headers},
+                extra_link_args=list(config.CPU_LINK_FLAGS),
+            )
+        )
+    if os.environ.get(config.SKIP_CUDA_BUILD_ENV) == "1":
+        print(f"fusedopt: {config.SKIP_CUDA_BUILD_ENV}=1, not building the CUDA extension")
+    elif torch.version.cuda is None or CUDA_HOME is None:
+        why = "torch is built without CUDA" if torch.version.cuda is None else "nvcc (CUDA_HOME) was not found"
+        print(f"fusedopt: not building the CUDA extension: {why}; it is JIT-built on first use on a GPU machine")
+    else:
+        extensions.append(
+            CUDAExtension(
+                name=config.CUDA_EXTENSION_NAME,
+                sources=[os.path.relpath(p, ROOT) for p in config.cuda_sources(csrc)],
+                include_dirs=config.cpu_include_dirs(csrc),
+                extra_compile_args={"cxx": ["-O3"] + system_headers, "nvcc": config.nvcc_flags()},
+            )
+        )
+    return extensions, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 config = _load_build_config()
@@ -62,10 +82,10 @@ ext_modules, cmdclass = _native_extensions(config)
 setup(
     packages=find_packages(include=["fusedopt", "fusedopt.*"])
     + ["fusedopt.triton_kernels"]
-    + ["fusedopt._csrc" + sub for sub in ("", ".cpu", ".cuda", ".include", ".include.fusedopt")],
+    + ["fusedopt._csrc" + sub for sub in ("", ".common", ".cpu", ".cuda", ".include", ".include.fusedopt")],
     package_dir={"fusedopt.triton_kernels": "triton_kernels", "fusedopt._csrc": "csrc"},
     # The sources travel with the package so that the JIT build at first use works from a wheel too.
-    package_data={"fusedopt._csrc.cpu": ["*"], "fusedopt._csrc.cuda": ["*"], "fusedopt._csrc.include.fusedopt": ["*"]},
+    package_data={f"fusedopt._csrc.{sub}": ["*"] for sub in ("common", "cpu", "cuda", "include.fusedopt")},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

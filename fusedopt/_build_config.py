@@ -51,3 +51,36 @@ def cpu_sources(root: str | None = None) -> list[str]:
 def cpu_include_dirs(root: str | None = None) -> list[str]:
     root = root or source_root()
     return [os.path.join(root, d) for d in CPU_INCLUDE_DIRS]
+
+
+CUDA_EXTENSION_NAME = "fusedopt._cuda_ext"
+CUDA_SOURCES = ("cuda/fused_cuda.cu", "cuda/bindings_cuda.cpp")
+
+# FUSEDOPT_CUDA_ARCH="80;90" (the default: A100 and H100/H200) chooses the GPU architectures to build for;
+# FUSEDOPT_SKIP_CUDA_BUILD=1 skips the CUDA extension in setup.py (it is then JIT-built on first use on a GPU).
+CUDA_ARCH_ENV = "FUSEDOPT_CUDA_ARCH"
+DEFAULT_CUDA_ARCHS = "80;90"
+SKIP_CUDA_BUILD_ENV = "FUSEDOPT_SKIP_CUDA_BUILD"
+
+
+def cuda_sources(root: str | None = None) -> list[str]:
+    root = root or source_root()
+    return [os.path.join(root, s) for s in CUDA_SOURCES]
+
+
+def cuda_arch_flags() -> list[str]:
+    archs = [a.strip() for a in os.environ.get(CUDA_ARCH_ENV, DEFAULT_CUDA_ARCHS).replace(",", ";").split(";")]
+    flags = []
+    for arch in filter(None, archs):
+        number = arch.replace(".", "").replace("sm_", "")
+        if not number.isdigit():
+            raise ValueError(f"{CUDA_ARCH_ENV}: {arch!r} is not a CUDA architecture such as 80 or 90")
+        flags.append(f"-gencode=arch=compute_{number},code=sm_{number}")
+    return flags
+
+
+def nvcc_flags() -> list[str]:
+    flags = ["-O3", "-lineinfo"] + cuda_arch_flags()
+    if os.environ.get(WERROR_ENV) == "1":
+        flags += ["-Werror", "all-warnings"]
+    return flags

@@ -10,27 +10,18 @@
 #include <string>
 #include <vector>
 
+#include "../common/binding_utils.h"
 #include "fused_cpu.h"
 
 namespace fusedopt::cpu {
 namespace {
 
-using TensorList = std::vector<at::Tensor>;
+using binding::advance_steps;
+using binding::check_steps;
+using binding::TensorList;
 
 StorageType storage_type_of(const at::Tensor& tensor, const char* role) {
-  switch (tensor.scalar_type()) {
-    case at::kFloat:
-      return StorageType::kFloat32;
-    case at::kDouble:
-      return StorageType::kFloat64;
-    case at::kBFloat16:
-      return StorageType::kBFloat16;
-    case at::kHalf:
-      return StorageType::kFloat16;
-    default:
-      TORCH_CHECK_TYPE(false, "fusedopt CPU backend: ", role, " has dtype ", tensor.scalar_type(),
-                       "; supported are float32, float64, bfloat16 and float16");
-  }
+  return binding::storage_type_of(tensor, "CPU", role);
 }
 
 void check_operand(const at::Tensor& tensor, const at::Tensor& param, const char* role, size_t index) {
@@ -85,30 +76,6 @@ std::vector<TensorSlot> make_slots(const TensorList& params, const TensorList& g
   return slots;
 }
 
-void check_steps(const TensorList& steps, size_t n) {
-  TORCH_CHECK(steps.size() == n, "fusedopt CPU backend: got ", n, " params but ", steps.size(), " step counters");
-  for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& step = steps[i];
-    TORCH_CHECK(step.device().is_cpu() && step.numel() == 1 &&
-                    (step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble),
-                "fusedopt CPU backend: steps[", i, "] must be a one-element float32 or float64 CPU tensor");
-  }
-}
-
-// Adds one to every step counter (as torch.optim does before using it) and returns the new values.
-std::vector<double> advance_steps(const TensorList& steps) {
-  std::vector<double> values(steps.size());
-  for (size_t i = 0; i < steps.size(); ++i) {
-    const at::Tensor& step = steps[i];
-    if (step.scalar_type() == at::kDouble) {
-      values[i] = (*step.data_ptr<double>() += 1.0);
-    } else {
-      values[i] = (*step.data_ptr<float>() += 1.0f);
-    }
-  }
-  return values;
-}
-
 void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
           const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& steps, double lr,
           double beta1, double beta2, double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled) {
@@ -119,7 +86,7 @@ void adam(const TensorList& params, const TensorList& grads, const TensorList& e
   const TensorList none;
   const auto slots = make_slots(params, grads, {&exp_avgs, &exp_avg_sqs, amsgrad ? &max_exp_avg_sqs : &none},
                                 launch.layout);
-  check_steps(steps, params.size());
+  check_steps(steps, params.size(), "CPU");
   const std::vector<double> step_values = advance_steps(steps);
   std::vector<AdamScalars<double>> scalars(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
@@ -144,7 +111,7 @@ void rmsprop(const TensorList& params, const TensorList& grads, const TensorList
   const auto slots = make_slots(
       params, grads, {&square_avgs, centered ? &grad_avgs : &none, momentum > 0.0 ? &momentum_buffers : &none},
       launch.layout);
-  check_steps(steps, params.size());
+  check_steps(steps, params.size(), "CPU");
   advance_steps(steps);
   launch.weight_decay = weight_decay != 0.0;
   launch.centered = centered;
@@ -158,7 +125,7 @@ void adagrad(const TensorList& params, const TensorList& grads, const TensorList
              const TensorList& steps, double lr, double lr_decay, double weight_decay, double eps, bool maximize) {
   AdagradLaunch launch{};
   const auto slots = make_slots(params, grads, {&state_sums}, launch.layout);
-  check_steps(steps, params.size());
+  check_steps(steps, params.size(), "CPU");
   const std::vector<double> step_values = advance_steps(steps);
   std::vector<AdagradScalars<double>> scalars(params.size());
   for (size_t i = 0; i < params.size(); ++i) {

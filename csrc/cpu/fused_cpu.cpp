@@ -29,20 +29,6 @@
 
 namespace fusedopt::cpu {
 
-const char* storage_type_name(StorageType type) {
-  switch (type) {
-    case StorageType::kFloat32:
-      return "float32";
-    case StorageType::kFloat64:
-      return "float64";
-    case StorageType::kBFloat16:
-      return "bfloat16";
-    case StorageType::kFloat16:
-      return "float16";
-  }
-  return "unknown";
-}
-
 namespace {
 
 // 32K elements: 128 KiB per float32 stream, so the four to six streams of a chunk stay within L2 while
@@ -56,14 +42,6 @@ struct Chunk {
   int64_t begin;
   int64_t end;
 };
-
-// Storage pairs the kernels are built for: state in the parameter's own type (torch.optim's rule), or
-// float32 state for bfloat16/float16 parameters.
-bool is_supported_pair(StorageType param, StorageType state) {
-  return param == state || (state == StorageType::kFloat32 &&
-                            (param == StorageType::kBFloat16 || param == StorageType::kFloat16));
-}
-
 
 // Calls `run_chunk` once for every chunk of every tensor; exceptions must not escape `run_chunk`.
 template <typename ChunkFn>

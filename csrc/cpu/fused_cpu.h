@@ -7,13 +7,10 @@
 
 #include <cstdint>
 
+#include "fusedopt/storage_type.h"
 #include "fusedopt/update_rules.h"
 
 namespace fusedopt::cpu {
-
-enum class StorageType : int { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2, kFloat16 = 3 };
-
-const char* storage_type_name(StorageType type);
 
 // The most state tensors any optimizer keeps per parameter (Adam with amsgrad, RMSprop centered with momentum).
 constexpr int kMaxStateTensors = 3;

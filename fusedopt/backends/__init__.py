@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 
 from fusedopt.backends import cpu as _cpu
+from fusedopt.backends import cuda as _cuda
 from fusedopt.backends import reference as _reference
 from fusedopt.backends import triton as _triton
 
@@ -33,6 +34,7 @@ class Backend(Protocol):
 
 
 _REGISTRY: dict[str, Backend] = {
+    "cuda": _cuda.CudaBackend(),
     "triton": _triton.TritonBackend(),
     "cpu": _cpu.CpuBackend(),
     "reference": _reference.ReferenceBackend(),

@@ -133,11 +133,14 @@ def _roofline(optimizer: str, options: dict, params: list[torch.Tensor]) -> Step
         return lambda: extension.stream(params, grads, *lists)
     from fusedopt.backends import get_backend
 
-    backend = get_backend("triton")
-    reason = backend.unavailable_reason(device)
-    if reason is not None:
-        raise Unavailable(f"unavailable: {reason}")
-    return lambda: backend.stream(params, grads, states)
+    reasons = []
+    for name in ("cuda", "triton"):
+        backend = get_backend(name)
+        reason = backend.unavailable_reason(device)
+        if reason is None:
+            return lambda: backend.stream(params, grads, states)
+        reasons.append(f"{name}: {reason}")
+    raise Unavailable("unavailable: " + "; ".join(reasons))
 
 
 def _device_copy(optimizer: str, options: dict, params: list[torch.Tensor]) -> StepFn:

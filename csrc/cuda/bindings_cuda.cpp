@@ -1,0 +1,220 @@
+// csrc/cuda/bindings_cuda.cpp -- Python binding of the fused CUDA kernels (module fusedopt._cuda_ext).
+//
+// The only file of the CUDA extension that includes torch. Per call it checks the operands, finds (or builds
+// once) the bucket's device tables (NOTE [cuda multi-tensor launch] in fused_cuda.h), advances the CPU step
+// counters, uploads the per-tensor scalars and launches one kernel on the current stream. Every check runs
+// before the first write; every launch is checked.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include <cstring>
+#include <unordered_map>
+#include <vector>
+
+#include "../common/binding_utils.h"
+#include "fused_cuda.h"
+
+namespace fusedopt::cuda {
+namespace {
+
+using binding::advance_steps;
+using binding::check_steps;
+using binding::TensorList;
+
+constexpr size_t kMaxCachedTables = 64;
+constexpr uintptr_t kVectorAlignment = 16;
+
+struct KeyHash {
+  size_t operator()(const std::vector<int64_t>& key) const {
+    size_t hash = key.size();
+    for (int64_t value : key) hash ^= std::hash<int64_t>{}(value) + 0x9e3779b97f4a7c15ULL + (hash << 6) + (hash >> 2);
+    return hash;
+  }
+};
+
+struct CachedTables {
+  at::Tensor device_bytes;  // TensorEntry[num_tensors] followed by ChunkEntry[num_chunks]
+  LaunchTables tables;
+};
+
+std::unordered_map<std::vector<int64_t>, CachedTables, KeyHash>& table_cache() {
+  static std::unordered_map<std::vector<int64_t>, CachedTables, KeyHash> cache;
+  return cache;
+}
+
+template <typename T>
+at::Tensor upload(const std::vector<T>& values, const at::Device& device) {
+  at::Tensor host = at::empty({static_cast<int64_t>(values.size() * sizeof(T))},
+                              at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), values.data(), values.size() * sizeof(T));
+  return host.to(device, /*non_blocking=*/true);
+}
+
+// Checks every operand (nothing is modified here) and returns the bucket's launch tables, from the cache when
+// no operand has moved. `states` lists the state columns in slot order; `decay_mode` is stored per tensor.
+LaunchTables tables_for(const TensorList& params, const TensorList& grads,
+                        const std::vector<const TensorList*>& states, int32_t decay_mode) {
+  const size_t n = params.size();
+  TORCH_CHECK(n > 0, "fusedopt CUDA backend: no params");
+  TORCH_CHECK(grads.size() == n, "fusedopt CUDA backend: got ", n, " params but ", grads.size(), " grads");
+  const at::Device device = params[0].device();
+  TORCH_CHECK(device.is_cuda(), "fusedopt CUDA backend: params are on ", device, ", expected a CUDA device");
+  const StorageType param_type = binding::storage_type_of(params[0], "CUDA", "param");
+  const StorageType state_type =
+      states.empty() ? param_type : binding::storage_type_of((*states[0])[0], "CUDA", "state");
+  TORCH_CHECK_TYPE(is_supported_pair(param_type, state_type), "fusedopt CUDA backend: ",
+                   storage_type_name(param_type), " parameters with ", storage_type_name(state_type),
+                   " state are not supported");
+  std::vector<int64_t> key = {device.index(), static_cast<int64_t>(param_type), static_cast<int64_t>(state_type),
+                              decay_mode};
+  key.reserve(4 + n * (3 + states.size()));
+  auto check = [&](const at::Tensor& t, const at::Tensor& param, at::ScalarType dtype, const char* role, size_t i) {
+    TORCH_CHECK(t.device() == device, "fusedopt CUDA backend: ", role, "[", i, "] is on ", t.device(), ", expected ",
+                device);
+    TORCH_CHECK(t.is_contiguous(), "fusedopt CUDA backend: ", role, "[", i, "] must be contiguous");
+    TORCH_CHECK(t.numel() == param.numel(), "fusedopt CUDA backend: ", role, "[", i, "] has ", t.numel(),
+                " elements but its parameter has ", param.numel());
+    TORCH_CHECK_TYPE(t.scalar_type() == dtype, "fusedopt CUDA backend: ", role, "[", i, "] has dtype ",
+                     t.scalar_type(), ", expected ", dtype);
+    key.push_back(reinterpret_cast<int64_t>(t.data_ptr()));
+  };
+  const at::ScalarType param_dtype = params[0].scalar_type();
+  const at::ScalarType state_dtype = states.empty() ? param_dtype : (*states[0])[0].scalar_type();
+  for (const TensorList* column : states) {
+    TORCH_CHECK(column->size() == n, "fusedopt CUDA backend: got ", n, " params but ", column->size(),
+                " tensors of one state");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    key.push_back(params[i].numel());
+    check(params[i], params[i], param_dtype, "params", i);
+    check(grads[i], params[i], param_dtype, "grads", i);
+    for (const TensorList* column : states) check((*column)[i], params[i], state_dtype, "state", i);
+  }
+
+  auto& cache = table_cache();
+  auto found = cache.find(key);
+  if (found != cache.end()) return found->second.tables;
+
+  std::vector<TensorEntry> entries(n);
+  std::vector<ChunkEntry> chunks;
+  for (size_t i = 0; i < n; ++i) {
+    TensorEntry& entry = entries[i];
+    entry.param = params[i].data_ptr();
+    entry.grad = grads[i].data_ptr();
+    bool aligned = reinterpret_cast<uintptr_t>(entry.param) % kVectorAlignment == 0 &&
+                   reinterpret_cast<uintptr_t>(entry.grad) % kVectorAlignment == 0;
+    for (int k = 0; k < kMaxStateTensors; ++k) {
+      entry.state[k] = k < static_cast<int>(states.size()) ? (*states[k])[i].data_ptr() : nullptr;
+      if (entry.state[k]) aligned = aligned && reinterpret_cast<uintptr_t>(entry.state[k]) % kVectorAlignment == 0;
+    }
+    entry.numel = params[i].numel();
+    entry.aligned = aligned;
+    entry.decay_mode = decay_mode;
+    for (int64_t start = 0; start < entry.numel; start += kChunkElements) {
+      chunks.push_back({start, static_cast<int64_t>(i)});
+    }
+  }
+  TORCH_CHECK(chunks.size() < (size_t{1} << 31), "fusedopt CUDA backend: too many chunks for one launch");
+  std::vector<uint8_t> bytes(entries.size() * sizeof(TensorEntry) + chunks.size() * sizeof(ChunkEntry));
+  std::memcpy(bytes.data(), entries.data(), entries.size() * sizeof(TensorEntry));
+  std::memcpy(bytes.data() + entries.size() * sizeof(TensorEntry), chunks.data(), chunks.size() * sizeof(ChunkEntry));
+  CachedTables cached;
+  cached.device_bytes = upload(bytes, device);
+  const auto* base = static_cast<const uint8_t*>(cached.device_bytes.data_ptr());
+  cached.tables.tensors = reinterpret_cast<const TensorEntry*>(base);
+  cached.tables.chunks = reinterpret_cast<const ChunkEntry*>(base + entries.size() * sizeof(TensorEntry));
+  cached.tables.num_chunks = static_cast<int64_t>(chunks.size());
+  cached.tables.param_type = param_type;
+  cached.tables.state_type = state_type;
+  if (cache.size() >= kMaxCachedTables) cache.clear();
+  return cache.emplace(std::move(key), std::move(cached)).first->second.tables;
+}
+
+void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
+          const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& steps, double lr,
+          double beta1, double beta2, double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled) {
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  const WeightDecayMode decay = weight_decay == 0.0 ? WeightDecayMode::kNone
+                                                    : (decoupled ? WeightDecayMode::kDecoupled : WeightDecayMode::kL2);
+  std::vector<const TensorList*> states = {&exp_avgs, &exp_avg_sqs};
+  if (amsgrad) states.push_back(&max_exp_avg_sqs);
+  const LaunchTables tables = tables_for(params, grads, states, static_cast<int32_t>(decay));
+  check_steps(steps, params.size(), "CUDA");
+  const std::vector<double> step_values = advance_steps(steps);
+  std::vector<AdamScalars<double>> scalars(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    scalars[i] = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, maximize, step_values[i]);
+  }
+  const at::Tensor device_scalars = upload(scalars, params[0].device());
+  C10_CUDA_CHECK(launch_adam(tables, amsgrad, static_cast<const AdamScalars<double>*>(device_scalars.data_ptr()),
+                             at::cuda::getCurrentCUDAStream()));
+}
+
+void rmsprop(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
+             const TensorList& grad_avgs, const TensorList& momentum_buffers, const TensorList& steps, double lr,
+             double alpha, double eps, double weight_decay, double momentum, bool centered, bool maximize) {
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  std::vector<const TensorList*> states = {&square_avgs};
+  if (centered) states.push_back(&grad_avgs);
+  if (momentum > 0.0) states.push_back(&momentum_buffers);
+  const LaunchTables tables = tables_for(params, grads, states, weight_decay != 0.0);
+  check_steps(steps, params.size(), "CUDA");
+  advance_steps(steps);
+  const std::vector<RmspropScalars<double>> scalars = {
+      make_rmsprop_scalars(lr, alpha, eps, weight_decay, momentum, maximize)};
+  const at::Tensor device_scalars = upload(scalars, params[0].device());
+  C10_CUDA_CHECK(launch_rmsprop(tables, centered, momentum > 0.0,
+                                static_cast<const RmspropScalars<double>*>(device_scalars.data_ptr()),
+                                at::cuda::getCurrentCUDAStream()));
+}
+
+void adagrad(const TensorList& params, const TensorList& grads, const TensorList& state_sums,
+             const TensorList& steps, double lr, double lr_decay, double weight_decay, double eps, bool maximize) {
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  const LaunchTables tables = tables_for(params, grads, {&state_sums}, weight_decay != 0.0);
+  check_steps(steps, params.size(), "CUDA");
+  const std::vector<double> step_values = advance_steps(steps);
+  std::vector<AdagradScalars<double>> scalars(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    scalars[i] = make_adagrad_scalars(lr, lr_decay, eps, weight_decay, maximize, step_values[i]);
+  }
+  const at::Tensor device_scalars = upload(scalars, params[0].device());
+  C10_CUDA_CHECK(launch_adagrad(tables, static_cast<const AdagradScalars<double>*>(device_scalars.data_ptr()),
+                                at::cuda::getCurrentCUDAStream()));
+}
+
+void stream(const TensorList& params, const TensorList& grads, const std::vector<TensorList>& states) {
+  if (params.empty()) return;
+  TORCH_CHECK(states.size() <= kMaxStateTensors, "fusedopt CUDA backend: at most 3 state lists");
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  std::vector<const TensorList*> columns;
+  for (const TensorList& column : states) columns.push_back(&column);
+  const LaunchTables tables = tables_for(params, grads, columns, 0);
+  C10_CUDA_CHECK(launch_stream(tables, static_cast<int>(states.size()), at::cuda::getCurrentCUDAStream()));
+}
+
+}  // namespace
+}  // namespace fusedopt::cuda
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace py = pybind11;
+  m.doc() = "fusedopt fused CUDA optimizer kernels (one launch per bucket)";
+  m.def("adam", &fusedopt::cuda::adam, "Fused Adam/AdamW step over a bucket of CUDA tensors", py::arg("params"),
+        py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"),
+        py::arg("steps"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"),
+        py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"));
+  m.def("rmsprop", &fusedopt::cuda::rmsprop, "Fused RMSprop step over a bucket of CUDA tensors", py::arg("params"),
+        py::arg("grads"), py::arg("square_avgs"), py::arg("grad_avgs"), py::arg("momentum_buffers"),
+        py::arg("steps"), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"),
+        py::arg("momentum"), py::arg("centered"), py::arg("maximize"));
+  m.def("adagrad", &fusedopt::cuda::adagrad, "Fused Adagrad step over a bucket of CUDA tensors", py::arg("params"),
+        py::arg("grads"), py::arg("state_sums"), py::arg("steps"), py::arg("lr"), py::arg("lr_decay"),
+        py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"));
+  m.def("stream", &fusedopt::cuda::stream, "Roofline: a step's loads and stores with one add per element",
+        py::arg("params"), py::arg("grads"), py::arg("states"));
+}

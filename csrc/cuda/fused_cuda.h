@@ -1,0 +1,57 @@
+// csrc/cuda/fused_cuda.h -- launch interface of the fused CUDA kernels; no torch headers, so nvcc alone can
+// check the kernels (CI compiles fused_cuda.cu for sm_80 and sm_90 without a GPU).
+//
+// NOTE [cuda multi-tensor launch]: one launch updates every tensor of a bucket. The binding keeps, per bucket,
+// a device table of TensorEntry (addresses, size, alignment) and ChunkEntry (which tensor and which
+// kChunkElements-long slice each CTA updates), cached and rebuilt only when an operand changes address. The
+// per-tensor scalars (bias corrections follow each tensor's step) are a small table copied each step.
+// Unlike torch's fused kernels (at most 36 tensors per launch, chunk lists rebuilt every step), any number of
+// tensors share one launch and nothing is rebuilt while addresses hold.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "fusedopt/storage_type.h"
+#include "fusedopt/update_rules.h"
+
+namespace fusedopt::cuda {
+
+constexpr int kMaxStateTensors = 3;
+// Elements one CTA updates: 256 threads x 16 elements, e.g. four 16-byte float32 vectors per thread and operand.
+constexpr int kThreadsPerBlock = 256;
+constexpr int64_t kChunkElements = int64_t{kThreadsPerBlock} * 16;
+
+struct TensorEntry {
+  void* param;
+  const void* grad;
+  void* state[kMaxStateTensors];
+  int64_t numel;
+  int32_t aligned;  // every operand starts on a 16-byte boundary: the vector path may be taken
+  int32_t decay_mode;  // fusedopt::WeightDecayMode for Adam; 0/1 (no/with L2 decay) for RMSprop and Adagrad
+};
+
+struct ChunkEntry {
+  int64_t start;   // first element of the chunk in its tensor
+  int64_t tensor;  // index into the TensorEntry table
+};
+
+struct LaunchTables {
+  const TensorEntry* tensors;  // device pointer
+  const ChunkEntry* chunks;    // device pointer
+  int64_t num_chunks;
+  StorageType param_type;
+  StorageType state_type;
+};
+
+// Each returns the launch's cudaError_t (cudaGetLastError right after the launch).
+cudaError_t launch_adam(const LaunchTables& tables, bool amsgrad, const AdamScalars<double>* scalars,
+                        cudaStream_t stream);
+cudaError_t launch_rmsprop(const LaunchTables& tables, bool centered, bool momentum,
+                           const RmspropScalars<double>* scalars, cudaStream_t stream);
+cudaError_t launch_adagrad(const LaunchTables& tables, const AdagradScalars<double>* scalars, cudaStream_t stream);
+// The roofline: the step's loads and stores with one add per element.
+cudaError_t launch_stream(const LaunchTables& tables, int num_states, cudaStream_t stream);
+
+}  // namespace fusedopt::cuda
