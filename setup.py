@@ -70,7 +70,7 @@ def _native_extensions(config) -> tuple[list, dict]:
                 name=config.CUDA_EXTENSION_NAME,
                 sources=[os.path.relpath(p, ROOT) for p in config.cuda_sources(csrc)],
                 include_dirs=config.cpu_include_dirs(csrc),
-                extra_compile_args={"cxx": ["-O3"] + system_headers, "nvcc": config.nvcc_flags()},
+                extra_compile_args={"cxx": config.binding_cxx_flags() + system_headers, "nvcc": config.nvcc_flags()},
             )
         )
     return extensions, {"build_ext": BuildExtension.with_options(use_ninja=True)}

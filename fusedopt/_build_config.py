@@ -79,6 +79,11 @@ def cuda_arch_flags() -> list[str]:
     return flags
 
 
+def binding_cxx_flags() -> list[str]:
+    """Host compiler flags of the CUDA extension's torch binding."""
+    return ["-O3", "-Wall", "-Wextra"] + (["-Werror"] if os.environ.get(WERROR_ENV) == "1" else [])
+
+
 def nvcc_flags() -> list[str]:
     flags = ["-O3", "-lineinfo"] + cuda_arch_flags()
     if os.environ.get(WERROR_ENV) == "1":

@@ -68,7 +68,7 @@ def _load_cuda_extension() -> types.ModuleType | ExtensionUnavailable:
         lambda: dict(
             sources=_build_config.cuda_sources(),
             extra_include_paths=_build_config.cpu_include_dirs(),
-            extra_cflags=["-O3"],
+            extra_cflags=_build_config.binding_cxx_flags(),
             extra_cuda_cflags=_build_config.nvcc_flags(),
         ),
     )
