@@ -25,6 +25,17 @@ AVAILABLE_ON_CPU = [name for name, reason in fusedopt.available_backends("cpu").
 CPU_BACKENDS = [name for name in AVAILABLE_ON_CPU if name != "triton"]
 
 
+# GPU tests are not collected without a CUDA device (rather than reported as hundreds of skips); the header
+# line says so. bench/gpu_check.sh runs them on a lent GPU.
+collect_ignore = [] if torch.cuda.is_available() else ["test_cuda.py"]
+
+
+def pytest_report_header(config):
+    if torch.cuda.is_available():
+        return f"fusedopt: CUDA device {torch.cuda.get_device_name(0)}; GPU tests collected"
+    return "fusedopt: no CUDA device; tests/test_cuda.py not collected, Triton kernels run through the interpreter"
+
+
 def pytest_configure(config):
     required = [b for b in os.environ.get("FUSEDOPT_REQUIRE_BACKENDS", "").split(",") if b]
     missing = {b: fusedopt.available_backends("cpu").get(b, "unknown backend") for b in required}

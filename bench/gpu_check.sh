@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The one prepared script for a lent GPU (H200: torch 2.11 + CUDA 13, triton 3.6, nvcc 13.0, no internet):
+# builds the extensions, runs the GPU tests, runs the benchmark, and writes everything under $OUT
+# (default: bench/results/local). About 8 minutes; each stage has its own time limit and the script goes on
+# after a failing stage, recording every exit code in $OUT/stages.txt. Afterwards, commit $OUT's files under
+# bench/results/<date>-<device>/.
+#
+#   device run:  bash bench/gpu_check.sh          (the device tool sets $OUT)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/local}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+# Work from the source tree: the Triton kernels live in triton_kernels/ and are imported as fusedopt.triton_kernels.
+[ -e fusedopt/triton_kernels ] || ln -s ../triton_kernels fusedopt/triton_kernels
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export FUSEDOPT_CUDA_ARCH=${FUSEDOPT_CUDA_ARCH:-90} MAX_JOBS=${MAX_JOBS:-16} FUSEDOPT_VERBOSE_BUILD=1
+: > "$OUT/stages.txt"
+
+stage() {  # stage NAME SECONDS COMMAND...: runs one stage with a time limit, logs to $OUT/NAME.log
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc seconds=$((SECONDS - start))" | tee -a "$OUT/stages.txt"
+  tail -n 3 "$OUT/$name.log"
+}
+
+stage info 60 $PY -m fusedopt info
+stage ptxas 120 bash scripts/check_cuda_compile.sh "$OUT/ptxas"
+stage build 300 $PY -c "from fusedopt import _extensions as e; e.cuda_extension(); e.cpu_extension(); print('built')"
+stage gpu_tests 240 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda.py tests/test_triton.py \
+  --junitxml="$OUT/gpu_tests.xml"
+stage bench 300 $PY -m fusedopt.bench --device cuda --optimizer adamw --dtype float32,bfloat16 --variants default \
+  --impl fusedopt,torch,apex,deepspeed,bitsandbytes,torchao,roofline \
+  --size 1M,16M,64M,256M,gpt2-small,small-2000x4K-256K --reps 20 --no-progress \
+  --json "$OUT/bench.json" --csv "$OUT/bench.csv" --plot "$OUT/bench.png"
+stage summary 60 $PY bench/summarize.py "$OUT/bench.json"
+cp "$OUT/summary.log" "$OUT/summary.md" 2>/dev/null
+echo "== stages"; cat "$OUT/stages.txt"
+grep -E "^\| (fusedopt|torch-fused|roofline)" "$OUT/summary.md" 2>/dev/null | head -40
