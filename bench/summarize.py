@@ -22,8 +22,8 @@ def summarize(document: dict) -> str:
         f"- versions: fusedopt {meta['fusedopt']}, torch {meta['torch']}, triton {meta.get('triton')}, "
         f"CUDA {meta.get('cuda')}, python {meta['python']}",
         f"- command: `{meta['command']}`",
-        "- GB/s counts the bytes a single-pass step must move (fusedopt/bench/traffic.py); % roof is against the fastest "
-        "roofline row of the same case, measured in the same run",
+        "- GB/s counts the bytes a single-pass step must move (fusedopt/bench/traffic.py); % roofline is against "
+        "the fastest roofline row of the same case, measured in the same run",
         "",
     ]
     cases = defaultdict(list)
