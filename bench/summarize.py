@@ -1,6 +1,7 @@
 """Turns a fusedopt-bench JSON file into the markdown summary committed under bench/results/.
 
     python bench/summarize.py results.json > summary.md
+    python bench/summarize.py results.json --plot results.png     # redraws the plot from the JSON
 
 For every case it lists each implementation's median time, GB/s, % of roofline and its speed relative to
 torch.optim's fused kernel (or foreach, where torch has no fused one), from the rows as measured.
@@ -52,6 +53,12 @@ def summarize(document: dict) -> str:
 
 
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[2] == "--plot":
+        from fusedopt.bench import report
+
+        rows, info = report.read_json(sys.argv[1])
+        report.plot(sys.argv[3], rows, info)
+        return 0
     with open(sys.argv[1]) as f:
         print(summarize(json.load(f)))
     return 0

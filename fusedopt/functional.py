@@ -6,6 +6,9 @@ in place. Before a backend sees them, tensors are brought to the form every kern
 - Complex tensors become their real view (torch.view_as_real), as torch.optim updates them.
 - A non-contiguous param or state is updated through a contiguous copy that is written back afterwards; a
   non-contiguous grad is read through a contiguous copy. Contiguous tensors (the normal case) are used as is.
+
+`grad_factor` multiplies every gradient as the kernel reads it (GradScaler's 1/scale times the clip coefficient):
+NOTE [grad factor] in csrc/include/fusedopt/update_rules.h.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def adam(
     amsgrad: bool,
     maximize: bool,
     decoupled: bool,
+    grad_factor: float = 1.0,
     backend: str | backends.Backend = "auto",
 ) -> None:
     """Adam (decoupled=False) or AdamW (decoupled=True) on every tensor of the lists, in one fused pass."""
@@ -93,6 +97,7 @@ def adam(
         amsgrad=amsgrad,
         maximize=maximize,
         decoupled=decoupled,
+        grad_factor=grad_factor,
     )
     ops.write_back()
 
@@ -113,6 +118,7 @@ def rmsprop(
     momentum: float,
     centered: bool,
     maximize: bool,
+    grad_factor: float = 1.0,
     backend: str | backends.Backend = "auto",
 ) -> None:
     """RMSprop on every tensor of the lists, in one fused pass."""
@@ -132,6 +138,7 @@ def rmsprop(
         momentum=momentum,
         centered=centered,
         maximize=maximize,
+        grad_factor=grad_factor,
     )
     ops.write_back()
 
@@ -148,6 +155,7 @@ def adagrad(
     weight_decay: float,
     eps: float,
     maximize: bool,
+    grad_factor: float = 1.0,
     backend: str | backends.Backend = "auto",
 ) -> None:
     """Adagrad on every tensor of the lists, in one fused pass."""
@@ -163,5 +171,6 @@ def adagrad(
         weight_decay=weight_decay,
         eps=eps,
         maximize=maximize,
+        grad_factor=grad_factor,
     )
     ops.write_back()

@@ -9,6 +9,8 @@ Numerics shared by all backends:
   updated in float32 and rounded (to nearest even) once when stored, state included.
 - Complex tensors are updated as their real and imaginary parts (torch.view_as_real), as torch.optim does.
 - Per-step scalars (bias corrections, decayed learning rates) are Python floats, i.e. double precision.
+- `grad_factor` multiplies every gradient as it is read: GradScaler's 1/scale and the max_grad_norm clip
+  coefficient (NOTE [grad factor] in csrc/include/fusedopt/update_rules.h); gradients are never rewritten.
 """
 
 from __future__ import annotations
@@ -56,13 +58,13 @@ def adam(
     amsgrad: bool,
     maximize: bool,
     decoupled: bool,
+    grad_factor: float = 1.0,
 ) -> None:
     """Adam (decoupled=False, L2 weight decay) and AdamW (decoupled=True)."""
     for i, param in enumerate(params):
         t = _advance(state_steps[i])
         theta, g, m, v = _load(param), _load(grads[i]), _load(exp_avgs[i]), _load(exp_avg_sqs[i])
-        if maximize:
-            g = -g
+        g = g * (-grad_factor if maximize else grad_factor)  # unscale, clip, maximize: NOTE [grad factor]
         if weight_decay != 0:
             if decoupled:
                 theta = theta * (1 - lr * weight_decay)  # AdamW: shrink the weights directly
@@ -101,13 +103,13 @@ def rmsprop(
     momentum: float,
     centered: bool,
     maximize: bool,
+    grad_factor: float = 1.0,
 ) -> None:
     """RMSprop, optionally centered (divides by the gradient's variance estimate) and with momentum."""
     for i, param in enumerate(params):
         _advance(state_steps[i])
         theta, g, square_avg = _load(param), _load(grads[i]), _load(square_avgs[i])
-        if maximize:
-            g = -g
+        g = g * (-grad_factor if maximize else grad_factor)  # unscale, clip, maximize: NOTE [grad factor]
         if weight_decay != 0:
             g = g + weight_decay * theta
         square_avg = square_avg * alpha + (1 - alpha) * g * g  # v_t = alpha * v_{t-1} + (1 - alpha) * g_t^2
@@ -140,13 +142,13 @@ def adagrad(
     weight_decay: float,
     eps: float,
     maximize: bool,
+    grad_factor: float = 1.0,
 ) -> None:
     """Adagrad: divides by the root of the running sum of squared gradients."""
     for i, param in enumerate(params):
         t = _advance(state_steps[i])
         theta, g, state_sum = _load(param), _load(grads[i]), _load(state_sums[i])
-        if maximize:
-            g = -g
+        g = g * (-grad_factor if maximize else grad_factor)  # unscale, clip, maximize: NOTE [grad factor]
         if weight_decay != 0:
             g = g + weight_decay * theta
         clr = lr / (1 + (t - 1) * lr_decay)  # learning rate decayed with the step count

@@ -14,8 +14,8 @@ from fusedopt.triton_kernels import _common as common
 
 
 @triton.jit
-def adagrad_update(p, g, state_sum, grad_sign, weight_decay, clr, eps, WEIGHT_DECAY: tl.constexpr):
-    g = g * grad_sign
+def adagrad_update(p, g, state_sum, grad_factor, weight_decay, clr, eps, WEIGHT_DECAY: tl.constexpr):
+    g = g * grad_factor
     if WEIGHT_DECAY:
         g = g + weight_decay * p
     state_sum = state_sum + g * g
@@ -25,13 +25,13 @@ def adagrad_update(p, g, state_sum, grad_sign, weight_decay, clr, eps, WEIGHT_DE
 
 @triton.jit
 def _adagrad_block(
-    param, grad, state_sums, offsets, mask, grad_sign, weight_decay, clr, eps,
+    param, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
     COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
     p = common.load(param, offsets, mask, MASKED, COMPUTE)
     g = common.load(grad, offsets, mask, MASKED, COMPUTE)
     state_sum = common.load(state_sums, offsets, mask, MASKED, COMPUTE)
-    p, state_sum = adagrad_update(p, g, state_sum, grad_sign, weight_decay, clr, eps, WEIGHT_DECAY)
+    p, state_sum = adagrad_update(p, g, state_sum, grad_factor, weight_decay, clr, eps, WEIGHT_DECAY)
     common.store(param, offsets, mask, p, MASKED)
     common.store(state_sums, offsets, mask, state_sum, MASKED)
 
@@ -40,7 +40,7 @@ def _adagrad_block(
 def _adagrad_kernel(
     param_table, grad_table, sum_table,  # int64 address rows
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
-    hyper,  # [grad_sign, weight_decay, eps] in COMPUTE
+    hyper,  # [grad_factor, weight_decay, eps] in COMPUTE
     clrs,  # lr / (1 + (step - 1) * lr_decay) per tensor, in COMPUTE
     PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
     ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
@@ -49,17 +49,17 @@ def _adagrad_kernel(
     param = common.operand(param_table, t, PARAM, ALIGNED)
     grad = common.operand(grad_table, t, PARAM, ALIGNED)
     state_sums = common.operand(sum_table, t, STATE, ALIGNED)
-    grad_sign = tl.load(hyper + 0)
+    grad_factor = tl.load(hyper + 0)
     weight_decay = tl.load(hyper + 1)
     eps = tl.load(hyper + 2)
     clr = tl.load(clrs + t)
     offsets = start + tl.arange(0, BLOCK).to(tl.int64)
     mask = offsets < numel
     if start + BLOCK <= numel:
-        _adagrad_block(param, grad, state_sums, offsets, mask, grad_sign, weight_decay, clr, eps, COMPUTE,
+        _adagrad_block(param, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps, COMPUTE,
                        WEIGHT_DECAY, False)  # fmt: skip
     else:
-        _adagrad_block(param, grad, state_sums, offsets, mask, grad_sign, weight_decay, clr, eps, COMPUTE,
+        _adagrad_block(param, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps, COMPUTE,
                        WEIGHT_DECAY, True)  # fmt: skip
 
 
@@ -74,6 +74,7 @@ def adagrad(
     weight_decay: float,
     eps: float,
     maximize: bool,
+    grad_factor: float = 1.0,
 ) -> None:
     """One fused Adagrad step (the functional signature of fusedopt.reference.adagrad)."""
     if not params:
@@ -89,7 +90,7 @@ def adagrad(
     rows = table.addresses
     _adagrad_kernel[(table.num_blocks,)](
         rows[0], rows[1], rows[2], table.numels, table.block_tensor, table.block_start,
-        common.scalars_tensor([-1.0 if maximize else 1.0, weight_decay, eps], compute, device),
+        common.scalars_tensor([(-grad_factor if maximize else grad_factor), weight_decay, eps], compute, device),
         common.scalars_tensor(clrs, compute, device),
         PARAM=common.TORCH_TO_TRITON[param_dtype], STATE=common.TORCH_TO_TRITON[state_dtype],
         COMPUTE=common.TORCH_TO_TRITON[compute], WEIGHT_DECAY=weight_decay != 0, ALIGNED=table.aligned,

@@ -21,10 +21,10 @@ DECAY_NONE, DECAY_L2, DECAY_DECOUPLED = 0, 1, 2
 @triton.jit
 def adam_update(
     p, g, m, v, v_max,
-    grad_sign, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps,
+    grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps,
     DECAY_MODE: tl.constexpr, AMSGRAD: tl.constexpr,
 ):  # fmt: skip
-    g = g * grad_sign
+    g = g * grad_factor
     if DECAY_MODE == 2:
         p = p * decay_factor
     elif DECAY_MODE == 1:
@@ -42,7 +42,7 @@ def adam_update(
 @triton.jit
 def _adam_block(
     param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask,
-    grad_sign, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps,
+    grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps,
     COMPUTE: tl.constexpr, DECAY_MODE: tl.constexpr, AMSGRAD: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
     p = common.load(param, offsets, mask, MASKED, COMPUTE)
@@ -53,7 +53,7 @@ def _adam_block(
     if AMSGRAD:
         v_max = common.load(max_exp_avg_sq, offsets, mask, MASKED, COMPUTE)
     p, m, v, v_max = adam_update(
-        p, g, m, v, v_max, grad_sign, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement,
+        p, g, m, v, v_max, grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement,
         step_size, eps, DECAY_MODE, AMSGRAD,
     )  # fmt: skip
     common.store(param, offsets, mask, p, MASKED)
@@ -67,7 +67,7 @@ def _adam_block(
 def _adam_kernel(
     param_table, grad_table, exp_avg_table, exp_avg_sq_table, max_exp_avg_sq_table,  # int64 rows of addresses
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
-    hyper,  # [grad_sign, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement] in COMPUTE
+    hyper,  # [grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement] in COMPUTE
     per_tensor,  # [step_size, eps] per tensor, in COMPUTE (NOTE [folded bias correction])
     PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
     DECAY_MODE: tl.constexpr, AMSGRAD: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
@@ -78,7 +78,7 @@ def _adam_kernel(
     exp_avg = common.operand(exp_avg_table, t, STATE, ALIGNED)
     exp_avg_sq = common.operand(exp_avg_sq_table, t, STATE, ALIGNED)
     max_exp_avg_sq = common.operand(max_exp_avg_sq_table, t, STATE, ALIGNED)
-    grad_sign = tl.load(hyper + 0)
+    grad_factor = tl.load(hyper + 0)
     l2_weight_decay = tl.load(hyper + 1)
     decay_factor = tl.load(hyper + 2)
     beta1_complement = tl.load(hyper + 3)
@@ -90,13 +90,13 @@ def _adam_kernel(
     mask = offsets < numel
     if start + BLOCK <= numel:
         _adam_block(
-            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_sign, l2_weight_decay,
+            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor, l2_weight_decay,
             decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, COMPUTE, DECAY_MODE, AMSGRAD,
             False,
         )  # fmt: skip
     else:
         _adam_block(
-            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_sign, l2_weight_decay,
+            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor, l2_weight_decay,
             decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, COMPUTE, DECAY_MODE, AMSGRAD,
             True,
         )  # fmt: skip
@@ -118,6 +118,7 @@ def adam(
     amsgrad: bool,
     maximize: bool,
     decoupled: bool,
+    grad_factor: float = 1.0,
 ) -> None:
     """One fused Adam/AdamW step over contiguous tensors on one device (the functional signature of
     fusedopt.reference.adam)."""
@@ -131,7 +132,14 @@ def adam(
     for t in steps:
         bias_correction2_sqrt = math.sqrt(1 - beta2**t)
         per_tensor += [lr * bias_correction2_sqrt / (1 - beta1**t), eps * bias_correction2_sqrt]
-    hyper = [-1.0 if maximize else 1.0, weight_decay, 1 - lr * weight_decay, 1 - beta1, beta2, 1 - beta2]
+    hyper = [
+        (-grad_factor if maximize else grad_factor),
+        weight_decay,
+        1 - lr * weight_decay,
+        1 - beta1,
+        beta2,
+        1 - beta2,
+    ]
     table = common.launch_table(columns, device)
     if table.num_blocks == 0:
         return

@@ -16,10 +16,10 @@ from fusedopt.triton_kernels import _common as common
 @triton.jit
 def rmsprop_update(
     p, g, square_avg, grad_avg, momentum_buffer,
-    grad_sign, weight_decay, alpha, alpha_complement, eps, momentum, lr,
+    grad_factor, weight_decay, alpha, alpha_complement, eps, momentum, lr,
     WEIGHT_DECAY: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr,
 ):  # fmt: skip
-    g = g * grad_sign
+    g = g * grad_factor
     if WEIGHT_DECAY:
         g = g + weight_decay * p
     square_avg = square_avg * alpha + alpha_complement * g * g
@@ -40,7 +40,7 @@ def rmsprop_update(
 @triton.jit
 def _rmsprop_block(
     param, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask,
-    grad_sign, weight_decay, alpha, alpha_complement, eps, momentum, lr,
+    grad_factor, weight_decay, alpha, alpha_complement, eps, momentum, lr,
     COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr,
     MASKED: tl.constexpr,
 ):  # fmt: skip
@@ -54,7 +54,7 @@ def _rmsprop_block(
     if MOMENTUM:
         momentum_buffer = common.load(momentum_buffers, offsets, mask, MASKED, COMPUTE)
     p, square_avg, grad_avg, momentum_buffer = rmsprop_update(
-        p, g, square_avg, grad_avg, momentum_buffer, grad_sign, weight_decay, alpha, alpha_complement, eps,
+        p, g, square_avg, grad_avg, momentum_buffer, grad_factor, weight_decay, alpha, alpha_complement, eps,
         momentum, lr, WEIGHT_DECAY, CENTERED, MOMENTUM,
     )  # fmt: skip
     common.store(param, offsets, mask, p, MASKED)
@@ -69,7 +69,7 @@ def _rmsprop_block(
 def _rmsprop_kernel(
     param_table, grad_table, square_avg_table, grad_avg_table, momentum_buffer_table,  # int64 address rows
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
-    hyper,  # [grad_sign, weight_decay, alpha, 1 - alpha, eps, momentum, lr] in COMPUTE
+    hyper,  # [grad_factor, weight_decay, alpha, 1 - alpha, eps, momentum, lr] in COMPUTE
     PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
     CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -79,7 +79,7 @@ def _rmsprop_kernel(
     square_avgs = common.operand(square_avg_table, t, STATE, ALIGNED)
     grad_avgs = common.operand(grad_avg_table, t, STATE, ALIGNED)
     momentum_buffers = common.operand(momentum_buffer_table, t, STATE, ALIGNED)
-    grad_sign = tl.load(hyper + 0)
+    grad_factor = tl.load(hyper + 0)
     weight_decay = tl.load(hyper + 1)
     alpha = tl.load(hyper + 2)
     alpha_complement = tl.load(hyper + 3)
@@ -90,12 +90,12 @@ def _rmsprop_kernel(
     mask = offsets < numel
     if start + BLOCK <= numel:
         _rmsprop_block(
-            param, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask, grad_sign, weight_decay, alpha,
+            param, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask, grad_factor, weight_decay, alpha,
             alpha_complement, eps, momentum, lr, COMPUTE, WEIGHT_DECAY, CENTERED, MOMENTUM, False,
         )  # fmt: skip
     else:
         _rmsprop_block(
-            param, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask, grad_sign, weight_decay, alpha,
+            param, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask, grad_factor, weight_decay, alpha,
             alpha_complement, eps, momentum, lr, COMPUTE, WEIGHT_DECAY, CENTERED, MOMENTUM, True,
         )  # fmt: skip
 
@@ -115,6 +115,7 @@ def rmsprop(
     momentum: float,
     centered: bool,
     maximize: bool,
+    grad_factor: float = 1.0,
 ) -> None:
     """One fused RMSprop step (the functional signature of fusedopt.reference.rmsprop)."""
     if not params:
@@ -128,7 +129,7 @@ def rmsprop(
     if table.num_blocks == 0:
         return
     device, compute = params[0].device, common.compute_dtype(param_dtype)
-    hyper = [-1.0 if maximize else 1.0, weight_decay, alpha, 1 - alpha, eps, momentum, lr]
+    hyper = [(-grad_factor if maximize else grad_factor), weight_decay, alpha, 1 - alpha, eps, momentum, lr]
     rows = list(table.addresses)
     grad_avg_row = rows[3] if centered else rows[2]
     momentum_row = rows[-1] if momentum > 0 else rows[2]

@@ -78,7 +78,8 @@ std::vector<TensorSlot> make_slots(const TensorList& params, const TensorList& g
 
 void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
           const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& steps, double lr,
-          double beta1, double beta2, double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled) {
+          double beta1, double beta2, double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled,
+          double grad_factor) {
   TORCH_CHECK(!exp_avgs.empty() || params.empty(), "fusedopt CPU backend: exp_avgs missing");
   TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == params.size(),
               "fusedopt CPU backend: amsgrad needs one max_exp_avg_sq per param");
@@ -90,7 +91,7 @@ void adam(const TensorList& params, const TensorList& grads, const TensorList& e
   const std::vector<double> step_values = advance_steps(steps);
   std::vector<AdamScalars<double>> scalars(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    scalars[i] = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, maximize, step_values[i]);
+    scalars[i] = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, maximize, step_values[i], grad_factor);
   }
   launch.decay = weight_decay == 0.0 ? WeightDecayMode::kNone
                                      : (decoupled ? WeightDecayMode::kDecoupled : WeightDecayMode::kL2);
@@ -102,7 +103,8 @@ void adam(const TensorList& params, const TensorList& grads, const TensorList& e
 
 void rmsprop(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
              const TensorList& grad_avgs, const TensorList& momentum_buffers, const TensorList& steps, double lr,
-             double alpha, double eps, double weight_decay, double momentum, bool centered, bool maximize) {
+             double alpha, double eps, double weight_decay, double momentum, bool centered, bool maximize,
+             double grad_factor) {
   TORCH_CHECK(!centered || grad_avgs.size() == params.size(), "fusedopt CPU backend: centered needs grad_avgs");
   TORCH_CHECK(momentum <= 0.0 || momentum_buffers.size() == params.size(),
               "fusedopt CPU backend: momentum needs momentum_buffers");
@@ -116,20 +118,21 @@ void rmsprop(const TensorList& params, const TensorList& grads, const TensorList
   launch.weight_decay = weight_decay != 0.0;
   launch.centered = centered;
   launch.momentum = momentum > 0.0;
-  launch.scalars = make_rmsprop_scalars(lr, alpha, eps, weight_decay, momentum, maximize);
+  launch.scalars = make_rmsprop_scalars(lr, alpha, eps, weight_decay, momentum, maximize, grad_factor);
   pybind11::gil_scoped_release no_gil;
   rmsprop_step(launch);
 }
 
 void adagrad(const TensorList& params, const TensorList& grads, const TensorList& state_sums,
-             const TensorList& steps, double lr, double lr_decay, double weight_decay, double eps, bool maximize) {
+             const TensorList& steps, double lr, double lr_decay, double weight_decay, double eps, bool maximize,
+             double grad_factor) {
   AdagradLaunch launch{};
   const auto slots = make_slots(params, grads, {&state_sums}, launch.layout);
   check_steps(steps, params.size(), "CPU");
   const std::vector<double> step_values = advance_steps(steps);
   std::vector<AdagradScalars<double>> scalars(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    scalars[i] = make_adagrad_scalars(lr, lr_decay, eps, weight_decay, maximize, step_values[i]);
+    scalars[i] = make_adagrad_scalars(lr, lr_decay, eps, weight_decay, maximize, step_values[i], grad_factor);
   }
   launch.weight_decay = weight_decay != 0.0;
   launch.scalars = scalars.data();
@@ -156,14 +159,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adam", &fusedopt::cpu::adam, "Fused Adam/AdamW step over a bucket of tensors", py::arg("params"),
         py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"),
         py::arg("steps"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"),
-        py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"));
+        py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
+        py::arg("grad_factor") = 1.0);
   m.def("rmsprop", &fusedopt::cpu::rmsprop, "Fused RMSprop step over a bucket of tensors", py::arg("params"),
         py::arg("grads"), py::arg("square_avgs"), py::arg("grad_avgs"), py::arg("momentum_buffers"),
         py::arg("steps"), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"),
-        py::arg("momentum"), py::arg("centered"), py::arg("maximize"));
+        py::arg("momentum"), py::arg("centered"), py::arg("maximize"), py::arg("grad_factor") = 1.0);
   m.def("adagrad", &fusedopt::cpu::adagrad, "Fused Adagrad step over a bucket of tensors", py::arg("params"),
         py::arg("grads"), py::arg("state_sums"), py::arg("steps"), py::arg("lr"), py::arg("lr_decay"),
-        py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"));
+        py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"), py::arg("grad_factor") = 1.0);
   m.def("stream", &fusedopt::cpu::stream,
         "Roofline for the benchmark: an optimizer step's loads and stores with one add per element",
         py::arg("params"), py::arg("grads"), py::arg("states0"), py::arg("states1"), py::arg("states2"));

@@ -134,7 +134,8 @@ LaunchTables tables_for(const TensorList& params, const TensorList& grads,
 
 void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
           const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& steps, double lr,
-          double beta1, double beta2, double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled) {
+          double beta1, double beta2, double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled,
+          double grad_factor) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const WeightDecayMode decay = weight_decay == 0.0 ? WeightDecayMode::kNone
@@ -146,7 +147,7 @@ void adam(const TensorList& params, const TensorList& grads, const TensorList& e
   const std::vector<double> step_values = advance_steps(steps);
   std::vector<AdamScalars<double>> scalars(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    scalars[i] = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, maximize, step_values[i]);
+    scalars[i] = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, maximize, step_values[i], grad_factor);
   }
   const at::Tensor device_scalars = upload(scalars, params[0].device());
   C10_CUDA_CHECK(launch_adam(tables, amsgrad, static_cast<const AdamScalars<double>*>(device_scalars.data_ptr()),
@@ -155,7 +156,8 @@ void adam(const TensorList& params, const TensorList& grads, const TensorList& e
 
 void rmsprop(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
              const TensorList& grad_avgs, const TensorList& momentum_buffers, const TensorList& steps, double lr,
-             double alpha, double eps, double weight_decay, double momentum, bool centered, bool maximize) {
+             double alpha, double eps, double weight_decay, double momentum, bool centered, bool maximize,
+             double grad_factor) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   std::vector<const TensorList*> states = {&square_avgs};
@@ -165,7 +167,7 @@ void rmsprop(const TensorList& params, const TensorList& grads, const TensorList
   check_steps(steps, params.size(), "CUDA");
   advance_steps(steps);
   const std::vector<RmspropScalars<double>> scalars = {
-      make_rmsprop_scalars(lr, alpha, eps, weight_decay, momentum, maximize)};
+      make_rmsprop_scalars(lr, alpha, eps, weight_decay, momentum, maximize, grad_factor)};
   const at::Tensor device_scalars = upload(scalars, params[0].device());
   C10_CUDA_CHECK(launch_rmsprop(tables, centered, momentum > 0.0,
                                 static_cast<const RmspropScalars<double>*>(device_scalars.data_ptr()),
@@ -173,7 +175,8 @@ void rmsprop(const TensorList& params, const TensorList& grads, const TensorList
 }
 
 void adagrad(const TensorList& params, const TensorList& grads, const TensorList& state_sums,
-             const TensorList& steps, double lr, double lr_decay, double weight_decay, double eps, bool maximize) {
+             const TensorList& steps, double lr, double lr_decay, double weight_decay, double eps, bool maximize,
+             double grad_factor) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const LaunchTables tables = tables_for(params, grads, {&state_sums}, weight_decay != 0.0);
@@ -181,7 +184,7 @@ void adagrad(const TensorList& params, const TensorList& grads, const TensorList
   const std::vector<double> step_values = advance_steps(steps);
   std::vector<AdagradScalars<double>> scalars(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    scalars[i] = make_adagrad_scalars(lr, lr_decay, eps, weight_decay, maximize, step_values[i]);
+    scalars[i] = make_adagrad_scalars(lr, lr_decay, eps, weight_decay, maximize, step_values[i], grad_factor);
   }
   const at::Tensor device_scalars = upload(scalars, params[0].device());
   C10_CUDA_CHECK(launch_adagrad(tables, static_cast<const AdagradScalars<double>*>(device_scalars.data_ptr()),
@@ -207,14 +210,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adam", &fusedopt::cuda::adam, "Fused Adam/AdamW step over a bucket of CUDA tensors", py::arg("params"),
         py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"),
         py::arg("steps"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"),
-        py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"));
+        py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
+        py::arg("grad_factor") = 1.0);
   m.def("rmsprop", &fusedopt::cuda::rmsprop, "Fused RMSprop step over a bucket of CUDA tensors", py::arg("params"),
         py::arg("grads"), py::arg("square_avgs"), py::arg("grad_avgs"), py::arg("momentum_buffers"),
         py::arg("steps"), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"),
-        py::arg("momentum"), py::arg("centered"), py::arg("maximize"));
+        py::arg("momentum"), py::arg("centered"), py::arg("maximize"), py::arg("grad_factor") = 1.0);
   m.def("adagrad", &fusedopt::cuda::adagrad, "Fused Adagrad step over a bucket of CUDA tensors", py::arg("params"),
         py::arg("grads"), py::arg("state_sums"), py::arg("steps"), py::arg("lr"), py::arg("lr_decay"),
-        py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"));
+        py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"), py::arg("grad_factor") = 1.0);
   m.def("stream", &fusedopt::cuda::stream, "Roofline: a step's loads and stores with one add per element",
         py::arg("params"), py::arg("grads"), py::arg("states"));
 }

@@ -110,7 +110,7 @@ def select_implementations(args) -> list:
     wanted = list(QUICK_IMPLEMENTATIONS) if args.quick and not args.impl else args.impl
     if not wanted:
         return list(IMPLEMENTATIONS)
-    chosen = [i for i in IMPLEMENTATIONS if any(i.name == w or i.name.startswith(w) for w in wanted)]
+    chosen = [i for i in IMPLEMENTATIONS if any(i.name == w or i.name.startswith(w + "-") for w in wanted)]
     if not chosen:
         raise SystemExit(f"fusedopt-bench: error: --impl {wanted} matches none of {[i.name for i in IMPLEMENTATIONS]}")
     return chosen

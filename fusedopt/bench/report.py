@@ -77,6 +77,12 @@ def write_csv(path: str, rows: list[Row]) -> None:
             writer.writerow(r.as_dict())
 
 
+def read_json(path: str) -> tuple[list[Row], dict]:
+    with open(path) as f:
+        document = json.load(f)
+    return [Row(**row) for row in document["rows"]], document["metadata"]
+
+
 def plot(path: str, rows: list[Row], info: dict) -> None:
     """GB/s against size for the flat workloads, one line per implementation, the roofline dashed."""
     try:
@@ -89,8 +95,12 @@ def plot(path: str, rows: list[Row], info: dict) -> None:
     cases = sorted({(r.device, r.variant, r.dtype) for r in rows if r.tensors == 1 and r.gb_per_s})
     if not cases:
         raise SystemExit("fusedopt-bench: --plot: no single-tensor (flat) rows with timings to plot")
-    figure, axes = plt.subplots(1, len(cases), figsize=(6.5 * len(cases), 4.5), squeeze=False)
-    for axis, (device, variant, dtype) in zip(axes[0], cases):
+    columns = min(4, len(cases))
+    rows_of_plots = -(-len(cases) // columns)
+    figure, axes = plt.subplots(rows_of_plots, columns, figsize=(5.5 * columns, 4.2 * rows_of_plots), squeeze=False)
+    for axis in axes.flat[len(cases) :]:
+        axis.set_visible(False)
+    for axis, (device, variant, dtype) in zip(axes.flat, cases):
         selected = [r for r in rows if (r.device, r.variant, r.dtype) == (device, variant, dtype) and r.tensors == 1]
         for name in dict.fromkeys(r.implementation for r in selected):
             points = sorted((r.numel, r.gb_per_s) for r in selected if r.implementation == name and r.gb_per_s)

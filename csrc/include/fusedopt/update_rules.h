@@ -21,6 +21,11 @@
 
 namespace fusedopt {
 
+// NOTE [grad factor]: every update starts with  grad *= grad_factor,  one per-launch scalar that folds together
+// maximize (a sign: negation by multiplication is exact), GradScaler's unscaling (1 / grad_scale) and the
+// clip coefficient of max_grad_norm, so gradients are unscaled and clipped on the fly and never rewritten.
+inline double make_grad_factor(bool maximize, double grad_factor) { return maximize ? -grad_factor : grad_factor; }
+
 // How weight decay enters the update. Adam/RMSprop/Adagrad couple it into the gradient (L2 penalty);
 // AdamW decouples it and shrinks the parameter directly (Loshchilov & Hutter, 2017).
 enum class WeightDecayMode : int { kNone = 0, kL2 = 1, kDecoupled = 2 };
@@ -48,7 +53,7 @@ FUSEDOPT_HOST_DEVICE T max_of(T a, T b) {
 // ---------------------------------------------------------------------------------------------------------
 template <typename T>
 struct AdamScalars {
-  T grad_sign;              // -1 when maximizing, else +1 (negation by multiplication is exact)
+  T grad_factor;            // see NOTE [grad factor]
   T l2_weight_decay;        // coupled weight decay added to the gradient (kL2 only)
   T decay_factor;           // 1 - lr * weight_decay, applied to the parameter (kDecoupled only)
   T beta1_complement;       // 1 - beta1, the lerp weight of the first moment
@@ -64,10 +69,10 @@ struct AdamScalars {
 // cheaper: sqrt and division are the slowest vector instructions, and on a CPU with two memory channels per
 // core the loop is bound by them as much as by DRAM. The results differ from torch.optim's in the last bits.
 
-inline AdamScalars<double> make_adam_scalars(double lr, double beta1, double beta2, double eps,
-                                             double weight_decay, bool maximize, double step) {
+inline AdamScalars<double> make_adam_scalars(double lr, double beta1, double beta2, double eps, double weight_decay,
+                                             bool maximize, double step, double grad_factor) {
   AdamScalars<double> s;
-  s.grad_sign = maximize ? -1.0 : 1.0;
+  s.grad_factor = make_grad_factor(maximize, grad_factor);
   s.l2_weight_decay = weight_decay;
   s.decay_factor = 1.0 - lr * weight_decay;
   s.beta1_complement = 1.0 - beta1;
@@ -81,14 +86,14 @@ inline AdamScalars<double> make_adam_scalars(double lr, double beta1, double bet
 
 template <typename T, typename S>
 FUSEDOPT_HOST_DEVICE AdamScalars<T> cast_scalars(const AdamScalars<S>& s) {
-  return {T(s.grad_sign), T(s.l2_weight_decay), T(s.decay_factor), T(s.beta1_complement), T(s.beta2),
+  return {T(s.grad_factor), T(s.l2_weight_decay), T(s.decay_factor), T(s.beta1_complement), T(s.beta2),
           T(s.beta2_complement), T(s.step_size), T(s.eps)};
 }
 
 template <typename T, WeightDecayMode kDecay, bool kAmsgrad>
 FUSEDOPT_HOST_DEVICE void adam_update(T& param, T grad, T& exp_avg, T& exp_avg_sq, T& max_exp_avg_sq,
                                       const AdamScalars<T>& s) {
-  grad *= s.grad_sign;
+  grad *= s.grad_factor;
   if (kDecay == WeightDecayMode::kDecoupled) {
     param *= s.decay_factor;
   } else if (kDecay == WeightDecayMode::kL2) {
@@ -109,7 +114,7 @@ FUSEDOPT_HOST_DEVICE void adam_update(T& param, T grad, T& exp_avg, T& exp_avg_s
 // ---------------------------------------------------------------------------------------------------------
 template <typename T>
 struct RmspropScalars {
-  T grad_sign;
+  T grad_factor;
   T weight_decay;      // coupled (L2) weight decay
   T alpha;             // smoothing constant of the squared-gradient average
   T alpha_complement;  // 1 - alpha
@@ -119,19 +124,19 @@ struct RmspropScalars {
 };
 
 inline RmspropScalars<double> make_rmsprop_scalars(double lr, double alpha, double eps, double weight_decay,
-                                                   double momentum, bool maximize) {
-  return {maximize ? -1.0 : 1.0, weight_decay, alpha, 1.0 - alpha, eps, momentum, lr};
+                                                   double momentum, bool maximize, double grad_factor) {
+  return {make_grad_factor(maximize, grad_factor), weight_decay, alpha, 1.0 - alpha, eps, momentum, lr};
 }
 
 template <typename T, typename S>
 FUSEDOPT_HOST_DEVICE RmspropScalars<T> cast_scalars(const RmspropScalars<S>& s) {
-  return {T(s.grad_sign), T(s.weight_decay), T(s.alpha), T(s.alpha_complement), T(s.eps), T(s.momentum), T(s.lr)};
+  return {T(s.grad_factor), T(s.weight_decay), T(s.alpha), T(s.alpha_complement), T(s.eps), T(s.momentum), T(s.lr)};
 }
 
 template <typename T, bool kWeightDecay, bool kCentered, bool kMomentum>
 FUSEDOPT_HOST_DEVICE void rmsprop_update(T& param, T grad, T& square_avg, T& grad_avg, T& momentum_buffer,
                                          const RmspropScalars<T>& s) {
-  grad *= s.grad_sign;
+  grad *= s.grad_factor;
   if (kWeightDecay) grad += s.weight_decay * param;
   square_avg = square_avg * s.alpha + s.alpha_complement * grad * grad;
   T avg;
@@ -155,25 +160,25 @@ FUSEDOPT_HOST_DEVICE void rmsprop_update(T& param, T grad, T& square_avg, T& gra
 // ---------------------------------------------------------------------------------------------------------
 template <typename T>
 struct AdagradScalars {
-  T grad_sign;
+  T grad_factor;
   T weight_decay;  // coupled (L2) weight decay
   T clr;           // lr / (1 + (t - 1) * lr_decay)
   T eps;
 };
 
 inline AdagradScalars<double> make_adagrad_scalars(double lr, double lr_decay, double eps, double weight_decay,
-                                                   bool maximize, double step) {
-  return {maximize ? -1.0 : 1.0, weight_decay, lr / (1.0 + (step - 1.0) * lr_decay), eps};
+                                                   bool maximize, double step, double grad_factor) {
+  return {make_grad_factor(maximize, grad_factor), weight_decay, lr / (1.0 + (step - 1.0) * lr_decay), eps};
 }
 
 template <typename T, typename S>
 FUSEDOPT_HOST_DEVICE AdagradScalars<T> cast_scalars(const AdagradScalars<S>& s) {
-  return {T(s.grad_sign), T(s.weight_decay), T(s.clr), T(s.eps)};
+  return {T(s.grad_factor), T(s.weight_decay), T(s.clr), T(s.eps)};
 }
 
 template <typename T, bool kWeightDecay>
 FUSEDOPT_HOST_DEVICE void adagrad_update(T& param, T grad, T& sum, const AdagradScalars<T>& s) {
-  grad *= s.grad_sign;
+  grad *= s.grad_factor;
   if (kWeightDecay) grad += s.weight_decay * param;
   sum += grad * grad;
   const T std_dev = sqrt_of(sum) + s.eps;
