@@ -7,8 +7,9 @@ state_dict work as they did. Native extensions are loaded lazily, at the first o
 from fusedopt.adagrad import Adagrad
 from fusedopt.adam import Adam, AdamW
 from fusedopt.backends import available_backends
+from fusedopt.clip import clip_grad_norm_
 from fusedopt.rmsprop import RMSprop
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "AdamW", "RMSprop", "Adagrad", "available_backends", "__version__"]
+__all__ = ["Adam", "AdamW", "RMSprop", "Adagrad", "available_backends", "clip_grad_norm_", "__version__"]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from fusedopt import backends
+from fusedopt import backends, clip
 from fusedopt._tensors import bucket_by_device_and_dtype, local_tensor, state_views
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128)
@@ -54,10 +54,27 @@ def _scalar_dtype() -> torch.dtype:
 class FusedOptimizer(Optimizer):
     #: Exception message for sparse gradients, worded as torch.optim words it for this optimizer.
     sparse_grad_message: ClassVar[str]
+    #: torch.amp.GradScaler then hands step() its scale and found_inf (as attributes) instead of unscaling the
+    #: grads itself: the kernels unscale on the fly and a step with an inf or NaN grad changes nothing.
+    _step_supports_amp_scaling = True
 
-    def __init__(self, params: Any, defaults: dict[str, Any], *, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        params: Any,
+        defaults: dict[str, Any],
+        *,
+        backend: str = "auto",
+        max_grad_norm: float | None = None,
+        error_if_nonfinite: bool = False,
+    ) -> None:
+        if max_grad_norm is not None and not max_grad_norm > 0.0:
+            raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
         self._requested_backend = backends.check_backend_name(backend)
         self._backends: dict[str, backends.Backend] = {}
+        self.max_grad_norm = max_grad_norm
+        self.error_if_nonfinite = error_if_nonfinite
+        #: The total gradient norm of the last step (a tensor), when max_grad_norm is set.
+        self.last_grad_norm: Tensor | None = None
         super().__init__(params, defaults)
 
     # --- what subclasses provide ------------------------------------------------------------------------------
@@ -65,8 +82,11 @@ class FusedOptimizer(Optimizer):
         """Names of the per-parameter state tensors this group needs, in torch.optim's order, with fill values."""
         raise NotImplementedError
 
-    def _update(self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend) -> None:
-        """One fused call updating `params` (one bucket, all with grads and state) with the group's settings."""
+    def _update(
+        self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend, grad_factor: float
+    ) -> None:
+        """One fused call updating `params` (one bucket, all with grads and state) with the group's settings,
+        multiplying every gradient by `grad_factor` as it is read (NOTE [grad factor])."""
         raise NotImplementedError
 
     # --- backend ----------------------------------------------------------------------------------------------
@@ -153,17 +173,41 @@ class FusedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         plan = self._plan_step()
+        grad_factor = self._grad_factor(plan)
+        if grad_factor is None:
+            return loss
         for group, buckets in plan:
             for bucket in buckets:
                 self._ensure_state(group, bucket)
-                self._update(group, bucket, self._backend_for(local_tensor(bucket[0]).device))
+                self._update(group, bucket, self._backend_for(local_tensor(bucket[0]).device), grad_factor)
         return loss
+
+    def _grad_factor(self, plan: list[tuple[dict[str, Any], list[list[Tensor]]]]) -> float | None:
+        """The factor every gradient is multiplied by as it is read: GradScaler's 1/scale times the clip
+        coefficient of max_grad_norm. None when GradScaler found an inf or NaN: the step changes nothing, as
+        torch.optim's fused kernels do. Reading these device scalars synchronizes with a GPU once per step."""
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf) != 0.0:
+            return None
+        grad_scale = getattr(self, "grad_scale", None)
+        factor = 1.0 if grad_scale is None else 1.0 / float(grad_scale)
+        if self.max_grad_norm is None:
+            return factor
+        grads = [p.grad for _, buckets in plan for bucket in buckets for p in bucket]
+        norm = clip.total_norm(grads) * factor
+        if self.error_if_nonfinite and not torch.isfinite(norm):
+            raise RuntimeError(clip.nonfinite_norm_message(2.0))
+        self.last_grad_norm = norm
+        return factor * float(clip.clip_coefficient(norm, self.max_grad_norm))
 
     # --- checkpoints ------------------------------------------------------------------------------------------
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_requested_backend", "auto")
         self.__dict__.setdefault("_backends", {})
+        self.__dict__.setdefault("max_grad_norm", None)
+        self.__dict__.setdefault("error_if_nonfinite", False)
+        self.__dict__.setdefault("last_grad_norm", None)
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)

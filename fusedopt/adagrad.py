@@ -38,6 +38,8 @@ class Adagrad(FusedOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         backend: str = "auto",
+        max_grad_norm: float | None = None,
+        error_if_nonfinite: bool = False,
     ) -> None:
         # Same checks, order, exception types and messages as torch.optim.Adagrad.__init__.
         check_lr(lr)
@@ -61,7 +63,9 @@ class Adagrad(FusedOptimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(
+            params, defaults, backend=backend, max_grad_norm=max_grad_norm, error_if_nonfinite=error_if_nonfinite
+        )
         for group in self.param_groups:
             for bucket in bucket_by_device_and_dtype(group["params"]).values():
                 self._ensure_state(group, bucket)
@@ -76,7 +80,9 @@ class Adagrad(FusedOptimizer):
             for p in group["params"]:
                 self.state[p]["sum"].share_memory_()
 
-    def _update(self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend) -> None:
+    def _update(
+        self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend, grad_factor: float
+    ) -> None:
         states = [self.state[p] for p in params]
         functional.adagrad(
             params,
@@ -88,5 +94,6 @@ class Adagrad(FusedOptimizer):
             weight_decay=scalar(group["weight_decay"]),
             eps=scalar(group["eps"]),
             maximize=bool(group["maximize"]),
+            grad_factor=grad_factor,
             backend=backend,
         )

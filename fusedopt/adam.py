@@ -57,6 +57,8 @@ class Adam(FusedOptimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         backend: str = "auto",
+        max_grad_norm: float | None = None,
+        error_if_nonfinite: bool = False,
     ) -> None:
         _check_adam_args(lr, betas, eps, weight_decay)
         check_torch_only_flags(capturable, differentiable, foreach, fused)
@@ -73,7 +75,9 @@ class Adam(FusedOptimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(
+            params, defaults, backend=backend, max_grad_norm=max_grad_norm, error_if_nonfinite=error_if_nonfinite
+        )
 
     def _state_layout(self, group: dict[str, Any]) -> list[tuple[str, float]]:
         layout = [("exp_avg", 0.0), ("exp_avg_sq", 0.0)]
@@ -81,7 +85,9 @@ class Adam(FusedOptimizer):
             layout.append(("max_exp_avg_sq", 0.0))
         return layout
 
-    def _update(self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend) -> None:
+    def _update(
+        self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend, grad_factor: float
+    ) -> None:
         states = [self.state[p] for p in params]
         beta1, beta2 = group["betas"]
         functional.adam(
@@ -99,6 +105,7 @@ class Adam(FusedOptimizer):
             amsgrad=bool(group["amsgrad"]),
             maximize=bool(group["maximize"]),
             decoupled=bool(group["decoupled_weight_decay"]),
+            grad_factor=grad_factor,
             backend=backend,
         )
 
@@ -124,6 +131,8 @@ class AdamW(Adam):
         differentiable: bool = False,
         fused: bool | None = None,
         backend: str = "auto",
+        max_grad_norm: float | None = None,
+        error_if_nonfinite: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -139,6 +148,8 @@ class AdamW(Adam):
             fused=fused,
             decoupled_weight_decay=True,
             backend=backend,
+            max_grad_norm=max_grad_norm,
+            error_if_nonfinite=error_if_nonfinite,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:

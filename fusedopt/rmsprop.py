@@ -34,6 +34,8 @@ class RMSprop(FusedOptimizer):
         differentiable: bool = False,
         *,
         backend: str = "auto",
+        max_grad_norm: float | None = None,
+        error_if_nonfinite: bool = False,
     ) -> None:
         # Same checks, order, exception types and messages as torch.optim.RMSprop.__init__.
         check_lr(lr)
@@ -58,7 +60,9 @@ class RMSprop(FusedOptimizer):
             "maximize": maximize,
             "differentiable": differentiable,
         }
-        super().__init__(params, defaults, backend=backend)
+        super().__init__(
+            params, defaults, backend=backend, max_grad_norm=max_grad_norm, error_if_nonfinite=error_if_nonfinite
+        )
 
     def _state_layout(self, group: dict[str, Any]) -> list[tuple[str, float]]:
         layout = [("square_avg", 0.0)]
@@ -68,7 +72,9 @@ class RMSprop(FusedOptimizer):
             layout.append(("grad_avg", 0.0))
         return layout
 
-    def _update(self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend) -> None:
+    def _update(
+        self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend, grad_factor: float
+    ) -> None:
         states = [self.state[p] for p in params]
         momentum = scalar(group["momentum"])
         functional.rmsprop(
@@ -85,5 +91,6 @@ class RMSprop(FusedOptimizer):
             momentum=momentum,
             centered=bool(group["centered"]),
             maximize=bool(group["maximize"]),
+            grad_factor=grad_factor,
             backend=backend,
         )

@@ -1,0 +1,77 @@
+"""Gradient-norm clipping: `clip_grad_norm_`, and the total norm behind the optimizers' `max_grad_norm=` option.
+
+`clip_grad_norm_` returns what torch.nn.utils.clip_grad_norm_ returns and scales the grads the same way, with one
+multi-tensor norm per device and dtype. The optimizers' `max_grad_norm=` does better: it computes the same norm
+but never rewrites a gradient; the clip coefficient is folded into the update pass (NOTE [grad factor] in
+csrc/include/fusedopt/update_rules.h), so grads are read once for the norm and once by the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+# torch.nn.utils.clip_grad_norm_'s guard against division by zero.
+CLIP_EPSILON = 1e-6
+
+
+def nonfinite_norm_message(norm_type: float) -> str:
+    return (
+        f"The total norm of order {float(norm_type)} for gradients from `parameters` is non-finite, so it cannot be "
+        "clipped. To disable this error and scale the gradients by the non-finite norm anyway, set "
+        "`error_if_nonfinite=False`"
+    )
+
+
+def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
+    """The norm of all `grads` together, as torch.nn.utils.clip_grad_norm_ computes it."""
+    if not grads:
+        return torch.tensor(0.0)
+    device = grads[0].device
+    grouped: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for g in grads:
+        if g.numel():  # an empty grad adds nothing to any norm (and has no infinity norm of its own)
+            grouped.setdefault((g.device, g.dtype), []).append(g)
+    if not grouped:
+        return torch.zeros((), device=device)
+    norms = []
+    for tensors in grouped.values():
+        norms.extend(n.to(device) for n in torch._foreach_norm(tensors, norm_type))
+    return torch.linalg.vector_norm(torch.stack(norms), norm_type)
+
+
+def clip_coefficient(norm: Tensor, max_norm: float) -> Tensor:
+    """min(1, max_norm / (norm + 1e-6)); NaN when the norm is NaN, as in torch."""
+    return torch.clamp(max_norm / (norm + CLIP_EPSILON), max=1.0)
+
+
+@torch.no_grad()
+def clip_grad_norm_(
+    parameters: Tensor | Iterable[Tensor],
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> Tensor:
+    """Clips the gradients' total norm to `max_norm` in place and returns the total norm (before clipping).
+
+    Same arguments, result and errors as torch.nn.utils.clip_grad_norm_ (`foreach` is accepted and ignored:
+    the norm is always a multi-tensor pass).
+    """
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = total_norm(grads, norm_type)
+    if not grads:
+        return norm
+    if error_if_nonfinite and not torch.isfinite(norm):
+        raise RuntimeError(nonfinite_norm_message(norm_type))
+    coefficient = clip_coefficient(norm, float(max_norm))
+    grouped: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for g in grads:
+        grouped.setdefault((g.device, g.dtype), []).append(g)
+    for (device, _), tensors in grouped.items():
+        torch._foreach_mul_(tensors, coefficient.to(device))
+    return norm
