@@ -22,6 +22,9 @@ from fusedopt import backends, clip
 from fusedopt._tensors import bucket_by_device_and_dtype, local_tensor, state_views
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128)
+# state_dtype= choices, and the (param dtype, state dtype) pairs the kernels are built for besides equal dtypes.
+_STATE_DTYPES = (None, torch.float32, torch.bfloat16)
+_MIXED_STATE_PAIRS = {(torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.float32, torch.bfloat16)}
 
 
 def scalar(value: float | Tensor) -> float:
@@ -66,9 +69,15 @@ class FusedOptimizer(Optimizer):
         backend: str = "auto",
         max_grad_norm: float | None = None,
         error_if_nonfinite: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         if max_grad_norm is not None and not max_grad_norm > 0.0:
             raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
+        if state_dtype not in _STATE_DTYPES:
+            raise ValueError(
+                f"Invalid state_dtype value: {state_dtype}; expected None, torch.float32 or torch.bfloat16"
+            )
+        defaults = {**defaults, "state_dtype": state_dtype}
         self._requested_backend = backends.check_backend_name(backend)
         self._backends: dict[str, backends.Backend] = {}
         self.max_grad_norm = max_grad_norm
@@ -114,8 +123,19 @@ class FusedOptimizer(Optimizer):
             raise
 
     # --- step -------------------------------------------------------------------------------------------------
-    def _check_param_and_grad(self, p: Tensor, group_index: int, param_index: int) -> None:
+    @staticmethod
+    def _state_dtype(group: dict[str, Any], p: Tensor) -> torch.dtype:
+        """The dtype of p's state: the group's state_dtype, or torch.optim's rule (the parameter's dtype)."""
+        return group.get("state_dtype") or p.dtype
+
+    def _check_param_and_grad(self, group: dict[str, Any], p: Tensor, group_index: int, param_index: int) -> None:
         where = f"parameter {param_index} of param group {group_index}"
+        state_dtype = self._state_dtype(group, p)
+        if state_dtype != p.dtype and (p.dtype, state_dtype) not in _MIXED_STATE_PAIRS:
+            raise TypeError(
+                f"fusedopt.{type(self).__name__}: state_dtype={state_dtype} is not supported for {where}, which is "
+                f"{p.dtype}; supported: float32 state for bfloat16/float16 params, bfloat16 state for float32 params"
+            )
         grad = p.grad
         if grad.is_sparse:
             raise RuntimeError(self.sparse_grad_message)
@@ -142,7 +162,7 @@ class FusedOptimizer(Optimizer):
             with_grad = []
             for param_index, p in enumerate(group["params"]):
                 if p.grad is not None:
-                    self._check_param_and_grad(p, group_index, param_index)
+                    self._check_param_and_grad(group, p, group_index, param_index)
                     with_grad.append(p)
             buckets = list(bucket_by_device_and_dtype(with_grad).values())
             for bucket in buckets:
@@ -158,8 +178,10 @@ class FusedOptimizer(Optimizer):
                 state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
         for name, fill in self._state_layout(group):
             missing = [p for p in params if name not in self.state[p]]
-            for p, view in zip(missing, state_views(missing, fill)):
-                self.state[p][name] = view
+            if missing:
+                dtype = self._state_dtype(group, missing[0])
+                for p, view in zip(missing, state_views(missing, fill, dtype=dtype)):
+                    self.state[p][name] = view
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:
@@ -213,12 +235,20 @@ class FusedOptimizer(Optimizer):
                 group.setdefault(key, value)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads a state_dict written by this optimizer or by its torch.optim counterpart (and vice versa)."""
-        super().load_state_dict(state_dict)
-        self._adopt_loaded_state()
+        """Loads a state_dict written by this optimizer or by its torch.optim counterpart (and vice versa).
 
-    def _adopt_loaded_state(self) -> None:
-        """Moves loaded state into flat buffers (NOTE [flat state]) and step counters onto the CPU."""
+        torch.optim's loader casts every state tensor to its parameter's dtype; fusedopt then copies the state
+        from the checkpoint's own tensors instead, so float32 state of bfloat16 params (state_dtype=) survives.
+        """
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        own_params = [p for group in self.param_groups for p in group["params"]]
+        originals = {p: state_dict["state"][i] for i, p in zip(saved_ids, own_params) if i in state_dict["state"]}
+        super().load_state_dict(state_dict)
+        self._adopt_loaded_state(originals)
+
+    def _adopt_loaded_state(self, originals: dict[Tensor, dict[str, Any]]) -> None:
+        """Moves loaded state into flat buffers (NOTE [flat state]) of the group's state dtype, copying from the
+        checkpoint's tensors (`originals`), and step counters onto the CPU."""
         for group in self.param_groups:
             with_state = [p for p in group["params"] if self.state.get(p)]
             for p in with_state:
@@ -234,6 +264,11 @@ class FusedOptimizer(Optimizer):
                 )
                 for name in names:
                     owners = [p for p in bucket if name in self.state[p]]
-                    views = state_views(owners, 0.0, initial=lambda p, name=name: self.state[p][name])
-                    for p, view in zip(owners, views):
+
+                    def source(p: Tensor, name: str = name) -> Tensor:
+                        original = originals.get(p, {}).get(name)
+                        return original if isinstance(original, Tensor) else self.state[p][name]
+
+                    dtype = self._state_dtype(group, owners[0])
+                    for p, view in zip(owners, state_views(owners, 0.0, initial=source, dtype=dtype)):
                         self.state[p][name] = view

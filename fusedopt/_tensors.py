@@ -53,17 +53,19 @@ def state_views(
     params: Sequence[Tensor],
     fill: float,
     initial: Callable[[Tensor], Tensor | None] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> list[Tensor]:
     """One state tensor per parameter, all views into one new flat buffer (NOTE [flat state]).
 
-    The params must share a device and dtype. Each view is filled with `fill`, or, where `initial(param)` returns
-    a tensor, with a copy of that tensor (used to adopt state loaded from a checkpoint).
+    The params must share a device and dtype; the state has the params' dtype unless `dtype` says otherwise
+    (state_dtype=). Each view is filled with `fill`, or, where `initial(param)` returns a tensor, with a copy of
+    that tensor (used to adopt state loaded from a checkpoint).
     """
     locals_ = [local_tensor(p) for p in params]
     if not locals_:
         return []
-    dtype = locals_[0].dtype
-    real_dtype = dtype.to_real() if dtype.is_complex else dtype
+    param_dtype = locals_[0].dtype
+    real_dtype = param_dtype.to_real() if param_dtype.is_complex else (dtype or param_dtype)
     align = max(1, _ALIGN_BYTES // torch.empty((), dtype=real_dtype).element_size())
     offsets, total = [], 0
     for local in locals_:

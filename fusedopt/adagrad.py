@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from fusedopt import backends, functional
@@ -40,6 +41,7 @@ class Adagrad(FusedOptimizer):
         backend: str = "auto",
         max_grad_norm: float | None = None,
         error_if_nonfinite: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         # Same checks, order, exception types and messages as torch.optim.Adagrad.__init__.
         check_lr(lr)
@@ -64,7 +66,12 @@ class Adagrad(FusedOptimizer):
             "fused": fused,
         }
         super().__init__(
-            params, defaults, backend=backend, max_grad_norm=max_grad_norm, error_if_nonfinite=error_if_nonfinite
+            params,
+            defaults,
+            backend=backend,
+            max_grad_norm=max_grad_norm,
+            error_if_nonfinite=error_if_nonfinite,
+            state_dtype=state_dtype,
         )
         for group in self.param_groups:
             for bucket in bucket_by_device_and_dtype(group["params"]).values():

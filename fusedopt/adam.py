@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from fusedopt import backends, functional
@@ -59,6 +60,7 @@ class Adam(FusedOptimizer):
         backend: str = "auto",
         max_grad_norm: float | None = None,
         error_if_nonfinite: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         _check_adam_args(lr, betas, eps, weight_decay)
         check_torch_only_flags(capturable, differentiable, foreach, fused)
@@ -76,7 +78,12 @@ class Adam(FusedOptimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
         }
         super().__init__(
-            params, defaults, backend=backend, max_grad_norm=max_grad_norm, error_if_nonfinite=error_if_nonfinite
+            params,
+            defaults,
+            backend=backend,
+            max_grad_norm=max_grad_norm,
+            error_if_nonfinite=error_if_nonfinite,
+            state_dtype=state_dtype,
         )
 
     def _state_layout(self, group: dict[str, Any]) -> list[tuple[str, float]]:
@@ -133,6 +140,7 @@ class AdamW(Adam):
         backend: str = "auto",
         max_grad_norm: float | None = None,
         error_if_nonfinite: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -150,6 +158,7 @@ class AdamW(Adam):
             backend=backend,
             max_grad_norm=max_grad_norm,
             error_if_nonfinite=error_if_nonfinite,
+            state_dtype=state_dtype,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:

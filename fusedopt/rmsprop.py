@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from fusedopt import backends, functional
@@ -36,6 +37,7 @@ class RMSprop(FusedOptimizer):
         backend: str = "auto",
         max_grad_norm: float | None = None,
         error_if_nonfinite: bool = False,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         # Same checks, order, exception types and messages as torch.optim.RMSprop.__init__.
         check_lr(lr)
@@ -61,7 +63,12 @@ class RMSprop(FusedOptimizer):
             "differentiable": differentiable,
         }
         super().__init__(
-            params, defaults, backend=backend, max_grad_norm=max_grad_norm, error_if_nonfinite=error_if_nonfinite
+            params,
+            defaults,
+            backend=backend,
+            max_grad_norm=max_grad_norm,
+            error_if_nonfinite=error_if_nonfinite,
+            state_dtype=state_dtype,
         )
 
     def _state_layout(self, group: dict[str, Any]) -> list[tuple[str, float]]:

@@ -69,6 +69,7 @@ template <template <typename, typename> class Body, typename... Args>
 FUSEDOPT_ALWAYS_INLINE void dispatch_storage(StorageType param, StorageType state, const Args&... args) {
   switch (param) {
     case StorageType::kFloat32:
+      if (state == StorageType::kBFloat16) return Body<float, BFloat16Bits>::run(args...);
       return Body<float, float>::run(args...);
     case StorageType::kFloat64:
       return Body<double, double>::run(args...);

@@ -196,6 +196,7 @@ template <template <typename, typename> class Launch, typename... Args>
 cudaError_t dispatch_storage(StorageType param, StorageType state, const Args&... args) {
   switch (param) {
     case StorageType::kFloat32:
+      if (state == StorageType::kBFloat16) return Launch<float, __nv_bfloat16>::run(args...);
       return Launch<float, float>::run(args...);
     case StorageType::kFloat64:
       return Launch<double, double>::run(args...);

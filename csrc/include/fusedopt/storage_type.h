@@ -23,10 +23,11 @@ inline const char* storage_type_name(StorageType type) {
 }
 
 // The (param, state) pairs the kernels are built for: state in the parameter's own type (torch.optim's rule),
-// or float32 state for bfloat16/float16 parameters.
+// float32 state for bfloat16/float16 parameters, or bfloat16 state for float32 parameters (state_dtype=).
 inline bool is_supported_pair(StorageType param, StorageType state) {
-  return param == state || (state == StorageType::kFloat32 &&
-                            (param == StorageType::kBFloat16 || param == StorageType::kFloat16));
+  return param == state ||
+         (state == StorageType::kFloat32 && (param == StorageType::kBFloat16 || param == StorageType::kFloat16)) ||
+         (param == StorageType::kFloat32 && state == StorageType::kBFloat16);
 }
 
 }  // namespace fusedopt
