@@ -18,13 +18,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from fusedopt import backends, clip
+from fusedopt import _rounding, backends, clip
 from fusedopt._tensors import bucket_by_device_and_dtype, local_tensor, state_views
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128)
 # state_dtype= choices, and the (param dtype, state dtype) pairs the kernels are built for besides equal dtypes.
 _STATE_DTYPES = (None, torch.float32, torch.bfloat16)
 _MIXED_STATE_PAIRS = {(torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.float32, torch.bfloat16)}
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+# State tensors of the parameter modes, with their fixed dtypes (fusedopt/_rounding.py).
+MASTER_STATE = {"master_param": torch.float32, "master_remainder": torch.int16}
 
 
 def scalar(value: float | Tensor) -> float:
@@ -70,14 +73,30 @@ class FusedOptimizer(Optimizer):
         max_grad_norm: float | None = None,
         error_if_nonfinite: bool = False,
         state_dtype: torch.dtype | None = None,
+        master_weights: bool | str = False,
+        stochastic_rounding: bool = False,
+        rounding_seed: int = 0,
     ) -> None:
+        if master_weights not in (False, True, "remainder"):
+            raise ValueError(f"Invalid master_weights value: {master_weights!r}; expected False, True or 'remainder'")
+        if master_weights and stochastic_rounding:
+            raise ValueError(
+                "stochastic_rounding=True rounds parameters that have no master copy; with master_weights the "
+                "parameter is rounded to nearest from its float32 master"
+            )
         if max_grad_norm is not None and not max_grad_norm > 0.0:
             raise ValueError(f"Invalid max_grad_norm value: {max_grad_norm}")
         if state_dtype not in _STATE_DTYPES:
             raise ValueError(
                 f"Invalid state_dtype value: {state_dtype}; expected None, torch.float32 or torch.bfloat16"
             )
-        defaults = {**defaults, "state_dtype": state_dtype}
+        defaults = {
+            **defaults,
+            "state_dtype": state_dtype,
+            "master_weights": master_weights,
+            "stochastic_rounding": stochastic_rounding,
+        }
+        self.rounding_seed = int(rounding_seed)
         self._requested_backend = backends.check_backend_name(backend)
         self._backends: dict[str, backends.Backend] = {}
         self.max_grad_norm = max_grad_norm
@@ -124,12 +143,37 @@ class FusedOptimizer(Optimizer):
 
     # --- step -------------------------------------------------------------------------------------------------
     @staticmethod
-    def _state_dtype(group: dict[str, Any], p: Tensor) -> torch.dtype:
-        """The dtype of p's state: the group's state_dtype, or torch.optim's rule (the parameter's dtype)."""
-        return group.get("state_dtype") or p.dtype
+    def _state_dtype(group: dict[str, Any], p: Tensor, name: str = "") -> torch.dtype:
+        """The dtype of p's state `name`: fixed for master state, else the group's state_dtype, else torch.optim's
+        rule (the parameter's dtype)."""
+        return MASTER_STATE.get(name) or group.get("state_dtype") or p.dtype
+
+    @staticmethod
+    def _param_mode(group: dict[str, Any], dtype: torch.dtype) -> int:
+        """How a bucket of `dtype` parameters is updated (fusedopt/_rounding.py)."""
+        master = group.get("master_weights", False)
+        if master == "remainder" and dtype == torch.bfloat16:
+            return _rounding.REMAINDER
+        if master and dtype in _LOW_PRECISION:
+            return _rounding.MASTER
+        if group.get("stochastic_rounding") and dtype == torch.bfloat16:
+            return _rounding.STOCHASTIC
+        return _rounding.PLAIN
+
+    def _param_mode_kwargs(self, group: dict[str, Any], params: list[Tensor]) -> dict[str, Any]:
+        """The functional API's masters/param_mode/rounding_seed for one bucket."""
+        mode = self._param_mode(group, params[0].dtype)
+        name = {_rounding.MASTER: "master_param", _rounding.REMAINDER: "master_remainder"}.get(mode)
+        masters = [self.state[p][name] for p in params] if name else []
+        return {"masters": masters, "param_mode": mode, "rounding_seed": self.rounding_seed}
 
     def _check_param_and_grad(self, group: dict[str, Any], p: Tensor, group_index: int, param_index: int) -> None:
         where = f"parameter {param_index} of param group {group_index}"
+        if group.get("master_weights") == "remainder" and p.dtype == torch.float16:
+            raise TypeError(
+                f"fusedopt.{type(self).__name__}: master_weights='remainder' keeps the low 16 bits of a float32 "
+                f"master beside a bfloat16 parameter; {where} is float16 (use master_weights=True)"
+            )
         state_dtype = self._state_dtype(group, p)
         if state_dtype != p.dtype and (p.dtype, state_dtype) not in _MIXED_STATE_PAIRS:
             raise TypeError(
@@ -182,6 +226,14 @@ class FusedOptimizer(Optimizer):
                 dtype = self._state_dtype(group, missing[0])
                 for p, view in zip(missing, state_views(missing, fill, dtype=dtype)):
                     self.state[p][name] = view
+        mode = self._param_mode(group, params[0].dtype)
+        if mode in (_rounding.MASTER, _rounding.REMAINDER):
+            # The master starts as the parameter itself: exactly (its float32 value), or a zero remainder.
+            name = "master_param" if mode == _rounding.MASTER else "master_remainder"
+            missing = [p for p in params if name not in self.state[p]]
+            initial = (lambda p: p.detach()) if mode == _rounding.MASTER else None
+            for p, view in zip(missing, state_views(missing, 0, initial=initial, dtype=MASTER_STATE[name])):
+                self.state[p][name] = view
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:
@@ -230,6 +282,7 @@ class FusedOptimizer(Optimizer):
         self.__dict__.setdefault("max_grad_norm", None)
         self.__dict__.setdefault("error_if_nonfinite", False)
         self.__dict__.setdefault("last_grad_norm", None)
+        self.__dict__.setdefault("rounding_seed", 0)
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -269,6 +322,6 @@ class FusedOptimizer(Optimizer):
                         original = originals.get(p, {}).get(name)
                         return original if isinstance(original, Tensor) else self.state[p][name]
 
-                    dtype = self._state_dtype(group, owners[0])
-                    for p, view in zip(owners, state_views(owners, 0.0, initial=source, dtype=dtype)):
+                    dtype = self._state_dtype(group, owners[0], name)
+                    for p, view in zip(owners, state_views(owners, 0, initial=source, dtype=dtype)):
                         self.state[p][name] = view

@@ -42,6 +42,9 @@ class Adagrad(FusedOptimizer):
         max_grad_norm: float | None = None,
         error_if_nonfinite: bool = False,
         state_dtype: torch.dtype | None = None,
+        master_weights: bool | str = False,
+        stochastic_rounding: bool = False,
+        rounding_seed: int = 0,
     ) -> None:
         # Same checks, order, exception types and messages as torch.optim.Adagrad.__init__.
         check_lr(lr)
@@ -72,6 +75,9 @@ class Adagrad(FusedOptimizer):
             max_grad_norm=max_grad_norm,
             error_if_nonfinite=error_if_nonfinite,
             state_dtype=state_dtype,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+            rounding_seed=rounding_seed,
         )
         for group in self.param_groups:
             for bucket in bucket_by_device_and_dtype(group["params"]).values():
@@ -103,4 +109,5 @@ class Adagrad(FusedOptimizer):
             maximize=bool(group["maximize"]),
             grad_factor=grad_factor,
             backend=backend,
+            **self._param_mode_kwargs(group, params),
         )

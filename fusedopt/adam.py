@@ -61,6 +61,9 @@ class Adam(FusedOptimizer):
         max_grad_norm: float | None = None,
         error_if_nonfinite: bool = False,
         state_dtype: torch.dtype | None = None,
+        master_weights: bool | str = False,
+        stochastic_rounding: bool = False,
+        rounding_seed: int = 0,
     ) -> None:
         _check_adam_args(lr, betas, eps, weight_decay)
         check_torch_only_flags(capturable, differentiable, foreach, fused)
@@ -84,6 +87,9 @@ class Adam(FusedOptimizer):
             max_grad_norm=max_grad_norm,
             error_if_nonfinite=error_if_nonfinite,
             state_dtype=state_dtype,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+            rounding_seed=rounding_seed,
         )
 
     def _state_layout(self, group: dict[str, Any]) -> list[tuple[str, float]]:
@@ -114,6 +120,7 @@ class Adam(FusedOptimizer):
             decoupled=bool(group["decoupled_weight_decay"]),
             grad_factor=grad_factor,
             backend=backend,
+            **self._param_mode_kwargs(group, params),
         )
 
 
@@ -141,6 +148,9 @@ class AdamW(Adam):
         max_grad_norm: float | None = None,
         error_if_nonfinite: bool = False,
         state_dtype: torch.dtype | None = None,
+        master_weights: bool | str = False,
+        stochastic_rounding: bool = False,
+        rounding_seed: int = 0,
     ) -> None:
         super().__init__(
             params,
@@ -159,6 +169,9 @@ class AdamW(Adam):
             max_grad_norm=max_grad_norm,
             error_if_nonfinite=error_if_nonfinite,
             state_dtype=state_dtype,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+            rounding_seed=rounding_seed,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:

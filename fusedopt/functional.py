@@ -7,7 +7,9 @@ in place. Before a backend sees them, tensors are brought to the form every kern
 - A non-contiguous param or state is updated through a contiguous copy that is written back afterwards; a
   non-contiguous grad is read through a contiguous copy. Contiguous tensors (the normal case) are used as is.
 
-`grad_factor` multiplies every gradient as the kernel reads it (GradScaler's 1/scale times the clip coefficient):
+`masters`/`param_mode`/`rounding_seed` choose what is updated and how parameters are stored: plain,
+stochastically rounded, or through float32 masters (fusedopt/_rounding.py). `grad_factor` multiplies every
+gradient as the kernel reads it (GradScaler's 1/scale times the clip coefficient):
 NOTE [grad factor] in csrc/include/fusedopt/update_rules.h.
 """
 
@@ -77,6 +79,9 @@ def adam(
     maximize: bool,
     decoupled: bool,
     grad_factor: float = 1.0,
+    masters: Sequence[Tensor] = (),
+    param_mode: int = 0,
+    rounding_seed: int = 0,
     backend: str | backends.Backend = "auto",
 ) -> None:
     """Adam (decoupled=False) or AdamW (decoupled=True) on every tensor of the lists, in one fused pass."""
@@ -98,6 +103,9 @@ def adam(
         maximize=maximize,
         decoupled=decoupled,
         grad_factor=grad_factor,
+        masters=ops.writable_list(masters),
+        param_mode=param_mode,
+        rounding_seed=rounding_seed,
     )
     ops.write_back()
 
@@ -119,6 +127,9 @@ def rmsprop(
     centered: bool,
     maximize: bool,
     grad_factor: float = 1.0,
+    masters: Sequence[Tensor] = (),
+    param_mode: int = 0,
+    rounding_seed: int = 0,
     backend: str | backends.Backend = "auto",
 ) -> None:
     """RMSprop on every tensor of the lists, in one fused pass."""
@@ -139,6 +150,9 @@ def rmsprop(
         centered=centered,
         maximize=maximize,
         grad_factor=grad_factor,
+        masters=ops.writable_list(masters),
+        param_mode=param_mode,
+        rounding_seed=rounding_seed,
     )
     ops.write_back()
 
@@ -156,6 +170,9 @@ def adagrad(
     eps: float,
     maximize: bool,
     grad_factor: float = 1.0,
+    masters: Sequence[Tensor] = (),
+    param_mode: int = 0,
+    rounding_seed: int = 0,
     backend: str | backends.Backend = "auto",
 ) -> None:
     """Adagrad on every tensor of the lists, in one fused pass."""
@@ -172,5 +189,8 @@ def adagrad(
         eps=eps,
         maximize=maximize,
         grad_factor=grad_factor,
+        masters=ops.writable_list(masters),
+        param_mode=param_mode,
+        rounding_seed=rounding_seed,
     )
     ops.write_back()

@@ -9,6 +9,9 @@ Numerics shared by all backends:
   updated in float32 and rounded (to nearest even) once when stored, state included.
 - Complex tensors are updated as their real and imaginary parts (torch.view_as_real), as torch.optim does.
 - Per-step scalars (bias corrections, decayed learning rates) are Python floats, i.e. double precision.
+- `param_mode` says what is updated and how the result is stored: the parameter rounded to nearest even, or
+  rounded stochastically, or a float32 master (kept whole, or as an int16 remainder of a bfloat16 parameter)
+  from which the parameter is rounded (fusedopt/_rounding.py, csrc/include/fusedopt/param_rounding.h).
 - `grad_factor` multiplies every gradient as it is read: GradScaler's 1/scale and the max_grad_norm clip
   coefficient (NOTE [grad factor] in csrc/include/fusedopt/update_rules.h); gradients are never rewritten.
 """
@@ -19,6 +22,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from fusedopt import _rounding
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -41,6 +46,31 @@ def _advance(step: Tensor) -> float:
     return float(step)
 
 
+def _load_param(param: Tensor, master: Tensor | None, param_mode: int) -> Tensor:
+    """The value being updated: the parameter, or its float32 master (fusedopt/_rounding.py)."""
+    if param_mode == _rounding.MASTER:
+        return master
+    if param_mode == _rounding.REMAINDER:
+        return _rounding.join_master(param, master)
+    return _load(param)
+
+
+def _store_param(param: Tensor, master: Tensor | None, value: Tensor, param_mode: int, key: int) -> None:
+    if param_mode == _rounding.MASTER:
+        master.copy_(value)
+        _store(param, value)  # rounded to nearest even
+    elif param_mode == _rounding.REMAINDER:
+        rounded, remainder = _rounding.split_master(value)
+        param.copy_(rounded)
+        master.copy_(remainder)
+    elif param_mode == _rounding.STOCHASTIC:
+        param.copy_(
+            _rounding.stochastic_round_to_bfloat16(value, _rounding.rounding_bits(key, value.numel(), value.device))
+        )
+    else:
+        _store(param, value)
+
+
 @torch.no_grad()
 def adam(
     params: list[Tensor],
@@ -59,11 +89,20 @@ def adam(
     maximize: bool,
     decoupled: bool,
     grad_factor: float = 1.0,
+    masters: list[Tensor] = (),
+    param_mode: int = _rounding.PLAIN,
+    rounding_seed: int = 0,
 ) -> None:
     """Adam (decoupled=False, L2 weight decay) and AdamW (decoupled=True)."""
     for i, param in enumerate(params):
         t = _advance(state_steps[i])
-        theta, g, m, v = _load(param), _load(grads[i]), _load(exp_avgs[i]), _load(exp_avg_sqs[i])
+        master = masters[i] if masters else None
+        theta, g, m, v = (
+            _load_param(param, master, param_mode),
+            _load(grads[i]),
+            _load(exp_avgs[i]),
+            _load(exp_avg_sqs[i]),
+        )
         g = g * (-grad_factor if maximize else grad_factor)  # unscale, clip, maximize: NOTE [grad factor]
         if weight_decay != 0:
             if decoupled:
@@ -82,7 +121,7 @@ def adam(
         bias_correction2_sqrt = math.sqrt(1 - beta2**t)
         step_size = lr * bias_correction2_sqrt / (1 - beta1**t)
         theta = theta - step_size * (m / (second_moment.sqrt() + eps * bias_correction2_sqrt))
-        _store(param, theta)
+        _store_param(param, master, theta, param_mode, _rounding.rounding_key(rounding_seed, int(t), i))
         _store(exp_avgs[i], m)
         _store(exp_avg_sqs[i], v)
 
@@ -104,11 +143,15 @@ def rmsprop(
     centered: bool,
     maximize: bool,
     grad_factor: float = 1.0,
+    masters: list[Tensor] = (),
+    param_mode: int = _rounding.PLAIN,
+    rounding_seed: int = 0,
 ) -> None:
     """RMSprop, optionally centered (divides by the gradient's variance estimate) and with momentum."""
     for i, param in enumerate(params):
-        _advance(state_steps[i])
-        theta, g, square_avg = _load(param), _load(grads[i]), _load(square_avgs[i])
+        t = _advance(state_steps[i])
+        master = masters[i] if masters else None
+        theta, g, square_avg = _load_param(param, master, param_mode), _load(grads[i]), _load(square_avgs[i])
         g = g * (-grad_factor if maximize else grad_factor)  # unscale, clip, maximize: NOTE [grad factor]
         if weight_decay != 0:
             g = g + weight_decay * theta
@@ -126,7 +169,7 @@ def rmsprop(
             _store(momentum_buffers[i], buffer)
         else:
             theta = theta - lr * (g / avg)
-        _store(param, theta)
+        _store_param(param, master, theta, param_mode, _rounding.rounding_key(rounding_seed, int(t), i))
         _store(square_avgs[i], square_avg)
 
 
@@ -143,16 +186,20 @@ def adagrad(
     eps: float,
     maximize: bool,
     grad_factor: float = 1.0,
+    masters: list[Tensor] = (),
+    param_mode: int = _rounding.PLAIN,
+    rounding_seed: int = 0,
 ) -> None:
     """Adagrad: divides by the root of the running sum of squared gradients."""
     for i, param in enumerate(params):
         t = _advance(state_steps[i])
-        theta, g, state_sum = _load(param), _load(grads[i]), _load(state_sums[i])
+        master = masters[i] if masters else None
+        theta, g, state_sum = _load_param(param, master, param_mode), _load(grads[i]), _load(state_sums[i])
         g = g * (-grad_factor if maximize else grad_factor)  # unscale, clip, maximize: NOTE [grad factor]
         if weight_decay != 0:
             g = g + weight_decay * theta
         clr = lr / (1 + (t - 1) * lr_decay)  # learning rate decayed with the step count
         state_sum = state_sum + g * g
         theta = theta - clr * (g / (state_sum.sqrt() + eps))
-        _store(param, theta)
+        _store_param(param, master, theta, param_mode, _rounding.rounding_key(rounding_seed, int(t), i))
         _store(state_sums[i], state_sum)

@@ -38,6 +38,9 @@ class RMSprop(FusedOptimizer):
         max_grad_norm: float | None = None,
         error_if_nonfinite: bool = False,
         state_dtype: torch.dtype | None = None,
+        master_weights: bool | str = False,
+        stochastic_rounding: bool = False,
+        rounding_seed: int = 0,
     ) -> None:
         # Same checks, order, exception types and messages as torch.optim.RMSprop.__init__.
         check_lr(lr)
@@ -69,6 +72,9 @@ class RMSprop(FusedOptimizer):
             max_grad_norm=max_grad_norm,
             error_if_nonfinite=error_if_nonfinite,
             state_dtype=state_dtype,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
+            rounding_seed=rounding_seed,
         )
 
     def _state_layout(self, group: dict[str, Any]) -> list[tuple[str, float]]:
@@ -100,4 +106,5 @@ class RMSprop(FusedOptimizer):
             maximize=bool(group["maximize"]),
             grad_factor=grad_factor,
             backend=backend,
+            **self._param_mode_kwargs(group, params),
         )

@@ -14,6 +14,13 @@ import sys
 
 def _loaded_and_stored(kernel: str, constexprs: dict) -> tuple[int, int]:
     """Operands the kernel's full-block path loads and stores."""
+    loads, stores = _optimizer_operands(kernel, constexprs)
+    mode = constexprs.get("PARAM_MODE", 0)
+    # The master (mode 2) replaces the parameter's load and adds a store; the remainder (3) adds both.
+    return loads + (mode == 3), stores + (mode in (2, 3))
+
+
+def _optimizer_operands(kernel: str, constexprs: dict) -> tuple[int, int]:
     if kernel == "_adam_kernel":
         extra = int(constexprs["AMSGRAD"])
         return 4 + extra, 3 + extra

@@ -25,28 +25,32 @@ def adagrad_update(p, g, state_sum, grad_factor, weight_decay, clr, eps, WEIGHT_
 
 @triton.jit
 def _adagrad_block(
-    param, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
-    COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr, MASKED: tl.constexpr,
+    param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
+    COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr, PARAM_MODE: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
-    p = common.load(param, offsets, mask, MASKED, COMPUTE)
+    p = common.load_param(param, master, offsets, mask, MASKED, COMPUTE, PARAM_MODE)
     g = common.load(grad, offsets, mask, MASKED, COMPUTE)
     state_sum = common.load(state_sums, offsets, mask, MASKED, COMPUTE)
     p, state_sum = adagrad_update(p, g, state_sum, grad_factor, weight_decay, clr, eps, WEIGHT_DECAY)
-    common.store(param, offsets, mask, p, MASKED)
+    common.store_param(param, master, offsets, mask, p, key, MASKED, PARAM_MODE)
     common.store(state_sums, offsets, mask, state_sum, MASKED)
 
 
 @triton.jit
 def _adagrad_kernel(
     param_table, grad_table, sum_table,  # int64 address rows
+    master_table,  # float32 masters or int16 remainders (PARAM_MODE 2, 3)
+    keys,  # per-tensor stochastic rounding keys (PARAM_MODE 1)
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
     hyper,  # [grad_factor, weight_decay, eps] in COMPUTE
     clrs,  # lr / (1 + (step - 1) * lr_decay) per tensor, in COMPUTE
     PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
-    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     t, start, numel = common.block_of_program(block_tensor, block_start, numels, BLOCK)
     param = common.operand(param_table, t, PARAM, ALIGNED)
+    master = common.operand(master_table, t, MASTER, ALIGNED)
+    key = tl.load(keys + t)
     grad = common.operand(grad_table, t, PARAM, ALIGNED)
     state_sums = common.operand(sum_table, t, STATE, ALIGNED)
     grad_factor = tl.load(hyper + 0)
@@ -56,11 +60,11 @@ def _adagrad_kernel(
     offsets = start + tl.arange(0, BLOCK).to(tl.int64)
     mask = offsets < numel
     if start + BLOCK <= numel:
-        _adagrad_block(param, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps, COMPUTE,
-                       WEIGHT_DECAY, False)  # fmt: skip
+        _adagrad_block(param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
+                       COMPUTE, WEIGHT_DECAY, PARAM_MODE, False)  # fmt: skip
     else:
-        _adagrad_block(param, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps, COMPUTE,
-                       WEIGHT_DECAY, True)  # fmt: skip
+        _adagrad_block(param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
+                       COMPUTE, WEIGHT_DECAY, PARAM_MODE, True)  # fmt: skip
 
 
 def adagrad(
@@ -75,6 +79,9 @@ def adagrad(
     eps: float,
     maximize: bool,
     grad_factor: float = 1.0,
+    masters: Sequence[torch.Tensor] = (),
+    param_mode: int = 0,
+    rounding_seed: int = 0,
 ) -> None:
     """One fused Adagrad step (the functional signature of fusedopt.reference.adagrad)."""
     if not params:
@@ -82,17 +89,21 @@ def adagrad(
     columns = [params, grads, state_sums]
     param_dtype, state_dtype = common.check_operands(params, params, state_sums)
     steps = common.advance_steps(state_steps)
-    table = common.launch_table(columns, params[0].device)
+    device, compute = params[0].device, common.compute_dtype(param_dtype)
+    master_columns, keys, master_dtype = common.param_mode_operands(
+        params, masters, param_mode, steps, rounding_seed, device
+    )
+    table = common.launch_table(columns + master_columns, device)
     if table.num_blocks == 0:
         return
-    device, compute = params[0].device, common.compute_dtype(param_dtype)
     clrs = [lr / (1 + (t - 1) * lr_decay) for t in steps]
     rows = table.addresses
     _adagrad_kernel[(table.num_blocks,)](
-        rows[0], rows[1], rows[2], table.numels, table.block_tensor, table.block_start,
+        rows[0], rows[1], rows[2], rows[-1], keys, table.numels, table.block_tensor, table.block_start,
         common.scalars_tensor([(-grad_factor if maximize else grad_factor), weight_decay, eps], compute, device),
         common.scalars_tensor(clrs, compute, device),
         PARAM=common.TORCH_TO_TRITON[param_dtype], STATE=common.TORCH_TO_TRITON[state_dtype],
-        COMPUTE=common.TORCH_TO_TRITON[compute], WEIGHT_DECAY=weight_decay != 0, ALIGNED=table.aligned,
+        COMPUTE=common.TORCH_TO_TRITON[compute], WEIGHT_DECAY=weight_decay != 0, PARAM_MODE=param_mode,
+        MASTER=master_dtype, ALIGNED=table.aligned,
         BLOCK=common.BLOCK, num_warps=common.NUM_WARPS,
     )  # fmt: skip

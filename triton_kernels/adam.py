@@ -41,11 +41,12 @@ def adam_update(
 
 @triton.jit
 def _adam_block(
-    param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask,
+    param, master, key, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask,
     grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps,
-    COMPUTE: tl.constexpr, DECAY_MODE: tl.constexpr, AMSGRAD: tl.constexpr, MASKED: tl.constexpr,
+    COMPUTE: tl.constexpr, DECAY_MODE: tl.constexpr, AMSGRAD: tl.constexpr, PARAM_MODE: tl.constexpr,
+    MASKED: tl.constexpr,
 ):  # fmt: skip
-    p = common.load(param, offsets, mask, MASKED, COMPUTE)
+    p = common.load_param(param, master, offsets, mask, MASKED, COMPUTE, PARAM_MODE)
     g = common.load(grad, offsets, mask, MASKED, COMPUTE)
     m = common.load(exp_avg, offsets, mask, MASKED, COMPUTE)
     v = common.load(exp_avg_sq, offsets, mask, MASKED, COMPUTE)
@@ -56,7 +57,7 @@ def _adam_block(
         p, g, m, v, v_max, grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement,
         step_size, eps, DECAY_MODE, AMSGRAD,
     )  # fmt: skip
-    common.store(param, offsets, mask, p, MASKED)
+    common.store_param(param, master, offsets, mask, p, key, MASKED, PARAM_MODE)
     common.store(exp_avg, offsets, mask, m, MASKED)
     common.store(exp_avg_sq, offsets, mask, v, MASKED)
     if AMSGRAD:
@@ -66,14 +67,19 @@ def _adam_block(
 @triton.jit
 def _adam_kernel(
     param_table, grad_table, exp_avg_table, exp_avg_sq_table, max_exp_avg_sq_table,  # int64 rows of addresses
+    master_table,  # float32 masters or int16 remainders (PARAM_MODE 2, 3)
+    keys,  # per-tensor stochastic rounding keys (PARAM_MODE 1)
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
     hyper,  # [grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement] in COMPUTE
     per_tensor,  # [step_size, eps] per tensor, in COMPUTE (NOTE [folded bias correction])
     PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
-    DECAY_MODE: tl.constexpr, AMSGRAD: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    DECAY_MODE: tl.constexpr, AMSGRAD: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr,
+    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     t, start, numel = common.block_of_program(block_tensor, block_start, numels, BLOCK)
     param = common.operand(param_table, t, PARAM, ALIGNED)
+    master = common.operand(master_table, t, MASTER, ALIGNED)
+    key = tl.load(keys + t)
     grad = common.operand(grad_table, t, PARAM, ALIGNED)
     exp_avg = common.operand(exp_avg_table, t, STATE, ALIGNED)
     exp_avg_sq = common.operand(exp_avg_sq_table, t, STATE, ALIGNED)
@@ -90,15 +96,15 @@ def _adam_kernel(
     mask = offsets < numel
     if start + BLOCK <= numel:
         _adam_block(
-            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor, l2_weight_decay,
-            decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, COMPUTE, DECAY_MODE, AMSGRAD,
-            False,
+            param, master, key, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor,
+            l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, COMPUTE,
+            DECAY_MODE, AMSGRAD, PARAM_MODE, False,
         )  # fmt: skip
     else:
         _adam_block(
-            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor, l2_weight_decay,
-            decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, COMPUTE, DECAY_MODE, AMSGRAD,
-            True,
+            param, master, key, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor,
+            l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, COMPUTE,
+            DECAY_MODE, AMSGRAD, PARAM_MODE, True,
         )  # fmt: skip
 
 
@@ -119,6 +125,9 @@ def adam(
     maximize: bool,
     decoupled: bool,
     grad_factor: float = 1.0,
+    masters: Sequence[torch.Tensor] = (),
+    param_mode: int = 0,
+    rounding_seed: int = 0,
 ) -> None:
     """One fused Adam/AdamW step over contiguous tensors on one device (the functional signature of
     fusedopt.reference.adam)."""
@@ -140,16 +149,20 @@ def adam(
         beta2,
         1 - beta2,
     ]
-    table = common.launch_table(columns, device)
+    master_columns, keys, master_dtype = common.param_mode_operands(
+        params, masters, param_mode, steps, rounding_seed, device
+    )
+    table = common.launch_table(columns + master_columns, device)
     if table.num_blocks == 0:
         return
     mode = DECAY_NONE if weight_decay == 0 else (DECAY_DECOUPLED if decoupled else DECAY_L2)
     rows = table.addresses
     _adam_kernel[(table.num_blocks,)](
-        rows[0], rows[1], rows[2], rows[3], rows[4] if amsgrad else rows[3],
+        rows[0], rows[1], rows[2], rows[3], rows[4] if amsgrad else rows[3], rows[-1], keys,
         table.numels, table.block_tensor, table.block_start,
         common.scalars_tensor(hyper, compute, device), common.scalars_tensor(per_tensor, compute, device),
         PARAM=common.TORCH_TO_TRITON[param_dtype], STATE=common.TORCH_TO_TRITON[state_dtype],
-        COMPUTE=common.TORCH_TO_TRITON[compute], DECAY_MODE=mode, AMSGRAD=amsgrad, ALIGNED=table.aligned,
+        COMPUTE=common.TORCH_TO_TRITON[compute], DECAY_MODE=mode, AMSGRAD=amsgrad, PARAM_MODE=param_mode,
+        MASTER=master_dtype, ALIGNED=table.aligned,
         BLOCK=common.BLOCK, num_warps=common.NUM_WARPS,
     )  # fmt: skip

@@ -8,11 +8,14 @@
 #include "fused_cpu.h"
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fusedopt/host_storage.h"
+#include "fusedopt/param_rounding.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 #define FUSEDOPT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -83,54 +86,137 @@ FUSEDOPT_ALWAYS_INLINE void dispatch_storage(StorageType param, StorageType stat
 }
 
 // ----------------------------------------------------------------------------------------------------------
+// Parameter access: how the value being updated is read and the result stored (fusedopt/param_rounding.h)
+// ----------------------------------------------------------------------------------------------------------
+template <typename P>
+struct PlainParam {  // ParamMode::kPlain: the parameter itself, rounded to nearest even when stored
+  P* __restrict param;
+  FUSEDOPT_ALWAYS_INLINE compute_t<P> load(int64_t i) const { return load_as<compute_t<P>>(param[i]); }
+  FUSEDOPT_ALWAYS_INLINE void store(int64_t i, compute_t<P> value) const { param[i] = store_as<P>(value); }
+};
+
+struct StochasticParam {  // ParamMode::kStochastic: NOTE [stochastic rounding]
+  BFloat16Bits* __restrict param;
+  uint32_t key;
+  int64_t first;  // index of element 0 of the chunk in its tensor
+  FUSEDOPT_ALWAYS_INLINE float load(int64_t i) const { return bfloat16_to_float(param[i]); }
+  FUSEDOPT_ALWAYS_INLINE void store(int64_t i, float value) const {
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof(bits));
+    param[i] = BFloat16Bits{stochastic_round_to_bfloat16(bits, rounding_bits(key, first + i))};
+  }
+};
+
+template <typename P>
+struct MasterParam {  // ParamMode::kMaster: the float32 master is updated; the parameter gets it rounded
+  P* __restrict param;
+  float* __restrict master;
+  FUSEDOPT_ALWAYS_INLINE float load(int64_t i) const { return master[i]; }
+  FUSEDOPT_ALWAYS_INLINE void store(int64_t i, float value) const {
+    master[i] = value;
+    param[i] = store_as<P>(value);
+  }
+};
+
+struct RemainderParam {  // ParamMode::kRemainder: NOTE [master remainder]
+  BFloat16Bits* __restrict param;
+  int16_t* __restrict remainder;
+  FUSEDOPT_ALWAYS_INLINE float load(int64_t i) const {
+    const uint32_t bits = join_master(param[i].bits, remainder[i]);
+    float value;
+    std::memcpy(&value, &bits, sizeof(value));
+    return value;
+  }
+  FUSEDOPT_ALWAYS_INLINE void store(int64_t i, float value) const {
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof(bits));
+    split_master(bits, param[i].bits, remainder[i]);
+  }
+};
+
+template <typename P>
+constexpr bool kIsLowPrecision = std::is_same_v<P, BFloat16Bits> || std::is_same_v<P, Float16>;
+
+// Calls Body::run_with(launch, chunk, access) with the access of the launch's parameter mode; check_layout has
+// vetted the mode against the parameter type.
+template <typename P, typename Body, typename Launch>
+FUSEDOPT_ALWAYS_INLINE void with_param_access(const Launch& launch, const Chunk& chunk) {
+  const TensorSlot& t = launch.layout.tensors[chunk.tensor];
+  P* param = static_cast<P*>(t.param) + chunk.begin;
+  switch (launch.layout.param_mode) {
+    case ParamMode::kPlain:
+      return Body::run_with(launch, chunk, PlainParam<P>{param});
+    case ParamMode::kMaster:
+      if constexpr (kIsLowPrecision<P>) {
+        return Body::run_with(launch, chunk, MasterParam<P>{param, static_cast<float*>(t.master) + chunk.begin});
+      }
+      break;
+    case ParamMode::kStochastic:
+      if constexpr (std::is_same_v<P, BFloat16Bits>) {
+        return Body::run_with(launch, chunk, StochasticParam{param, t.rounding_key, chunk.begin});
+      }
+      break;
+    case ParamMode::kRemainder:
+      if constexpr (std::is_same_v<P, BFloat16Bits>) {
+        return Body::run_with(launch, chunk, RemainderParam{param, static_cast<int16_t*>(t.master) + chunk.begin});
+      }
+      break;
+  }
+}
+
+// ----------------------------------------------------------------------------------------------------------
 // Adam / AdamW
 // ----------------------------------------------------------------------------------------------------------
 template <typename P, typename S>
 struct AdamChunk {
   using C = compute_t<P>;
 
-  template <WeightDecayMode kDecay, bool kAmsgrad>
-  static FUSEDOPT_ALWAYS_INLINE void loop(P* __restrict param, const P* __restrict grad, S* __restrict exp_avg,
+  template <WeightDecayMode kDecay, bool kAmsgrad, typename Access>
+  static FUSEDOPT_ALWAYS_INLINE void loop(const Access& param, const P* __restrict grad, S* __restrict exp_avg,
                                           S* __restrict exp_avg_sq, S* __restrict max_exp_avg_sq, int64_t n,
                                           const AdamScalars<C>& s) {
     for (int64_t i = 0; i < n; ++i) {
-      C p = load_as<C>(param[i]);
+      C p = param.load(i);
       C m = load_as<C>(exp_avg[i]);
       C v = load_as<C>(exp_avg_sq[i]);
       C v_max = kAmsgrad ? load_as<C>(max_exp_avg_sq[i]) : C(0);
       adam_update<C, kDecay, kAmsgrad>(p, load_as<C>(grad[i]), m, v, v_max, s);
-      param[i] = store_as<P>(p);
+      param.store(i, p);
       exp_avg[i] = store_as<S>(m);
       exp_avg_sq[i] = store_as<S>(v);
       if (kAmsgrad) max_exp_avg_sq[i] = store_as<S>(v_max);
     }
   }
 
-  template <bool kAmsgrad>
-  static FUSEDOPT_ALWAYS_INLINE void with_amsgrad(const AdamLaunch& launch, P* param, const P* grad, S** state,
+  template <bool kAmsgrad, typename Access>
+  static FUSEDOPT_ALWAYS_INLINE void with_amsgrad(const AdamLaunch& launch, const Access& param, const P* grad, S** state,
                                                   int64_t n, const AdamScalars<C>& s) {
     switch (launch.decay) {
       case WeightDecayMode::kNone:
-        return loop<WeightDecayMode::kNone, kAmsgrad>(param, grad, state[0], state[1], state[2], n, s);
+        return loop<WeightDecayMode::kNone, kAmsgrad, Access>(param, grad, state[0], state[1], state[2], n, s);
       case WeightDecayMode::kL2:
-        return loop<WeightDecayMode::kL2, kAmsgrad>(param, grad, state[0], state[1], state[2], n, s);
+        return loop<WeightDecayMode::kL2, kAmsgrad, Access>(param, grad, state[0], state[1], state[2], n, s);
       case WeightDecayMode::kDecoupled:
-        return loop<WeightDecayMode::kDecoupled, kAmsgrad>(param, grad, state[0], state[1], state[2], n, s);
+        return loop<WeightDecayMode::kDecoupled, kAmsgrad, Access>(param, grad, state[0], state[1], state[2], n, s);
     }
   }
 
   static FUSEDOPT_ALWAYS_INLINE void run(const AdamLaunch& launch, const Chunk& chunk) {
+    with_param_access<P, AdamChunk>(launch, chunk);
+  }
+
+  template <typename Access>
+  static FUSEDOPT_ALWAYS_INLINE void run_with(const AdamLaunch& launch, const Chunk& chunk, const Access& param) {
     const TensorSlot& t = launch.layout.tensors[chunk.tensor];
     const AdamScalars<C> s = cast_scalars<C>(launch.scalars[chunk.tensor]);
-    P* param = static_cast<P*>(t.param) + chunk.begin;
     const P* grad = static_cast<const P*>(t.grad) + chunk.begin;
     S* state[kMaxStateTensors];
     for (int k = 0; k < kMaxStateTensors; ++k) {
       state[k] = t.state[k] ? static_cast<S*>(t.state[k]) + chunk.begin : nullptr;
     }
     const int64_t n = chunk.end - chunk.begin;
-    if (launch.amsgrad) return with_amsgrad<true>(launch, param, grad, state, n, s);
-    return with_amsgrad<false>(launch, param, grad, state, n, s);
+    if (launch.amsgrad) return with_amsgrad<true, Access>(launch, param, grad, state, n, s);
+    return with_amsgrad<false, Access>(launch, param, grad, state, n, s);
   }
 };
 
@@ -145,49 +231,55 @@ template <typename P, typename S>
 struct RmspropChunk {
   using C = compute_t<P>;
 
-  template <bool kWeightDecay, bool kCentered, bool kMomentum>
-  static FUSEDOPT_ALWAYS_INLINE void loop(P* __restrict param, const P* __restrict grad, S* __restrict square_avg,
+  template <bool kWeightDecay, bool kCentered, bool kMomentum, typename Access>
+  static FUSEDOPT_ALWAYS_INLINE void loop(const Access& param, const P* __restrict grad, S* __restrict square_avg,
                                           S* __restrict grad_avg, S* __restrict momentum_buffer, int64_t n,
                                           const RmspropScalars<C>& s) {
     for (int64_t i = 0; i < n; ++i) {
-      C p = load_as<C>(param[i]);
+      C p = param.load(i);
       C sq = load_as<C>(square_avg[i]);
       C g_avg = kCentered ? load_as<C>(grad_avg[i]) : C(0);
       C buf = kMomentum ? load_as<C>(momentum_buffer[i]) : C(0);
       rmsprop_update<C, kWeightDecay, kCentered, kMomentum>(p, load_as<C>(grad[i]), sq, g_avg, buf, s);
-      param[i] = store_as<P>(p);
+      param.store(i, p);
       square_avg[i] = store_as<S>(sq);
       if (kCentered) grad_avg[i] = store_as<S>(g_avg);
       if (kMomentum) momentum_buffer[i] = store_as<S>(buf);
     }
   }
 
-  template <bool kWeightDecay, bool kCentered>
-  static FUSEDOPT_ALWAYS_INLINE void with_modes(const RmspropLaunch& launch, P* param, const P* grad, S** state,
-                                                int64_t n, const RmspropScalars<C>& s) {
-    if (launch.momentum) return loop<kWeightDecay, kCentered, true>(param, grad, state[0], state[1], state[2], n, s);
-    return loop<kWeightDecay, kCentered, false>(param, grad, state[0], state[1], state[2], n, s);
+  template <bool kWeightDecay, bool kCentered, typename Access>
+  static FUSEDOPT_ALWAYS_INLINE void with_modes(const RmspropLaunch& launch, const Access& param, const P* grad,
+                                                S** state, int64_t n, const RmspropScalars<C>& s) {
+    if (launch.momentum) {
+      return loop<kWeightDecay, kCentered, true, Access>(param, grad, state[0], state[1], state[2], n, s);
+    }
+    return loop<kWeightDecay, kCentered, false, Access>(param, grad, state[0], state[1], state[2], n, s);
   }
 
-  template <bool kWeightDecay>
-  static FUSEDOPT_ALWAYS_INLINE void with_decay(const RmspropLaunch& launch, P* param, const P* grad, S** state,
-                                                int64_t n, const RmspropScalars<C>& s) {
-    if (launch.centered) return with_modes<kWeightDecay, true>(launch, param, grad, state, n, s);
-    return with_modes<kWeightDecay, false>(launch, param, grad, state, n, s);
+  template <bool kWeightDecay, typename Access>
+  static FUSEDOPT_ALWAYS_INLINE void with_decay(const RmspropLaunch& launch, const Access& param, const P* grad,
+                                                S** state, int64_t n, const RmspropScalars<C>& s) {
+    if (launch.centered) return with_modes<kWeightDecay, true, Access>(launch, param, grad, state, n, s);
+    return with_modes<kWeightDecay, false, Access>(launch, param, grad, state, n, s);
   }
 
   static FUSEDOPT_ALWAYS_INLINE void run(const RmspropLaunch& launch, const Chunk& chunk) {
+    with_param_access<P, RmspropChunk>(launch, chunk);
+  }
+
+  template <typename Access>
+  static FUSEDOPT_ALWAYS_INLINE void run_with(const RmspropLaunch& launch, const Chunk& chunk, const Access& param) {
     const TensorSlot& t = launch.layout.tensors[chunk.tensor];
     const RmspropScalars<C> s = cast_scalars<C>(launch.scalars);
-    P* param = static_cast<P*>(t.param) + chunk.begin;
     const P* grad = static_cast<const P*>(t.grad) + chunk.begin;
     S* state[kMaxStateTensors];
     for (int k = 0; k < kMaxStateTensors; ++k) {
       state[k] = t.state[k] ? static_cast<S*>(t.state[k]) + chunk.begin : nullptr;
     }
     const int64_t n = chunk.end - chunk.begin;
-    if (launch.weight_decay) return with_decay<true>(launch, param, grad, state, n, s);
-    return with_decay<false>(launch, param, grad, state, n, s);
+    if (launch.weight_decay) return with_decay<true, Access>(launch, param, grad, state, n, s);
+    return with_decay<false, Access>(launch, param, grad, state, n, s);
   }
 };
 
@@ -202,27 +294,31 @@ template <typename P, typename S>
 struct AdagradChunk {
   using C = compute_t<P>;
 
-  template <bool kWeightDecay>
-  static FUSEDOPT_ALWAYS_INLINE void loop(P* __restrict param, const P* __restrict grad, S* __restrict sum,
+  template <bool kWeightDecay, typename Access>
+  static FUSEDOPT_ALWAYS_INLINE void loop(const Access& param, const P* __restrict grad, S* __restrict sum,
                                           int64_t n, const AdagradScalars<C>& s) {
     for (int64_t i = 0; i < n; ++i) {
-      C p = load_as<C>(param[i]);
+      C p = param.load(i);
       C acc = load_as<C>(sum[i]);
       adagrad_update<C, kWeightDecay>(p, load_as<C>(grad[i]), acc, s);
-      param[i] = store_as<P>(p);
+      param.store(i, p);
       sum[i] = store_as<S>(acc);
     }
   }
 
   static FUSEDOPT_ALWAYS_INLINE void run(const AdagradLaunch& launch, const Chunk& chunk) {
+    with_param_access<P, AdagradChunk>(launch, chunk);
+  }
+
+  template <typename Access>
+  static FUSEDOPT_ALWAYS_INLINE void run_with(const AdagradLaunch& launch, const Chunk& chunk, const Access& param) {
     const TensorSlot& t = launch.layout.tensors[chunk.tensor];
     const AdagradScalars<C> s = cast_scalars<C>(launch.scalars[chunk.tensor]);
-    P* param = static_cast<P*>(t.param) + chunk.begin;
     const P* grad = static_cast<const P*>(t.grad) + chunk.begin;
     S* sum = static_cast<S*>(t.state[0]) + chunk.begin;
     const int64_t n = chunk.end - chunk.begin;
-    if (launch.weight_decay) return loop<true>(param, grad, sum, n, s);
-    return loop<false>(param, grad, sum, n, s);
+    if (launch.weight_decay) return loop<true, Access>(param, grad, sum, n, s);
+    return loop<false, Access>(param, grad, sum, n, s);
   }
 };
 
@@ -278,6 +374,17 @@ FUSEDOPT_CPU_CLONES void stream_chunk(const StreamLaunch& launch, const Chunk& c
 }  // namespace
 
 void check_layout(const LaunchLayout& layout) {
+  const bool bfloat16 = layout.param_type == StorageType::kBFloat16;
+  const bool low_precision = bfloat16 || layout.param_type == StorageType::kFloat16;
+  const bool mode_ok = layout.param_mode == ParamMode::kPlain ||
+                       (layout.param_mode == ParamMode::kMaster && low_precision) ||
+                       ((layout.param_mode == ParamMode::kStochastic || layout.param_mode == ParamMode::kRemainder) &&
+                        bfloat16);
+  if (!mode_ok) {
+    throw std::invalid_argument(std::string("fusedopt CPU kernels: parameter mode ") +
+                                std::to_string(static_cast<int>(layout.param_mode)) + " does not apply to " +
+                                storage_type_name(layout.param_type) + " parameters");
+  }
   if (!is_supported_pair(layout.param_type, layout.state_type)) {
     throw std::invalid_argument(std::string("fusedopt CPU kernels do not support ") +
                                 storage_type_name(layout.param_type) + " parameters with " +

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "fusedopt/param_rounding.h"
 #include "fusedopt/storage_type.h"
 #include "fusedopt/update_rules.h"
 
@@ -21,6 +22,8 @@ struct TensorSlot {
   void* param;
   const void* grad;
   void* state[kMaxStateTensors];
+  void* master;           // float32 master (ParamMode::kMaster) or int16 remainder (kRemainder), else null
+  uint32_t rounding_key;  // NOTE [stochastic rounding] (kStochastic)
   int64_t numel;
 };
 
@@ -28,6 +31,7 @@ struct TensorSlot {
 struct LaunchLayout {
   StorageType param_type;  // the gradient has the same type as the parameter
   StorageType state_type;
+  ParamMode param_mode;
   const TensorSlot* tensors;
   int64_t num_tensors;
   int num_threads;
