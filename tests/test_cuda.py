@@ -137,3 +137,22 @@ def test_triton_does_not_recompile_when_lr_step_or_sizes_change(generator):
 def test_auto_prefers_cuda_on_gpu():
     params = [torch.nn.Parameter(torch.randn(3, device="cuda"))]
     assert fusedopt.AdamW(params).backend in ("cuda", "triton")
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [dict(master_weights=True), dict(master_weights="remainder"), dict(stochastic_rounding=True, rounding_seed=5)],
+    ids=["master", "remainder", "stochastic"],
+)
+@pytest.mark.parametrize("name", ["AdamW", "RMSprop", "Adagrad"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_param_modes_match_reference(backend, name, mode, generator):
+    """bfloat16 parameters with a float32 master, an int16 remainder, or stochastic rounding (whose bits every
+    backend draws from the same counter-based hash, so they agree with the reference too)."""
+    params = _cuda(make_params(torch.bfloat16, generator, GPU_SHAPES))
+    twins = clone_params(params)
+    fused = FUSED_CLASSES[name](params, backend=backend, state_dtype=torch.float32, **mode)
+    reference = FUSED_CLASSES[name](twins, backend="reference", state_dtype=torch.float32, **mode)
+    run_steps([(fused, params), (reference, twins)], STEPS, generator)
+    for i, (p, q) in enumerate(zip(params, twins)):
+        assert_matches(p, q, f"param {i}")

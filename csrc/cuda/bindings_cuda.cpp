@@ -55,7 +55,8 @@ at::Tensor upload(const std::vector<T>& values, const at::Device& device) {
 // Checks every operand (nothing is modified here) and returns the bucket's launch tables, from the cache when
 // no operand has moved. `states` lists the state columns in slot order; `decay_mode` is stored per tensor.
 LaunchTables tables_for(const TensorList& params, const TensorList& grads,
-                        const std::vector<const TensorList*>& states, int32_t decay_mode) {
+                        const std::vector<const TensorList*>& states, int32_t decay_mode, const TensorList& masters,
+                        int64_t param_mode) {
   const size_t n = params.size();
   TORCH_CHECK(n > 0, "fusedopt CUDA backend: no params");
   TORCH_CHECK(grads.size() == n, "fusedopt CUDA backend: got ", n, " params but ", grads.size(), " grads");
@@ -67,8 +68,20 @@ LaunchTables tables_for(const TensorList& params, const TensorList& grads,
   TORCH_CHECK_TYPE(is_supported_pair(param_type, state_type), "fusedopt CUDA backend: ",
                    storage_type_name(param_type), " parameters with ", storage_type_name(state_type),
                    " state are not supported");
+  TORCH_CHECK(param_mode >= 0 && param_mode <= static_cast<int64_t>(ParamMode::kRemainder),
+              "fusedopt CUDA backend: invalid param_mode ", param_mode);
+  const auto mode = static_cast<ParamMode>(param_mode);
+  const bool bfloat16 = param_type == StorageType::kBFloat16;
+  const bool low_precision = bfloat16 || param_type == StorageType::kFloat16;
+  TORCH_CHECK(mode == ParamMode::kPlain || (mode == ParamMode::kMaster && low_precision) ||
+                  ((mode == ParamMode::kStochastic || mode == ParamMode::kRemainder) && bfloat16),
+              "fusedopt CUDA backend: parameter mode ", param_mode, " does not apply to ",
+              storage_type_name(param_type), " parameters");
+  const bool needs_masters = mode == ParamMode::kMaster || mode == ParamMode::kRemainder;
+  TORCH_CHECK(masters.size() == (needs_masters ? n : 0), "fusedopt CUDA backend: parameter mode ", param_mode,
+              " needs ", needs_masters ? n : 0, " master tensors, got ", masters.size());
   std::vector<int64_t> key = {device.index(), static_cast<int64_t>(param_type), static_cast<int64_t>(state_type),
-                              decay_mode};
+                              decay_mode, param_mode};
   key.reserve(4 + n * (3 + states.size()));
   auto check = [&](const at::Tensor& t, const at::Tensor& param, at::ScalarType dtype, const char* role, size_t i) {
     TORCH_CHECK(t.device() == device, "fusedopt CUDA backend: ", role, "[", i, "] is on ", t.device(), ", expected ",
@@ -91,6 +104,9 @@ LaunchTables tables_for(const TensorList& params, const TensorList& grads,
     check(params[i], params[i], param_dtype, "params", i);
     check(grads[i], params[i], param_dtype, "grads", i);
     for (const TensorList* column : states) check((*column)[i], params[i], state_dtype, "state", i);
+    if (needs_masters) {
+      check(masters[i], params[i], mode == ParamMode::kMaster ? at::kFloat : at::kShort, "masters", i);
+    }
   }
 
   auto& cache = table_cache();
@@ -109,6 +125,8 @@ LaunchTables tables_for(const TensorList& params, const TensorList& grads,
       entry.state[k] = k < static_cast<int>(states.size()) ? (*states[k])[i].data_ptr() : nullptr;
       if (entry.state[k]) aligned = aligned && reinterpret_cast<uintptr_t>(entry.state[k]) % kVectorAlignment == 0;
     }
+    entry.master = needs_masters ? masters[i].data_ptr() : nullptr;
+    if (entry.master) aligned = aligned && reinterpret_cast<uintptr_t>(entry.master) % kVectorAlignment == 0;
     entry.numel = params[i].numel();
     entry.aligned = aligned;
     entry.decay_mode = decay_mode;
@@ -128,23 +146,39 @@ LaunchTables tables_for(const TensorList& params, const TensorList& grads,
   cached.tables.num_chunks = static_cast<int64_t>(chunks.size());
   cached.tables.param_type = param_type;
   cached.tables.state_type = state_type;
+  cached.tables.param_mode = mode;
+  cached.tables.rounding_keys = nullptr;
   if (cache.size() >= kMaxCachedTables) cache.clear();
   return cache.emplace(std::move(key), std::move(cached)).first->second.tables;
+}
+
+// NOTE [stochastic rounding]: uploads one key per tensor for this step; returns the buffer to keep alive.
+at::Tensor attach_rounding_keys(LaunchTables& tables, const std::vector<double>& steps, int64_t seed,
+                                const at::Device& device) {
+  if (tables.param_mode != ParamMode::kStochastic) return at::Tensor();
+  std::vector<uint32_t> keys(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    keys[i] = rounding_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(steps[i]), i);
+  }
+  at::Tensor device_keys = upload(keys, device);
+  tables.rounding_keys = static_cast<const uint32_t*>(device_keys.data_ptr());
+  return device_keys;
 }
 
 void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
           const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& steps, double lr,
           double beta1, double beta2, double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled,
-          double grad_factor) {
+          double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const WeightDecayMode decay = weight_decay == 0.0 ? WeightDecayMode::kNone
                                                     : (decoupled ? WeightDecayMode::kDecoupled : WeightDecayMode::kL2);
   std::vector<const TensorList*> states = {&exp_avgs, &exp_avg_sqs};
   if (amsgrad) states.push_back(&max_exp_avg_sqs);
-  const LaunchTables tables = tables_for(params, grads, states, static_cast<int32_t>(decay));
+  LaunchTables tables = tables_for(params, grads, states, static_cast<int32_t>(decay), masters, param_mode);
   check_steps(steps, params.size(), "CUDA");
   const std::vector<double> step_values = advance_steps(steps);
+  const at::Tensor keys = attach_rounding_keys(tables, step_values, rounding_seed, params[0].device());
   std::vector<AdamScalars<double>> scalars(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     scalars[i] = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, maximize, step_values[i], grad_factor);
@@ -157,15 +191,15 @@ void adam(const TensorList& params, const TensorList& grads, const TensorList& e
 void rmsprop(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
              const TensorList& grad_avgs, const TensorList& momentum_buffers, const TensorList& steps, double lr,
              double alpha, double eps, double weight_decay, double momentum, bool centered, bool maximize,
-             double grad_factor) {
+             double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   std::vector<const TensorList*> states = {&square_avgs};
   if (centered) states.push_back(&grad_avgs);
   if (momentum > 0.0) states.push_back(&momentum_buffers);
-  const LaunchTables tables = tables_for(params, grads, states, weight_decay != 0.0);
+  LaunchTables tables = tables_for(params, grads, states, weight_decay != 0.0, masters, param_mode);
   check_steps(steps, params.size(), "CUDA");
-  advance_steps(steps);
+  const at::Tensor keys = attach_rounding_keys(tables, advance_steps(steps), rounding_seed, params[0].device());
   const std::vector<RmspropScalars<double>> scalars = {
       make_rmsprop_scalars(lr, alpha, eps, weight_decay, momentum, maximize, grad_factor)};
   const at::Tensor device_scalars = upload(scalars, params[0].device());
@@ -176,12 +210,13 @@ void rmsprop(const TensorList& params, const TensorList& grads, const TensorList
 
 void adagrad(const TensorList& params, const TensorList& grads, const TensorList& state_sums,
              const TensorList& steps, double lr, double lr_decay, double weight_decay, double eps, bool maximize,
-             double grad_factor) {
+             double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
-  const LaunchTables tables = tables_for(params, grads, {&state_sums}, weight_decay != 0.0);
+  LaunchTables tables = tables_for(params, grads, {&state_sums}, weight_decay != 0.0, masters, param_mode);
   check_steps(steps, params.size(), "CUDA");
   const std::vector<double> step_values = advance_steps(steps);
+  const at::Tensor keys = attach_rounding_keys(tables, step_values, rounding_seed, params[0].device());
   std::vector<AdagradScalars<double>> scalars(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     scalars[i] = make_adagrad_scalars(lr, lr_decay, eps, weight_decay, maximize, step_values[i], grad_factor);
@@ -197,7 +232,7 @@ void stream(const TensorList& params, const TensorList& grads, const std::vector
   const c10::cuda::CUDAGuard guard(params[0].device());
   std::vector<const TensorList*> columns;
   for (const TensorList& column : states) columns.push_back(&column);
-  const LaunchTables tables = tables_for(params, grads, columns, 0);
+  const LaunchTables tables = tables_for(params, grads, columns, 0, {}, 0);
   C10_CUDA_CHECK(launch_stream(tables, static_cast<int>(states.size()), at::cuda::getCurrentCUDAStream()));
 }
 
@@ -206,19 +241,23 @@ void stream(const TensorList& params, const TensorList& grads, const std::vector
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
+  using TensorListDefault = std::vector<at::Tensor>;
   m.doc() = "fusedopt fused CUDA optimizer kernels (one launch per bucket)";
   m.def("adam", &fusedopt::cuda::adam, "Fused Adam/AdamW step over a bucket of CUDA tensors", py::arg("params"),
         py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"),
         py::arg("steps"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"),
         py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
-        py::arg("grad_factor") = 1.0);
+        py::arg("grad_factor") = 1.0, py::arg("masters") = TensorListDefault(), py::arg("param_mode") = 0,
+        py::arg("rounding_seed") = 0);
   m.def("rmsprop", &fusedopt::cuda::rmsprop, "Fused RMSprop step over a bucket of CUDA tensors", py::arg("params"),
         py::arg("grads"), py::arg("square_avgs"), py::arg("grad_avgs"), py::arg("momentum_buffers"),
         py::arg("steps"), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"),
-        py::arg("momentum"), py::arg("centered"), py::arg("maximize"), py::arg("grad_factor") = 1.0);
+        py::arg("momentum"), py::arg("centered"), py::arg("maximize"), py::arg("grad_factor") = 1.0,
+        py::arg("masters") = TensorListDefault(), py::arg("param_mode") = 0, py::arg("rounding_seed") = 0);
   m.def("adagrad", &fusedopt::cuda::adagrad, "Fused Adagrad step over a bucket of CUDA tensors", py::arg("params"),
         py::arg("grads"), py::arg("state_sums"), py::arg("steps"), py::arg("lr"), py::arg("lr_decay"),
-        py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"), py::arg("grad_factor") = 1.0);
+        py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"), py::arg("grad_factor") = 1.0,
+        py::arg("masters") = TensorListDefault(), py::arg("param_mode") = 0, py::arg("rounding_seed") = 0);
   m.def("stream", &fusedopt::cuda::stream, "Roofline: a step's loads and stores with one add per element",
         py::arg("params"), py::arg("grads"), py::arg("states"));
 }

@@ -8,6 +8,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 #include "fused_cuda.h"
 #include "fusedopt/device_storage.cuh"
 #include "fusedopt/update_rules.h"
@@ -20,12 +22,90 @@ __host__ __device__ constexpr int vector_elements() {
   return 16 / (sizeof(P) > sizeof(S) ? sizeof(P) : sizeof(S));
 }
 
+// ------------------------------------------------------------------------------------------------------------
+// Parameter access: how the value being updated is read and the result stored (fusedopt/param_rounding.h)
+// ------------------------------------------------------------------------------------------------------------
+template <typename P>
+struct PlainParam {
+  P* __restrict__ param;
+  template <int kN>
+  __device__ __forceinline__ void load(device_compute_t<P> (&out)[kN], int64_t i) const {
+    load_vector(out, param + i);
+  }
+  template <int kN>
+  __device__ __forceinline__ void store(int64_t i, const device_compute_t<P> (&in)[kN]) const {
+    store_vector(param + i, in);
+  }
+};
+
+struct StochasticParam {  // NOTE [stochastic rounding]
+  __nv_bfloat16* __restrict__ param;
+  uint32_t key;
+  template <int kN>
+  __device__ __forceinline__ void load(float (&out)[kN], int64_t i) const {
+    load_vector(out, param + i);
+  }
+  template <int kN>
+  __device__ __forceinline__ void store(int64_t i, const float (&in)[kN]) const {
+    VectorOf<__nv_bfloat16, kN> stored;
+#pragma unroll
+    for (int e = 0; e < kN; ++e) {
+      const uint16_t bits = stochastic_round_to_bfloat16(__float_as_uint(in[e]), rounding_bits(key, i + e));
+      stored.value[e] = __ushort_as_bfloat16(bits);
+    }
+    *reinterpret_cast<VectorOf<__nv_bfloat16, kN>*>(param + i) = stored;
+  }
+};
+
+template <typename P>
+struct MasterParam {  // the float32 master is updated; the parameter gets it rounded to nearest even
+  P* __restrict__ param;
+  float* __restrict__ master;
+  template <int kN>
+  __device__ __forceinline__ void load(float (&out)[kN], int64_t i) const {
+    load_vector(out, master + i);
+  }
+  template <int kN>
+  __device__ __forceinline__ void store(int64_t i, const float (&in)[kN]) const {
+    store_vector(master + i, in);
+    store_vector(param + i, in);
+  }
+};
+
+struct RemainderParam {  // NOTE [master remainder]
+  __nv_bfloat16* __restrict__ param;
+  int16_t* __restrict__ remainder;
+  template <int kN>
+  __device__ __forceinline__ void load(float (&out)[kN], int64_t i) const {
+    const auto high = *reinterpret_cast<const VectorOf<__nv_bfloat16, kN>*>(param + i);
+    const auto low = *reinterpret_cast<const VectorOf<int16_t, kN>*>(remainder + i);
+#pragma unroll
+    for (int e = 0; e < kN; ++e) {
+      out[e] = __uint_as_float(join_master(__bfloat16_as_ushort(high.value[e]), low.value[e]));
+    }
+  }
+  template <int kN>
+  __device__ __forceinline__ void store(int64_t i, const float (&in)[kN]) const {
+    VectorOf<__nv_bfloat16, kN> high;
+    VectorOf<int16_t, kN> low;
+#pragma unroll
+    for (int e = 0; e < kN; ++e) {
+      uint16_t bits;
+      split_master(__float_as_uint(in[e]), bits, low.value[e]);
+      high.value[e] = __ushort_as_bfloat16(bits);
+    }
+    *reinterpret_cast<VectorOf<__nv_bfloat16, kN>*>(param + i) = high;
+    *reinterpret_cast<VectorOf<int16_t, kN>*>(remainder + i) = low;
+  }
+};
+
 // Updates elements [begin, end) of one tensor: `update(param, grad, state)` on compute-type values, where
-// state holds the kStates state values of the element in slot order.
-template <typename P, typename S, int kStates, typename Update>
-__device__ __forceinline__ void update_chunk(const TensorEntry& t, int64_t begin, int64_t end, const Update& update) {
+// state holds the kStates state values of the element in slot order; `param` reads and writes the value being
+// updated (vectors of kVec elements, or single elements in the scalar tail).
+template <typename P, typename S, int kStates, typename Update, typename Access>
+__device__ __forceinline__ void update_chunk(const TensorEntry& t, int64_t begin, int64_t end, const Update& update,
+                                             const Access& param) {
   using C = device_compute_t<P>;
-  P* __restrict__ param = static_cast<P*>(t.param);
   const P* __restrict__ grad = static_cast<const P*>(t.grad);
   S* state[kStates > 0 ? kStates : 1];
 #pragma unroll
@@ -38,7 +118,7 @@ __device__ __forceinline__ void update_chunk(const TensorEntry& t, int64_t begin
     const int64_t vector_end = begin + ((end - begin) / kVec) * kVec;
     for (int64_t i = begin + int64_t{threadIdx.x} * kVec; i < vector_end; i += int64_t{blockDim.x} * kVec) {
       C p[kVec], g[kVec], s[kStates > 0 ? kStates : 1][kVec];
-      load_vector(p, param + i);
+      param.load(p, i);
       load_vector(g, grad + i);
 #pragma unroll
       for (int k = 0; k < kStates; ++k) load_vector(s[k], state[k] + i);
@@ -51,21 +131,52 @@ __device__ __forceinline__ void update_chunk(const TensorEntry& t, int64_t begin
 #pragma unroll
         for (int k = 0; k < kStates; ++k) s[k][e] = element_state[k];
       }
-      store_vector(param + i, p);
+      param.store(i, p);
 #pragma unroll
       for (int k = 0; k < kStates; ++k) store_vector(state[k] + i, s[k]);
     }
     scalar_begin = vector_end;
   }
   for (int64_t i = scalar_begin + threadIdx.x; i < end; i += blockDim.x) {
-    C p = to_compute(param[i]);
+    C p_one[1];
+    param.load(p_one, i);
+    C p = p_one[0];
     C element_state[kStates > 0 ? kStates : 1];
 #pragma unroll
     for (int k = 0; k < kStates; ++k) element_state[k] = to_compute(state[k][i]);
     update(p, to_compute(grad[i]), element_state);
-    param[i] = from_compute<P>(p);
+    const C p_out[1] = {p};
+    param.store(i, p_out);
 #pragma unroll
     for (int k = 0; k < kStates; ++k) state[k][i] = from_compute<S>(element_state[k]);
+  }
+}
+
+// Calls update_chunk with the access of the launch's parameter mode (checked on the host to suit P).
+template <typename P, typename S, int kStates, typename Update>
+__device__ __forceinline__ void update_chunk(const LaunchTables& tables, const TensorEntry& t, int64_t tensor,
+                                             int64_t begin, int64_t end, const Update& update) {
+  P* param = static_cast<P*>(t.param);
+  switch (tables.param_mode) {
+    case ParamMode::kPlain:
+      return update_chunk<P, S, kStates>(t, begin, end, update, PlainParam<P>{param});
+    case ParamMode::kMaster:
+      if constexpr (!std::is_same_v<P, float> && !std::is_same_v<P, double>) {
+        return update_chunk<P, S, kStates>(t, begin, end, update, MasterParam<P>{param, static_cast<float*>(t.master)});
+      }
+      break;
+    case ParamMode::kStochastic:
+      if constexpr (std::is_same_v<P, __nv_bfloat16>) {
+        return update_chunk<P, S, kStates>(t, begin, end, update,
+                                           StochasticParam{param, tables.rounding_keys[tensor]});
+      }
+      break;
+    case ParamMode::kRemainder:
+      if constexpr (std::is_same_v<P, __nv_bfloat16>) {
+        return update_chunk<P, S, kStates>(t, begin, end, update,
+                                           RemainderParam{param, static_cast<int16_t*>(t.master)});
+      }
+      break;
   }
 }
 
@@ -106,13 +217,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   const AdamScalars<C> s = cast_scalars<C>(scalars[chunk.index]);
   switch (static_cast<WeightDecayMode>(chunk.tensor.decay_mode)) {
     case WeightDecayMode::kNone:
-      return update_chunk<P, S, kStates>(chunk.tensor, chunk.begin, chunk.end,
+      return update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
                                          AdamElement<C, WeightDecayMode::kNone, kAmsgrad>{s});
     case WeightDecayMode::kL2:
-      return update_chunk<P, S, kStates>(chunk.tensor, chunk.begin, chunk.end,
+      return update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
                                          AdamElement<C, WeightDecayMode::kL2, kAmsgrad>{s});
     case WeightDecayMode::kDecoupled:
-      return update_chunk<P, S, kStates>(chunk.tensor, chunk.begin, chunk.end,
+      return update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
                                          AdamElement<C, WeightDecayMode::kDecoupled, kAmsgrad>{s});
   }
 }
@@ -142,10 +253,10 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   const ChunkBounds chunk = this_chunk(tables);
   const RmspropScalars<C> s = cast_scalars<C>(scalars[0]);
   if (chunk.tensor.decay_mode != 0) {
-    return update_chunk<P, S, kStates>(chunk.tensor, chunk.begin, chunk.end,
+    return update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
                                        RmspropElement<C, true, kCentered, kMomentum>{s});
   }
-  update_chunk<P, S, kStates>(chunk.tensor, chunk.begin, chunk.end, RmspropElement<C, false, kCentered, kMomentum>{s});
+  update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end, RmspropElement<C, false, kCentered, kMomentum>{s});
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -166,9 +277,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   const ChunkBounds chunk = this_chunk(tables);
   const AdagradScalars<C> s = cast_scalars<C>(scalars[chunk.index]);
   if (chunk.tensor.decay_mode != 0) {
-    return update_chunk<P, S, 1>(chunk.tensor, chunk.begin, chunk.end, AdagradElement<C, true>{s});
+    return update_chunk<P, S, 1>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end, AdagradElement<C, true>{s});
   }
-  update_chunk<P, S, 1>(chunk.tensor, chunk.begin, chunk.end, AdagradElement<C, false>{s});
+  update_chunk<P, S, 1>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end, AdagradElement<C, false>{s});
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -186,7 +297,7 @@ struct StreamElement {
 template <typename P, typename S, int kStates>
 __global__ void __launch_bounds__(kThreadsPerBlock) stream_kernel(const LaunchTables tables) {
   const ChunkBounds chunk = this_chunk(tables);
-  update_chunk<P, S, kStates>(chunk.tensor, chunk.begin, chunk.end, StreamElement<device_compute_t<P>, kStates>{});
+  update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end, StreamElement<device_compute_t<P>, kStates>{});
 }
 
 // ------------------------------------------------------------------------------------------------------------

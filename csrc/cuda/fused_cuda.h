@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "fusedopt/param_rounding.h"
 #include "fusedopt/storage_type.h"
 #include "fusedopt/update_rules.h"
 
@@ -27,6 +28,7 @@ struct TensorEntry {
   void* param;
   const void* grad;
   void* state[kMaxStateTensors];
+  void* master;  // float32 master (ParamMode::kMaster) or int16 remainder (kRemainder), else null
   int64_t numel;
   int32_t aligned;  // every operand starts on a 16-byte boundary: the vector path may be taken
   int32_t decay_mode;  // fusedopt::WeightDecayMode for Adam; 0/1 (no/with L2 decay) for RMSprop and Adagrad
@@ -38,11 +40,13 @@ struct ChunkEntry {
 };
 
 struct LaunchTables {
-  const TensorEntry* tensors;  // device pointer
-  const ChunkEntry* chunks;    // device pointer
+  const TensorEntry* tensors;     // device pointer
+  const ChunkEntry* chunks;       // device pointer
+  const uint32_t* rounding_keys;  // device pointer, one per tensor and step (ParamMode::kStochastic), else null
   int64_t num_chunks;
   StorageType param_type;
   StorageType state_type;
+  ParamMode param_mode;
 };
 
 // Each returns the launch's cudaError_t (cudaGetLastError right after the launch).
