@@ -28,6 +28,17 @@ def test_bytes_per_element(optimizer, options, dtype, expected):
     assert step_traffic(optimizer, options, [10], dtype).bytes_per_element == expected
 
 
+def test_bytes_per_parameter_of_the_mixed_precision_modes():
+    """The figures of the mixed-precision issue: AdamW per parameter per step."""
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert step_traffic("adamw", {}, [1], fp32).bytes_per_element == 28
+    assert step_traffic("adamw", {}, [1], bf16, bf16, param_mode="stochastic").bytes_per_element == 14
+    assert step_traffic("adamw", {}, [1], bf16, fp32, param_mode="master").bytes_per_element == 28
+    assert step_traffic("adamw", {}, [1], bf16, fp32, param_mode="remainder").bytes_per_element == 26
+    # torch's equivalent of "master": a fused step on the float32 master (28), then a copy to bf16 (4 + 2).
+    assert step_traffic("adamw", {}, [1], fp32).bytes_per_element + 4 + 2 == 34
+
+
 def test_total_bytes_counts_step_counters_and_mixed_state():
     traffic = step_traffic("adamw", {}, [1000, 24], torch.bfloat16, state_dtype=torch.float32)
     # bf16 param read+write and grad read (6 bytes), two fp32 states read+write (16 bytes); 2 float32 steps.
