@@ -50,9 +50,13 @@ def train(dtype: torch.dtype, options: dict, steps: int, seed: int = 0) -> list[
     student = _mlp(32, 128, 8, seed=seed).to(dtype)
     optimizer = fusedopt.AdamW(student.parameters(), lr=2e-3, weight_decay=0.01, backend="cpu", **options)
     warmup = steps // 10
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda t: (t + 1) / warmup if t < warmup else 0.5 * (1 + math.cos(math.pi * (t - warmup) / (steps - warmup)))
-    )  # fmt: skip
+
+    def warmup_then_cosine(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (t - warmup) / (steps - warmup)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_cosine)
     data = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(steps):
