@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -277,3 +278,48 @@ def scalars_tensor(values: Sequence[float], dtype: torch.dtype, device: torch.de
     """Per-launch or per-tensor scalars as a device tensor of the compute dtype (float64 math keeps its
     precision, unlike scalar kernel arguments, which Triton passes as float32)."""
     return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
+@dataclass
+class Launch:
+    """What every optimizer launch shares once its operands are checked and its step counters advanced."""
+
+    steps: list[float]  # the new step count of every tensor
+    table: LaunchTable
+    keys: torch.Tensor  # per-tensor stochastic rounding keys
+    device: torch.device
+    compute: torch.dtype
+    constexprs: dict  # PARAM, STATE, COMPUTE, PARAM_MODE, MASTER, ALIGNED, BLOCK
+
+    @property
+    def grid(self) -> tuple[int]:
+        return (self.table.num_blocks,)
+
+    @property
+    def table_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.table.numels, self.table.block_tensor, self.table.block_start
+
+    def scalars(self, values: Sequence[float]) -> torch.Tensor:
+        return scalars_tensor(values, self.compute, self.device)
+
+
+def prepare(
+    columns: Sequence[Sequence[torch.Tensor]],
+    state_steps: Sequence[torch.Tensor],
+    masters: Sequence[torch.Tensor],
+    param_mode: int,
+    rounding_seed: int,
+) -> Launch:
+    """Checks the operands (columns[0] are the params, columns[1] the grads, the rest state), advances the step
+    counters and finds the launch table, masters included."""
+    params = columns[0]
+    param_dtype, state_dtype = check_operands(params, *[c for i, c in enumerate(columns) if i != 1])
+    steps = advance_steps(state_steps)
+    device, compute = params[0].device, compute_dtype(param_dtype)
+    master_columns, keys, master_dtype = param_mode_operands(params, masters, param_mode, steps, rounding_seed, device)
+    table = launch_table(list(columns) + master_columns, device)
+    constexprs = dict(
+        PARAM=TORCH_TO_TRITON[param_dtype], STATE=TORCH_TO_TRITON[state_dtype], COMPUTE=TORCH_TO_TRITON[compute],
+        PARAM_MODE=param_mode, MASTER=master_dtype, ALIGNED=table.aligned, BLOCK=BLOCK,
+    )  # fmt: skip
+    return Launch(steps, table, keys, device, compute, constexprs)

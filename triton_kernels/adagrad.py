@@ -86,24 +86,13 @@ def adagrad(
     """One fused Adagrad step (the functional signature of fusedopt.reference.adagrad)."""
     if not params:
         return
-    columns = [params, grads, state_sums]
-    param_dtype, state_dtype = common.check_operands(params, params, state_sums)
-    steps = common.advance_steps(state_steps)
-    device, compute = params[0].device, common.compute_dtype(param_dtype)
-    master_columns, keys, master_dtype = common.param_mode_operands(
-        params, masters, param_mode, steps, rounding_seed, device
-    )
-    table = common.launch_table(columns + master_columns, device)
-    if table.num_blocks == 0:
+    launch = common.prepare([params, grads, state_sums], state_steps, masters, param_mode, rounding_seed)
+    if launch.table.num_blocks == 0:
         return
-    clrs = [lr / (1 + (t - 1) * lr_decay) for t in steps]
-    rows = table.addresses
-    _adagrad_kernel[(table.num_blocks,)](
-        rows[0], rows[1], rows[2], rows[-1], keys, table.numels, table.block_tensor, table.block_start,
-        common.scalars_tensor([(-grad_factor if maximize else grad_factor), weight_decay, eps], compute, device),
-        common.scalars_tensor(clrs, compute, device),
-        PARAM=common.TORCH_TO_TRITON[param_dtype], STATE=common.TORCH_TO_TRITON[state_dtype],
-        COMPUTE=common.TORCH_TO_TRITON[compute], WEIGHT_DECAY=weight_decay != 0, PARAM_MODE=param_mode,
-        MASTER=master_dtype, ALIGNED=table.aligned,
-        BLOCK=common.BLOCK, num_warps=common.NUM_WARPS,
+    clrs = [lr / (1 + (t - 1) * lr_decay) for t in launch.steps]
+    rows = launch.table.addresses
+    _adagrad_kernel[launch.grid](
+        rows[0], rows[1], rows[2], rows[-1], launch.keys, *launch.table_args,
+        launch.scalars([-grad_factor if maximize else grad_factor, weight_decay, eps]), launch.scalars(clrs),
+        WEIGHT_DECAY=weight_decay != 0, **launch.constexprs, num_warps=common.NUM_WARPS,
     )  # fmt: skip

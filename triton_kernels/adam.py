@@ -134,35 +134,25 @@ def adam(
     if not params:
         return
     columns = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    param_dtype, state_dtype = common.check_operands(params, *[c for i, c in enumerate(columns) if i != 1])
-    steps = common.advance_steps(state_steps)
-    device, compute = params[0].device, common.compute_dtype(param_dtype)
+    launch = common.prepare(columns, state_steps, masters, param_mode, rounding_seed)
+    if launch.table.num_blocks == 0:
+        return
     per_tensor = []
-    for t in steps:
+    for t in launch.steps:
         bias_correction2_sqrt = math.sqrt(1 - beta2**t)
         per_tensor += [lr * bias_correction2_sqrt / (1 - beta1**t), eps * bias_correction2_sqrt]
     hyper = [
-        (-grad_factor if maximize else grad_factor),
+        -grad_factor if maximize else grad_factor,
         weight_decay,
         1 - lr * weight_decay,
         1 - beta1,
         beta2,
         1 - beta2,
     ]
-    master_columns, keys, master_dtype = common.param_mode_operands(
-        params, masters, param_mode, steps, rounding_seed, device
-    )
-    table = common.launch_table(columns + master_columns, device)
-    if table.num_blocks == 0:
-        return
     mode = DECAY_NONE if weight_decay == 0 else (DECAY_DECOUPLED if decoupled else DECAY_L2)
-    rows = table.addresses
-    _adam_kernel[(table.num_blocks,)](
-        rows[0], rows[1], rows[2], rows[3], rows[4] if amsgrad else rows[3], rows[-1], keys,
-        table.numels, table.block_tensor, table.block_start,
-        common.scalars_tensor(hyper, compute, device), common.scalars_tensor(per_tensor, compute, device),
-        PARAM=common.TORCH_TO_TRITON[param_dtype], STATE=common.TORCH_TO_TRITON[state_dtype],
-        COMPUTE=common.TORCH_TO_TRITON[compute], DECAY_MODE=mode, AMSGRAD=amsgrad, PARAM_MODE=param_mode,
-        MASTER=master_dtype, ALIGNED=table.aligned,
-        BLOCK=common.BLOCK, num_warps=common.NUM_WARPS,
+    rows = launch.table.addresses
+    _adam_kernel[launch.grid](
+        rows[0], rows[1], rows[2], rows[3], rows[4] if amsgrad else rows[3], rows[-1], launch.keys,
+        *launch.table_args, launch.scalars(hyper), launch.scalars(per_tensor),
+        DECAY_MODE=mode, AMSGRAD=amsgrad, **launch.constexprs, num_warps=common.NUM_WARPS,
     )  # fmt: skip
