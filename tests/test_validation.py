@@ -148,3 +148,26 @@ def test_integer_parameter_rejected():
     with pytest.raises(TypeError, match="parameter 0 of param group 0 is torch.int32"):
         optimizer.step()
     assert not optimizer.state[p]
+
+
+def test_auto_falls_back_to_reference_with_one_warning(monkeypatch, generator):
+    """Without a buildable extension, "auto" uses the reference (one RuntimeWarning), an explicit "cpu" says
+    why it cannot run, and importing fusedopt never fails."""
+    from fusedopt import _extensions, backends
+
+    broken = _extensions.ExtensionUnavailable("no C++ compiler in this test")
+    monkeypatch.setattr(_extensions, "_load_cpu_extension", lambda: broken)
+    monkeypatch.setattr(backends, "_warned_fallbacks", set())
+    assert fusedopt.available_backends("cpu")["cpu"] == "no C++ compiler in this test"
+    params = make_params(torch.float32, generator, [(5,)])
+    with pytest.warns(RuntimeWarning, match="using the 'reference' backend for cpu tensors because cpu: no C"):
+        optimizer = fusedopt.AdamW(params)
+    assert optimizer.backend == "reference"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fusedopt.Adam(params)  # warned once per device type, not again
+    with pytest.raises(RuntimeError, match="backend 'cpu' cannot run on cpu tensors: no C\\+\\+ compiler"):
+        fusedopt.AdamW(params, backend="cpu")
+    run_steps([(optimizer, params)], 2, generator, skip_index=-1)
