@@ -5,8 +5,11 @@ grouping parameters into buckets (param group x device x dtype), state in flat p
 (NOTE [flat state] in _tensors.py), and state_dict loading. A subclass names its state tensors and makes the one
 functional call that updates a bucket.
 
-Everything else is torch.optim's own: param groups, add_param_group, zero_grad, hooks, state_dict(), lr
-schedulers (group["lr"] is read at every step) and GradScaler (which unscales grads and skips steps with infs).
+It also owns the options beyond torch.optim that every optimizer shares: state_dtype=, master_weights=,
+stochastic_rounding= (fusedopt/_rounding.py), max_grad_norm= and GradScaler's fused path (NOTE [grad factor]).
+
+Everything else is torch.optim's own: param groups, add_param_group, zero_grad, hooks, state_dict() and lr
+schedulers (group["lr"] is read at every step).
 """
 
 from __future__ import annotations
