@@ -171,6 +171,23 @@ class FusedOptimizer(Optimizer):
         return {"masters": masters, "param_mode": mode, "rounding_seed": self.rounding_seed}
 
     def _check_param_and_grad(self, group: dict[str, Any], p: Tensor, group_index: int, param_index: int) -> None:
+        # The common case in a few attribute reads (this runs for every parameter at every step); anything else
+        # goes through the checks below, which name the parameter and the rule it breaks.
+        grad, dtype = p.grad, p.dtype
+        if (
+            grad.layout is torch.strided
+            and grad.dtype is dtype
+            and dtype in _SUPPORTED_DTYPES
+            and grad.shape == p.shape
+            and grad.device == p.device
+            and group.get("state_dtype") is None
+            and group.get("master_weights") != "remainder"
+        ):
+            return
+        self._explain_invalid(group, p, group_index, param_index)
+
+    def _explain_invalid(self, group: dict[str, Any], p: Tensor, group_index: int, param_index: int) -> None:
+        """Raises the error of the first rule that `p` or its grad breaks (nothing when they break none)."""
         where = f"parameter {param_index} of param group {group_index}"
         if group.get("master_weights") == "remainder" and p.dtype == torch.float16:
             raise TypeError(

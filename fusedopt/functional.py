@@ -23,6 +23,14 @@ from torch import Tensor
 from fusedopt import backends
 from fusedopt._tensors import local_tensor
 
+_REAL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int16)
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def _is_kernel_ready(tensor: Tensor) -> bool:
+    """A plain (not DTensor), real, contiguous tensor: the kernels take it as it is."""
+    return type(tensor) in _PLAIN_TYPES and tensor.dtype in _REAL_DTYPES and tensor.is_contiguous()
+
 
 class _KernelOperands:
     """Kernel-ready versions of the operands, and the write-backs owed to the originals after the kernel."""
@@ -43,7 +51,14 @@ class _KernelOperands:
         return proxy
 
     def writable_list(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        if all(map(_is_kernel_ready, tensors)):  # the common case, checked cheaply
+            return list(tensors)
         return [self.writable(t) for t in tensors]
+
+    def readable_list(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        if all(map(_is_kernel_ready, tensors)):
+            return list(tensors)
+        return [self.readable(t) for t in tensors]
 
     def write_back(self) -> None:
         for original, proxy in self._write_backs:
@@ -89,7 +104,7 @@ def adam(
     ops = _KernelOperands()
     impl.adam(
         ops.writable_list(params),
-        [ops.readable(g) for g in grads],
+        ops.readable_list(grads),
         ops.writable_list(exp_avgs),
         ops.writable_list(exp_avg_sqs),
         ops.writable_list(max_exp_avg_sqs) if amsgrad else [],
@@ -137,7 +152,7 @@ def rmsprop(
     ops = _KernelOperands()
     impl.rmsprop(
         ops.writable_list(params),
-        [ops.readable(g) for g in grads],
+        ops.readable_list(grads),
         ops.writable_list(square_avgs),
         ops.writable_list(grad_avgs) if centered else [],
         ops.writable_list(momentum_buffers) if momentum > 0 else [],
@@ -180,7 +195,7 @@ def adagrad(
     ops = _KernelOperands()
     impl.adagrad(
         ops.writable_list(params),
-        [ops.readable(g) for g in grads],
+        ops.readable_list(grads),
         ops.writable_list(state_sums),
         list(state_steps),
         lr=lr,
