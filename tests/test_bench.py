@@ -82,6 +82,12 @@ def test_argument_errors(capsys):
         cli.main(["--size", "3", "--device", "cpu"])
 
 
+def test_backend_filter_is_the_implementation_filter():
+    args = cli.build_parser().parse_args(["--backend", "fusedopt,torch-fused"])
+    names = [i.name for i in cli.select_implementations(args)]
+    assert names == ["fusedopt-cuda", "fusedopt-triton", "fusedopt-cpu", "torch-fused"]
+
+
 def test_quick_plan():
     args = cli.build_parser().parse_args(["--quick"])
     cases = cli.plan_cases(args)

@@ -55,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=_csv_list, help="cpu and/or cuda (default: every available device)")
     parser.add_argument("--optimizer", type=_csv_list, help=f"any of {', '.join(OPTIMIZERS)} (default: all)")
     parser.add_argument("--dtype", type=_csv_list, help=f"any of {', '.join(DTYPES)} (default: both)")
-    parser.add_argument("--impl", type=_csv_list, help="implementation names or prefixes, e.g. fusedopt,torch-fused")
+    parser.add_argument(
+        "--impl",
+        "--backend",
+        dest="impl",
+        type=_csv_list,
+        help="implementations (or backends) by name or prefix, e.g. fusedopt-cpu,torch-fused or fusedopt,torch",
+    )
     parser.add_argument("--size", type=_csv_list, help="flat sizes (64M) or workload names (gpt2-small) to keep")
     parser.add_argument("--variants", choices=("default", "all"), default="all", help="option variants to run")
     parser.add_argument("--reps", type=int, help="timed rounds per case (default: 7 on CPU, 20 on GPU)")
