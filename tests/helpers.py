@@ -80,9 +80,9 @@ def random_grads(params, generator: torch.Generator, noncontiguous_index: int | 
     for i, p in enumerate(params):
         if i == noncontiguous_index and p.dim() == 1 and p.numel() > 1:
             # A strided view with the parameter's shape: every other element of a longer tensor.
-            g = torch.randn(2 * p.numel(), generator=generator, dtype=torch.float64).to(p.dtype)[::2]
+            g = torch.randn(2 * p.numel(), generator=generator, dtype=torch.float64).to(p.device, p.dtype)[::2]
         else:
-            g = torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.dtype)
+            g = torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device, p.dtype)
         grads.append(g)
     return grads
 

@@ -16,9 +16,9 @@ from helpers import (
     FUSED_CLASSES,
     OPTIMIZER_CASES,
     SECOND_GROUP,
+    TORCH_CLASSES,
     assert_close_detailed,
     assert_states_close,
-    build_pair,
     case_id,
     clone_params,
     make_params,
@@ -59,18 +59,11 @@ def test_triton_matches_reference(case, dtype, generator):
 @pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=case_id)
 def test_triton_matches_torch_optim(case, dtype, generator):
     name, kwargs = case
-    fused, params, reference, twins = build_pair(name, kwargs, dtype, "triton", generator, SMALL_SHAPES)
-    if DEVICE == "cuda":
-        fused = FUSED_CLASSES[name](
-            [{"params": _on_device(params[:4])}, {"params": _on_device(params[4:]), **SECOND_GROUP[name]}],
-            backend="triton",
-            **kwargs,
-        )
-        params = [p for g in fused.param_groups for p in g["params"]]
-        twins = _on_device(twins)
-        reference = type(reference)(
-            [{"params": twins[:4]}, {"params": twins[4:], **SECOND_GROUP[name]}], foreach=False, **kwargs
-        )
+    params = _on_device(make_params(dtype, generator, SMALL_SHAPES))
+    twins = clone_params(params)
+    groups = lambda ps: [{"params": ps[:4]}, {"params": ps[4:], **SECOND_GROUP[name]}]  # noqa: E731
+    fused = FUSED_CLASSES[name](groups(params), backend="triton", **kwargs)
+    reference = TORCH_CLASSES[name](groups(twins), foreach=False, **kwargs)
     run_steps([(fused, params), (reference, twins)], STEPS, generator)
     for i, (p, q) in enumerate(zip(params, twins)):
         assert_close_detailed(p, q, f"param {i}")
