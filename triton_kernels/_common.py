@@ -262,7 +262,9 @@ def param_mode_operands(params, masters, param_mode: int, steps: Sequence[float]
 
     if param_mode in MASTER_DTYPES:
         expected = torch.float32 if param_mode == 2 else torch.int16
-        for i, (p, m) in enumerate(zip(params, masters, strict=True)):
+        if len(masters) != len(params):
+            raise ValueError(f"fusedopt Triton backend: {len(params)} params but {len(masters)} masters")
+        for i, (p, m) in enumerate(zip(params, masters)):
             if m.dtype != expected or m.numel() != p.numel() or not m.is_contiguous() or m.device != p.device:
                 raise ValueError(
                     f"fusedopt Triton backend: masters[{i}] must be a contiguous {expected} tensor like its param"
