@@ -127,3 +127,20 @@ def test_plot(tmp_path):
                      "--variants", "default", "--impl", "fusedopt-cpu,roofline-stream", "--reps", "1",
                      "--no-progress", "--plot", str(path)]) == 0  # fmt: skip
     assert path.stat().st_size > 10_000
+
+
+def test_an_implementation_refusing_a_case_becomes_a_row():
+    from fusedopt.bench.implementations import IMPLEMENTATIONS, Implementation
+    from fusedopt.bench.runner import Case, run_case
+
+    def refuse(optimizer, options, params):
+        raise RuntimeError("FusedAdam does not support the AMSGrad variant.")
+
+    fused = next(i for i in IMPLEMENTATIONS if i.name == "fusedopt-cpu")
+    rows = run_case(
+        Case("cpu", "adam", {"amsgrad": True}, "float32", workloads.flat(4096)),
+        [Implementation("refuses", "other", refuse), fused],
+        reps=1,
+    )
+    assert rows[0].status == "unsupported: RuntimeError: FusedAdam does not support the AMSGrad variant."
+    assert rows[1].status == "ok" and rows[1].median_ms > 0

@@ -178,6 +178,8 @@ def run_case(case: Case, implementations: list[Implementation], reps: int, seed:
             ]
         except Unavailable as why:
             row.status = str(why)
+        except (RuntimeError, TypeError, ValueError) as error:  # a library refusing this case's options
+            row.status = f"unsupported: {type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else ''}"
     timings = _time_interleaved(steppers, reps, case.device)
     cuda = case.device == "cuda"
     for row in rows:
