@@ -13,6 +13,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from fusedopt._tensors import bucket_by_device_and_dtype
+
 # torch.nn.utils.clip_grad_norm_'s guard against division by zero.
 CLIP_EPSILON = 1e-6
 
@@ -30,10 +32,8 @@ def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     if not grads:
         return torch.tensor(0.0)
     device = grads[0].device
-    grouped: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for g in grads:
-        if g.numel():  # an empty grad adds nothing to any norm (and has no infinity norm of its own)
-            grouped.setdefault((g.device, g.dtype), []).append(g)
+    # An empty grad adds nothing to any norm (and has no infinity norm of its own).
+    grouped = bucket_by_device_and_dtype([g for g in grads if g.numel()])
     if not grouped:
         return torch.zeros((), device=device)
     norms = []
@@ -69,9 +69,6 @@ def clip_grad_norm_(
     if error_if_nonfinite and not torch.isfinite(norm):
         raise RuntimeError(nonfinite_norm_message(norm_type))
     coefficient = clip_coefficient(norm, float(max_norm))
-    grouped: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for g in grads:
-        grouped.setdefault((g.device, g.dtype), []).append(g)
-    for (device, _), tensors in grouped.items():
+    for (device, _), tensors in bucket_by_device_and_dtype(grads).items():
         torch._foreach_mul_(tensors, coefficient.to(device))
     return norm

@@ -1,5 +1,5 @@
-"""Base of the backends that call a compiled extension: the bindings take the functional API's arguments under
-the same names (pybind11 keyword arguments), so every optimizer forwards its call unchanged."""
+"""Base of the backends that call a kernel module (a compiled extension, or the Triton kernels): the modules take
+the functional API's arguments under the same names, so every optimizer forwards its call unchanged."""
 
 from __future__ import annotations
 
@@ -20,3 +20,7 @@ class ExtensionBackend:
 
     def adagrad(self, *operands, **hyperparameters) -> None:
         self._extension().adagrad(*operands, **hyperparameters)
+
+    def stream(self, params, grads, states) -> None:
+        """The benchmark's roofline: the step's loads and stores, one add per element."""
+        self._extension().stream(params, grads, [list(column) for column in states])

@@ -20,6 +20,3 @@ class CudaBackend(ExtensionBackend):
 
     def _extension(self):
         return _extensions.cuda_extension()
-
-    def stream(self, params, grads, states) -> None:
-        self._extension().stream(params, grads, [list(column) for column in states])

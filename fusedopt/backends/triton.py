@@ -14,6 +14,8 @@ import types
 
 import torch
 
+from fusedopt.backends._extension_backend import ExtensionBackend
+
 
 @functools.lru_cache(maxsize=None)
 def _kernels() -> types.ModuleType | str:
@@ -27,7 +29,7 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-class TritonBackend:
+class TritonBackend(ExtensionBackend):
     name = "triton"
 
     def unavailable_reason(self, device: torch.device) -> str | None:
@@ -38,20 +40,8 @@ class TritonBackend:
         kernels = _kernels()
         return kernels if isinstance(kernels, str) else None
 
-    def _call(self, name: str, *args, **kwargs) -> None:
+    def _extension(self) -> types.ModuleType:
         kernels = _kernels()
         if isinstance(kernels, str):
             raise RuntimeError(kernels)
-        getattr(kernels, name)(*args, **kwargs)
-
-    def adam(self, *args, **kwargs) -> None:
-        self._call("adam", *args, **kwargs)
-
-    def rmsprop(self, *args, **kwargs) -> None:
-        self._call("rmsprop", *args, **kwargs)
-
-    def adagrad(self, *args, **kwargs) -> None:
-        self._call("adagrad", *args, **kwargs)
-
-    def stream(self, *args, **kwargs) -> None:
-        self._call("stream", *args, **kwargs)
+        return kernels

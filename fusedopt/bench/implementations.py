@@ -32,6 +32,12 @@ class Unavailable(Exception):
     """The implementation cannot run this case; the message is the row's status ("not installed: ...")."""
 
 
+def unsupported(error: Exception) -> str:
+    """A row status naming why a library refused a case: the first line of its error, shortened."""
+    lines = str(error).splitlines()
+    return f"unsupported: {type(error).__name__}: {lines[0][:80] if lines else ''}"
+
+
 @dataclass(frozen=True)
 class Implementation:
     name: str
@@ -63,7 +69,7 @@ def _torch(mode: str) -> Implementation:
             probe[0].grad = torch.zeros_like(probe[0])
             TORCH_CLASSES[optimizer](probe, **options, **flags).step()
         except (RuntimeError, TypeError, ValueError) as error:
-            raise Unavailable(f"unsupported: {str(error).splitlines()[0][:80]}") from None
+            raise Unavailable(unsupported(error)) from None
         return _optimizer_step(instance)
 
     return Implementation(f"torch-{mode}", "torch", build)
@@ -106,7 +112,7 @@ def _bitsandbytes(optimizer: str, options: dict, params: list[torch.Tensor]) -> 
             params, **{k: v for k, v in options.items() if k != "centered"}
         ).step
     except Exception as error:  # noqa: BLE001 -- device or option not supported by this bitsandbytes
-        raise Unavailable(f"unsupported: {str(error).splitlines()[0][:80]}") from None
+        raise Unavailable(unsupported(error)) from None
 
 
 def _torchao(optimizer: str, options: dict, params: list[torch.Tensor]) -> StepFn:

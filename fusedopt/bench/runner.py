@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from fusedopt.bench.implementations import Implementation, Unavailable
+from fusedopt.bench.implementations import Implementation, Unavailable, unsupported
 from fusedopt.bench.traffic import num_state_tensors, step_traffic
 from fusedopt.bench.workloads import Workload
 
@@ -179,7 +179,7 @@ def run_case(case: Case, implementations: list[Implementation], reps: int, seed:
         except Unavailable as why:
             row.status = str(why)
         except (RuntimeError, TypeError, ValueError) as error:  # a library refusing this case's options
-            row.status = f"unsupported: {type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else ''}"
+            row.status = unsupported(error)
     timings = _time_interleaved(steppers, reps, case.device)
     cuda = case.device == "cuda"
     for row in rows:
