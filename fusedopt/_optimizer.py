@@ -38,6 +38,34 @@ def scalar(value: float | Tensor) -> float:
     return float(value.item()) if isinstance(value, Tensor) else float(value)
 
 
+class LaunchGroup:
+    """The parameters one fused call updates: every bucket of one device and dtype whose param groups share a
+    launch signature (NOTE [param groups in one launch] in csrc/common/binding_utils.h), group after group, with
+    the functional API's per-group view of them."""
+
+    def __init__(self, optimizer: Optimizer, parts: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
+        self.groups = [group for group, _ in parts]
+        self.group_sizes = [len(bucket) for _, bucket in parts]
+        self.params = [p for _, bucket in parts for p in bucket]
+        self.states = [optimizer.state[p] for p in self.params]
+        self.parts = parts
+
+    @property
+    def grads(self) -> list[Tensor]:
+        return [p.grad for p in self.params]
+
+    def column(self, name: str) -> list[Tensor]:
+        """Every parameter's state tensor `name`."""
+        return [state[name] for state in self.states]
+
+    def values(self, key: str, index: int | None = None) -> list[float]:
+        """A hyperparameter of every group as floats (`index` picks from a tuple such as betas)."""
+        return [scalar(group[key] if index is None else group[key][index]) for group in self.groups]
+
+    def flags(self, key: str) -> list[bool]:
+        return [bool(group[key]) for group in self.groups]
+
+
 def check_lr(lr: float | Tensor) -> None:
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise ValueError("Tensor lr must be 1-element")
@@ -113,10 +141,12 @@ class FusedOptimizer(Optimizer):
         """Names of the per-parameter state tensors this group needs, in torch.optim's order, with fill values."""
         raise NotImplementedError
 
-    def _update(
-        self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend, grad_factor: float
-    ) -> None:
-        """One fused call updating `params` (one bucket, all with grads and state) with the group's settings,
+    def _launch_signature(self, group: dict[str, Any]) -> tuple:
+        """What param groups must agree on to share one fused call (the state tensors the kernel reads)."""
+        return ()
+
+    def _update(self, launch: LaunchGroup, backend: backends.Backend, grad_factor: float) -> None:
+        """One fused call updating `launch.params` (all with grads and state) with their groups' settings,
         multiplying every gradient by `grad_factor` as it is read (NOTE [grad factor])."""
         raise NotImplementedError
 
@@ -163,12 +193,18 @@ class FusedOptimizer(Optimizer):
             return _rounding.STOCHASTIC
         return _rounding.PLAIN
 
-    def _param_mode_kwargs(self, group: dict[str, Any], params: list[Tensor]) -> dict[str, Any]:
-        """The functional API's masters/param_mode/rounding_seed for one bucket."""
-        mode = self._param_mode(group, params[0].dtype)
+    def _common_kwargs(self, launch: LaunchGroup, grad_factor: float) -> dict[str, Any]:
+        """The functional API's arguments every optimizer passes the same way: group sizes, grad factor, and
+        masters/param_mode/rounding_seed (the groups of a launch share the parameter mode)."""
+        mode = self._param_mode(launch.groups[0], launch.params[0].dtype)
         name = {_rounding.MASTER: "master_param", _rounding.REMAINDER: "master_remainder"}.get(mode)
-        masters = [self.state[p][name] for p in params] if name else []
-        return {"masters": masters, "param_mode": mode, "rounding_seed": self.rounding_seed}
+        return {
+            "group_sizes": launch.group_sizes,
+            "grad_factor": grad_factor,
+            "masters": launch.column(name) if name else [],
+            "param_mode": mode,
+            "rounding_seed": self.rounding_seed,
+        }
 
     def _check_param_and_grad(self, group: dict[str, Any], p: Tensor, group_index: int, param_index: int) -> None:
         # The common case in a few attribute reads (this runs for every parameter at every step); anything else
@@ -270,11 +306,29 @@ class FusedOptimizer(Optimizer):
         grad_factor = self._grad_factor(plan)
         if grad_factor is None:
             return loss
+        for parts in self._launches(plan):
+            for group, bucket in parts:
+                self._ensure_state(group, bucket)
+            launch = LaunchGroup(self, parts)
+            self._update(launch, self._backend_for(local_tensor(launch.params[0]).device), grad_factor)
+        return loss
+
+    def _launches(self, plan: list[tuple[dict[str, Any], list[list[Tensor]]]]):
+        """The buckets of a step merged into fused calls: one per device, dtype, parameter mode, state dtype and
+        launch signature, spanning param groups (NOTE [param groups in one launch])."""
+        launches: dict[tuple, list[tuple[dict[str, Any], list[Tensor]]]] = {}
         for group, buckets in plan:
             for bucket in buckets:
-                self._ensure_state(group, bucket)
-                self._update(group, bucket, self._backend_for(local_tensor(bucket[0]).device), grad_factor)
-        return loss
+                local = local_tensor(bucket[0])
+                key = (
+                    local.device,
+                    local.dtype,
+                    self._param_mode(group, local.dtype),
+                    self._state_dtype(group, local),
+                    self._launch_signature(group),
+                )
+                launches.setdefault(key, []).append((group, bucket))
+        return launches.values()
 
     def _grad_factor(self, plan: list[tuple[dict[str, Any], list[list[Tensor]]]]) -> float | None:
         """The factor every gradient is multiplied by as it is read: GradScaler's 1/scale times the clip

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from fusedopt import backends, functional
-from fusedopt._optimizer import FusedOptimizer, check_lr, check_torch_only_flags, scalar
+from fusedopt._optimizer import FusedOptimizer, LaunchGroup, check_lr, check_torch_only_flags
 from fusedopt._tensors import bucket_by_device_and_dtype
 
 
@@ -93,21 +93,17 @@ class Adagrad(FusedOptimizer):
             for p in group["params"]:
                 self.state[p]["sum"].share_memory_()
 
-    def _update(
-        self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend, grad_factor: float
-    ) -> None:
-        states = [self.state[p] for p in params]
+    def _update(self, launch: LaunchGroup, backend: backends.Backend, grad_factor: float) -> None:
         functional.adagrad(
-            params,
-            [p.grad for p in params],
-            [s["sum"] for s in states],
-            [s["step"] for s in states],
-            lr=scalar(group["lr"]),
-            lr_decay=scalar(group["lr_decay"]),
-            weight_decay=scalar(group["weight_decay"]),
-            eps=scalar(group["eps"]),
-            maximize=bool(group["maximize"]),
-            grad_factor=grad_factor,
+            launch.params,
+            launch.grads,
+            launch.column("sum"),
+            launch.column("step"),
+            lr=launch.values("lr"),
+            lr_decay=launch.values("lr_decay"),
+            weight_decay=launch.values("weight_decay"),
+            eps=launch.values("eps"),
+            maximize=launch.flags("maximize"),
             backend=backend,
-            **self._param_mode_kwargs(group, params),
+            **self._common_kwargs(launch, grad_factor),
         )

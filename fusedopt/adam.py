@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from fusedopt import backends, functional
-from fusedopt._optimizer import FusedOptimizer, check_lr, check_torch_only_flags, scalar
+from fusedopt._optimizer import FusedOptimizer, LaunchGroup, check_lr, check_torch_only_flags
 
 
 def _check_adam_args(lr, betas, eps, weight_decay) -> None:
@@ -98,29 +98,28 @@ class Adam(FusedOptimizer):
             layout.append(("max_exp_avg_sq", 0.0))
         return layout
 
-    def _update(
-        self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend, grad_factor: float
-    ) -> None:
-        states = [self.state[p] for p in params]
-        beta1, beta2 = group["betas"]
+    def _launch_signature(self, group: dict[str, Any]) -> tuple:
+        return (bool(group["amsgrad"]),)
+
+    def _update(self, launch: LaunchGroup, backend: backends.Backend, grad_factor: float) -> None:
+        amsgrad = bool(launch.groups[0]["amsgrad"])
         functional.adam(
-            params,
-            [p.grad for p in params],
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states],
-            [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
-            [s["step"] for s in states],
-            lr=scalar(group["lr"]),
-            beta1=scalar(beta1),
-            beta2=scalar(beta2),
-            weight_decay=scalar(group["weight_decay"]),
-            eps=scalar(group["eps"]),
-            amsgrad=bool(group["amsgrad"]),
-            maximize=bool(group["maximize"]),
-            decoupled=bool(group["decoupled_weight_decay"]),
-            grad_factor=grad_factor,
+            launch.params,
+            launch.grads,
+            launch.column("exp_avg"),
+            launch.column("exp_avg_sq"),
+            launch.column("max_exp_avg_sq") if amsgrad else [],
+            launch.column("step"),
+            lr=launch.values("lr"),
+            beta1=launch.values("betas", 0),
+            beta2=launch.values("betas", 1),
+            weight_decay=launch.values("weight_decay"),
+            eps=launch.values("eps"),
+            amsgrad=amsgrad,
+            maximize=launch.flags("maximize"),
+            decoupled=launch.flags("decoupled_weight_decay"),
             backend=backend,
-            **self._param_mode_kwargs(group, params),
+            **self._common_kwargs(launch, grad_factor),
         )
 
 

@@ -7,6 +7,11 @@ in place. Before a backend sees them, tensors are brought to the form every kern
 - A non-contiguous param or state is updated through a contiguous copy that is written back afterwards; a
   non-contiguous grad is read through a contiguous copy. Contiguous tensors (the normal case) are used as is.
 
+One call may update the tensors of several param groups (NOTE [param groups in one launch] in
+csrc/common/binding_utils.h): with `group_sizes`, the tensors are listed group after group, group_sizes[g] of them
+for group g, and every hyperparameter (lr, betas, weight decay, eps, maximize, ...) is a sequence with one value
+per group. Without it, the hyperparameters are single values for all tensors, as in torch.optim's functional API.
+
 `masters`/`param_mode`/`rounding_seed` choose what is updated and how parameters are stored: plain,
 stochastically rounded, or through float32 masters (fusedopt/_rounding.py). `grad_factor` multiplies every
 gradient as the kernel reads it (GradScaler's 1/scale times the clip coefficient):
@@ -16,12 +21,17 @@ NOTE [grad factor] in csrc/include/fusedopt/update_rules.h.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar, Union
 
 import torch
 from torch import Tensor
 
 from fusedopt import backends
 from fusedopt._tensors import local_tensor
+
+T = TypeVar("T")
+#: A hyperparameter: one value, or with group_sizes one value per param group.
+PerGroup = Union[T, Sequence[T]]
 
 _REAL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int16)
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
@@ -69,6 +79,21 @@ class _KernelOperands:
         return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
+def _per_group(params: Sequence[Tensor], group_sizes: Sequence[int] | None, **hyperparameters) -> dict:
+    """The backends' form of the hyperparameters: one list entry per group, and the group sizes."""
+    if group_sizes is None:
+        group_sizes, hyperparameters = [len(params)], {name: [value] for name, value in hyperparameters.items()}
+    group_sizes = [int(size) for size in group_sizes]
+    if any(size < 0 for size in group_sizes) or sum(group_sizes) != len(params):
+        raise ValueError(f"group_sizes {group_sizes} must be non-negative and add up to the {len(params)} params")
+    per_group = {"group_sizes": group_sizes}
+    for name, values in hyperparameters.items():
+        if isinstance(values, (int, float, bool, Tensor)) or len(values) != len(group_sizes):
+            raise ValueError(f"with group_sizes, {name} must have one value per group ({len(group_sizes)})")
+        per_group[name] = [value if isinstance(value, bool) else float(value) for value in values]
+    return per_group
+
+
 def _backend_for(backend: str | backends.Backend, params: Sequence[Tensor]) -> backends.Backend:
     if not isinstance(backend, str):
         return backend
@@ -85,21 +110,26 @@ def adam(
     max_exp_avg_sqs: Sequence[Tensor],
     state_steps: Sequence[Tensor],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    eps: float,
+    lr: PerGroup[float],
+    beta1: PerGroup[float],
+    beta2: PerGroup[float],
+    weight_decay: PerGroup[float],
+    eps: PerGroup[float],
     amsgrad: bool,
-    maximize: bool,
-    decoupled: bool,
+    maximize: PerGroup[bool],
+    decoupled: PerGroup[bool],
     grad_factor: float = 1.0,
     masters: Sequence[Tensor] = (),
     param_mode: int = 0,
     rounding_seed: int = 0,
+    group_sizes: Sequence[int] | None = None,
     backend: str | backends.Backend = "auto",
 ) -> None:
     """Adam (decoupled=False) or AdamW (decoupled=True) on every tensor of the lists, in one fused pass."""
+    hyperparameters = _per_group(
+        params, group_sizes, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps,
+        maximize=maximize, decoupled=decoupled,
+    )  # fmt: skip
     impl = _backend_for(backend, params)
     ops = _KernelOperands()
     impl.adam(
@@ -109,14 +139,8 @@ def adam(
         ops.writable_list(exp_avg_sqs),
         ops.writable_list(max_exp_avg_sqs) if amsgrad else [],
         list(state_steps),
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        weight_decay=weight_decay,
-        eps=eps,
+        **hyperparameters,
         amsgrad=amsgrad,
-        maximize=maximize,
-        decoupled=decoupled,
         grad_factor=grad_factor,
         masters=ops.writable_list(masters),
         param_mode=param_mode,
@@ -134,20 +158,29 @@ def rmsprop(
     momentum_buffers: Sequence[Tensor],
     state_steps: Sequence[Tensor],
     *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
+    lr: PerGroup[float],
+    alpha: PerGroup[float],
+    eps: PerGroup[float],
+    weight_decay: PerGroup[float],
+    momentum: PerGroup[float],
     centered: bool,
-    maximize: bool,
+    maximize: PerGroup[bool],
     grad_factor: float = 1.0,
     masters: Sequence[Tensor] = (),
     param_mode: int = 0,
     rounding_seed: int = 0,
+    group_sizes: Sequence[int] | None = None,
     backend: str | backends.Backend = "auto",
 ) -> None:
-    """RMSprop on every tensor of the lists, in one fused pass."""
+    """RMSprop on every tensor of the lists, in one fused pass. With group_sizes, the groups must all use momentum
+    (momentum > 0) or all not: that decides whether momentum_buffers are read."""
+    hyperparameters = _per_group(
+        params, group_sizes, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+        maximize=maximize,
+    )  # fmt: skip
+    use_momentum = {m > 0 for m in hyperparameters["momentum"]}
+    if len(use_momentum) > 1:
+        raise ValueError("param groups updated in one call must all have momentum > 0, or all momentum == 0")
     impl = _backend_for(backend, params)
     ops = _KernelOperands()
     impl.rmsprop(
@@ -155,15 +188,11 @@ def rmsprop(
         ops.readable_list(grads),
         ops.writable_list(square_avgs),
         ops.writable_list(grad_avgs) if centered else [],
-        ops.writable_list(momentum_buffers) if momentum > 0 else [],
+        ops.writable_list(momentum_buffers) if True in use_momentum else [],
         list(state_steps),
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum=momentum,
+        **hyperparameters,
         centered=centered,
-        maximize=maximize,
+        use_momentum=True in use_momentum,
         grad_factor=grad_factor,
         masters=ops.writable_list(masters),
         param_mode=param_mode,
@@ -179,18 +208,22 @@ def adagrad(
     state_sums: Sequence[Tensor],
     state_steps: Sequence[Tensor],
     *,
-    lr: float,
-    lr_decay: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
+    lr: PerGroup[float],
+    lr_decay: PerGroup[float],
+    weight_decay: PerGroup[float],
+    eps: PerGroup[float],
+    maximize: PerGroup[bool],
     grad_factor: float = 1.0,
     masters: Sequence[Tensor] = (),
     param_mode: int = 0,
     rounding_seed: int = 0,
+    group_sizes: Sequence[int] | None = None,
     backend: str | backends.Backend = "auto",
 ) -> None:
     """Adagrad on every tensor of the lists, in one fused pass."""
+    hyperparameters = _per_group(
+        params, group_sizes, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize
+    )
     impl = _backend_for(backend, params)
     ops = _KernelOperands()
     impl.adagrad(
@@ -198,11 +231,7 @@ def adagrad(
         ops.readable_list(grads),
         ops.writable_list(state_sums),
         list(state_steps),
-        lr=lr,
-        lr_decay=lr_decay,
-        weight_decay=weight_decay,
-        eps=eps,
-        maximize=maximize,
+        **hyperparameters,
         grad_factor=grad_factor,
         masters=ops.writable_list(masters),
         param_mode=param_mode,

@@ -12,6 +12,8 @@ Numerics shared by all backends:
 - `param_mode` says what is updated and how the result is stored: the parameter rounded to nearest even, or
   rounded stochastically, or a float32 master (kept whole, or as an int16 remainder of a bfloat16 parameter)
   from which the parameter is rounded (fusedopt/_rounding.py, csrc/include/fusedopt/param_rounding.h).
+- The stochastic rounding key of a tensor uses its index in the kernel launch: `first_tensor_index` plus its index
+  in these lists (a launch may span several param groups, each handed to these functions separately).
 - `grad_factor` multiplies every gradient as it is read: GradScaler's 1/scale and the max_grad_norm clip
   coefficient (NOTE [grad factor] in csrc/include/fusedopt/update_rules.h); gradients are never rewritten.
 """
@@ -92,6 +94,7 @@ def adam(
     masters: list[Tensor] = (),
     param_mode: int = _rounding.PLAIN,
     rounding_seed: int = 0,
+    first_tensor_index: int = 0,
 ) -> None:
     """Adam (decoupled=False, L2 weight decay) and AdamW (decoupled=True)."""
     for i, param in enumerate(params):
@@ -121,7 +124,9 @@ def adam(
         bias_correction2_sqrt = math.sqrt(1 - beta2**t)
         step_size = lr * bias_correction2_sqrt / (1 - beta1**t)
         theta = theta - step_size * (m / (second_moment.sqrt() + eps * bias_correction2_sqrt))
-        _store_param(param, master, theta, param_mode, _rounding.rounding_key(rounding_seed, int(t), i))
+        _store_param(
+            param, master, theta, param_mode, _rounding.rounding_key(rounding_seed, int(t), first_tensor_index + i)
+        )
         _store(exp_avgs[i], m)
         _store(exp_avg_sqs[i], v)
 
@@ -146,6 +151,7 @@ def rmsprop(
     masters: list[Tensor] = (),
     param_mode: int = _rounding.PLAIN,
     rounding_seed: int = 0,
+    first_tensor_index: int = 0,
 ) -> None:
     """RMSprop, optionally centered (divides by the gradient's variance estimate) and with momentum."""
     for i, param in enumerate(params):
@@ -169,7 +175,9 @@ def rmsprop(
             _store(momentum_buffers[i], buffer)
         else:
             theta = theta - lr * (g / avg)
-        _store_param(param, master, theta, param_mode, _rounding.rounding_key(rounding_seed, int(t), i))
+        _store_param(
+            param, master, theta, param_mode, _rounding.rounding_key(rounding_seed, int(t), first_tensor_index + i)
+        )
         _store(square_avgs[i], square_avg)
 
 
@@ -189,6 +197,7 @@ def adagrad(
     masters: list[Tensor] = (),
     param_mode: int = _rounding.PLAIN,
     rounding_seed: int = 0,
+    first_tensor_index: int = 0,
 ) -> None:
     """Adagrad: divides by the root of the running sum of squared gradients."""
     for i, param in enumerate(params):
@@ -201,5 +210,7 @@ def adagrad(
         clr = lr / (1 + (t - 1) * lr_decay)  # learning rate decayed with the step count
         state_sum = state_sum + g * g
         theta = theta - clr * (g / (state_sum.sqrt() + eps))
-        _store_param(param, master, theta, param_mode, _rounding.rounding_key(rounding_seed, int(t), i))
+        _store_param(
+            param, master, theta, param_mode, _rounding.rounding_key(rounding_seed, int(t), first_tensor_index + i)
+        )
         _store(state_sums[i], state_sum)

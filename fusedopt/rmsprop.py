@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from fusedopt import backends, functional
-from fusedopt._optimizer import FusedOptimizer, check_lr, check_torch_only_flags, scalar
+from fusedopt._optimizer import FusedOptimizer, LaunchGroup, check_lr, check_torch_only_flags, scalar
 
 
 class RMSprop(FusedOptimizer):
@@ -85,26 +85,25 @@ class RMSprop(FusedOptimizer):
             layout.append(("grad_avg", 0.0))
         return layout
 
-    def _update(
-        self, group: dict[str, Any], params: list[Tensor], backend: backends.Backend, grad_factor: float
-    ) -> None:
-        states = [self.state[p] for p in params]
-        momentum = scalar(group["momentum"])
+    def _launch_signature(self, group: dict[str, Any]) -> tuple:
+        return (bool(group["centered"]), scalar(group["momentum"]) > 0)
+
+    def _update(self, launch: LaunchGroup, backend: backends.Backend, grad_factor: float) -> None:
+        centered, use_momentum = self._launch_signature(launch.groups[0])
         functional.rmsprop(
-            params,
-            [p.grad for p in params],
-            [s["square_avg"] for s in states],
-            [s["grad_avg"] for s in states] if group["centered"] else [],
-            [s["momentum_buffer"] for s in states] if momentum > 0 else [],
-            [s["step"] for s in states],
-            lr=scalar(group["lr"]),
-            alpha=scalar(group["alpha"]),
-            eps=scalar(group["eps"]),
-            weight_decay=scalar(group["weight_decay"]),
-            momentum=momentum,
-            centered=bool(group["centered"]),
-            maximize=bool(group["maximize"]),
-            grad_factor=grad_factor,
+            launch.params,
+            launch.grads,
+            launch.column("square_avg"),
+            launch.column("grad_avg") if centered else [],
+            launch.column("momentum_buffer") if use_momentum else [],
+            launch.column("step"),
+            lr=launch.values("lr"),
+            alpha=launch.values("alpha"),
+            eps=launch.values("eps"),
+            weight_decay=launch.values("weight_decay"),
+            momentum=launch.values("momentum"),
+            centered=centered,
+            maximize=launch.flags("maximize"),
             backend=backend,
-            **self._param_mode_kwargs(group, params),
+            **self._common_kwargs(launch, grad_factor),
         )

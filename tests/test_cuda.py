@@ -106,9 +106,12 @@ def test_gpu_views_in_poisoned_buffers(backend, state_dtype, generator):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_one_kernel_launch_per_bucket(backend, generator):
+def test_one_kernel_launch_per_device_and_dtype(backend, generator):
+    """199 tensors in three param groups (decay, no decay, another lr and betas): one kernel launch per step."""
     params = _cuda(make_params(torch.float32, generator, [(n,) for n in range(1, 200)]))
-    optimizer = fusedopt.AdamW(params, backend=backend)
+    groups = [{"params": params[:100]}, {"params": params[100:150], "weight_decay": 0.0},
+              {"params": params[150:], "lr": 3e-3, "betas": (0.8, 0.95)}]  # fmt: skip
+    optimizer = fusedopt.AdamW(groups, backend=backend)
     run_steps([(optimizer, params)], 2, generator, skip_index=-1)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         optimizer.step()

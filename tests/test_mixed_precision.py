@@ -8,7 +8,7 @@ import io
 import pytest
 import torch
 from conftest import AVAILABLE_ON_CPU, CPU_BACKENDS
-from helpers import FUSED_CLASSES, TORCH_CLASSES, clone_params, make_params, run_steps
+from helpers import FUSED_CLASSES, SECOND_GROUP, TORCH_CLASSES, clone_params, make_params, run_steps
 from test_against_torch import assert_matches
 
 import fusedopt
@@ -29,11 +29,14 @@ MODES = {
 @pytest.mark.parametrize("name", OPTIMIZERS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mode_matches_reference(backend, name, mode, generator):
+    """Two param groups that share one launch: stochastic rounding keys follow a tensor's index in the launch,
+    which the reference reproduces group by group."""
     params = make_params(torch.bfloat16, generator, SMALL)
     twins = clone_params(params)
     kwargs = {**OPTIMIZERS[name], **MODES[mode]}
-    fused = FUSED_CLASSES[name](params, backend=backend, **kwargs)
-    reference = FUSED_CLASSES[name](twins, backend="reference", **kwargs)
+    groups = lambda ps: [{"params": ps[:3]}, {"params": ps[3:], **SECOND_GROUP[name]}]  # noqa: E731
+    fused = FUSED_CLASSES[name](groups(params), backend=backend, **kwargs)
+    reference = FUSED_CLASSES[name](groups(twins), backend="reference", **kwargs)
     run_steps([(fused, params), (reference, twins)], 6, generator)
     for i, (p, q) in enumerate(zip(params, twins)):
         assert_matches(p, q, f"param {i}")

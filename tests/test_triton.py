@@ -83,7 +83,8 @@ def test_triton_matches_cpu_kernel(generator):
 
 
 def test_one_launch_for_many_tensors(generator, monkeypatch):
-    """A bucket of tensors of different sizes is updated by exactly one kernel launch."""
+    """Tensors of different sizes in two param groups (with and without weight decay) are updated by exactly one
+    kernel launch per step."""
     adam_module = importlib.import_module("fusedopt.triton_kernels.adam")
     launches = []
     original = adam_module._adam_kernel
@@ -95,7 +96,7 @@ def test_one_launch_for_many_tensors(generator, monkeypatch):
 
     monkeypatch.setattr(adam_module, "_adam_kernel", Counting())
     params = _on_device(make_params(torch.float32, generator, [(5,), (4096,), (4097,), (13, 3)]))
-    optimizer = fusedopt.AdamW(params, backend="triton")
+    optimizer = fusedopt.AdamW([{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}], backend="triton")
     run_steps([(optimizer, params)], 2, generator, skip_index=-1)
     assert len(launches) == 2
     assert launches[0] == (1 + 1 + 2 + 1 + 1,)  # blocks of 4096: 5, 4096, 4097 (two), 39, transposed 48

@@ -19,7 +19,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler import compile as triton_compile
 
-POINTER_ARGS = {"block_tensor": "*i32", "hyper": "*{compute}", "per_tensor": "*{compute}", "clrs": "*{compute}"}
+POINTER_ARGS = {"block_tensor": "*i32", "scalars": "*{compute}"}
 # A 16-byte global access: four 32-bit or two 64-bit lanes.
 SIXTEEN_BYTES = r"{op}\.global(?:\.\w+)*\.(?:v4\.[bfu]32|v2\.[bfu]64)"
 DTYPE_NAMES = {tl.float32: "fp32", tl.float64: "fp64", tl.bfloat16: "bf16", tl.float16: "fp16", tl.int16: "i16"}
@@ -34,25 +34,26 @@ def variants():
     adagrad = importlib.import_module("fusedopt.triton_kernels.adagrad")._adagrad_kernel
     stream = importlib.import_module("fusedopt.triton_kernels.stream")._stream_kernel
     pairs = [(tl.float32, tl.float32), (tl.float64, tl.float64), (tl.bfloat16, tl.bfloat16), (tl.float16, tl.float16)]
+    # Weight decay modes are per-tensor runtime values (groups with and without decay share a launch), so every
+    # variant below holds all of them.
+    rows = dict(adam=dict(ROW=9), rmsprop=dict(ROW=8), adagrad=dict(ROW=5))
     for param, state in pairs:
         compute = tl.float64 if param == tl.float64 else tl.float32
         base = dict(PARAM=param, STATE=state, COMPUTE=compute, ALIGNED=True, BLOCK=common.BLOCK, **PLAIN)
-        yield adam, dict(base, DECAY_MODE=2, AMSGRAD=True)
-        yield rmsprop, dict(base, WEIGHT_DECAY=True, CENTERED=True, MOMENTUM=True)
-        yield adagrad, dict(base, WEIGHT_DECAY=True)
+        yield adam, dict(base, AMSGRAD=True, **rows["adam"])
+        yield rmsprop, dict(base, CENTERED=True, MOMENTUM=True, **rows["rmsprop"])
+        yield adagrad, dict(base, **rows["adagrad"])
     base = dict(PARAM=tl.float32, STATE=tl.float32, COMPUTE=tl.float32, ALIGNED=True, BLOCK=common.BLOCK, **PLAIN)
-    for mode in (0, 1):
-        yield adam, dict(base, DECAY_MODE=mode, AMSGRAD=False)
-    yield rmsprop, dict(base, WEIGHT_DECAY=False, CENTERED=False, MOMENTUM=False)
-    yield adagrad, dict(base, WEIGHT_DECAY=False)
-    yield adam, dict(base, DECAY_MODE=0, AMSGRAD=False, ALIGNED=False)
+    yield adam, dict(base, AMSGRAD=False, **rows["adam"])
+    yield rmsprop, dict(base, CENTERED=False, MOMENTUM=False, **rows["rmsprop"])
+    yield adam, dict(base, AMSGRAD=False, ALIGNED=False, **rows["adam"])
     # Parameter modes of bfloat16 parameters: stochastic rounding, float32 master, int16 remainder.
     low = dict(PARAM=tl.bfloat16, STATE=tl.float32, COMPUTE=tl.float32, ALIGNED=True, BLOCK=common.BLOCK)
     for param_mode, master in ((1, tl.float32), (2, tl.float32), (3, tl.int16)):
         modes = dict(PARAM_MODE=param_mode, MASTER=master)
-        yield adam, dict(low, DECAY_MODE=2, AMSGRAD=False, **modes)
-        yield adagrad, dict(low, WEIGHT_DECAY=False, **modes)
-        yield rmsprop, dict(low, WEIGHT_DECAY=False, CENTERED=False, MOMENTUM=True, **modes)
+        yield adam, dict(low, AMSGRAD=False, **modes, **rows["adam"])
+        yield adagrad, dict(low, **modes, **rows["adagrad"])
+        yield rmsprop, dict(low, CENTERED=False, MOMENTUM=True, **modes, **rows["rmsprop"])
     yield stream, dict(PARAM=tl.float32, STATE=tl.float32, NUM_STATES=2, ALIGNED=True, BLOCK=common.BLOCK)
 
 

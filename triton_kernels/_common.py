@@ -14,7 +14,7 @@ Installed as fusedopt.triton_kernels (the top-level name `triton_kernels` belong
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -292,6 +292,7 @@ class Launch:
     device: torch.device
     compute: torch.dtype
     constexprs: dict  # PARAM, STATE, COMPUTE, PARAM_MODE, MASTER, ALIGNED, BLOCK
+    group_sizes: Sequence[int]  # tensors per param group (NOTE [param groups in one launch])
 
     @property
     def grid(self) -> tuple[int]:
@@ -304,6 +305,22 @@ class Launch:
     def scalars(self, values: Sequence[float]) -> torch.Tensor:
         return scalars_tensor(values, self.compute, self.device)
 
+    def per_tensor_scalars(self, make_row: Callable[[int, float], list[float]]) -> torch.Tensor:
+        """Every tensor's row of scalars, flattened into one device tensor: make_row(group, step) for its param
+        group and new step (NOTE [param groups in one launch] in csrc/common/binding_utils.h), computed once per
+        distinct (group, step)."""
+        rows: dict[tuple[int, float], list[float]] = {}
+        values: list[float] = []
+        first = 0
+        for group, size in enumerate(self.group_sizes):
+            for step in self.steps[first : first + size]:
+                row = rows.get((group, step))
+                if row is None:
+                    row = rows[(group, step)] = make_row(group, step)
+                values += row
+            first += size
+        return self.scalars(values)
+
 
 def prepare(
     columns: Sequence[Sequence[torch.Tensor]],
@@ -311,10 +328,13 @@ def prepare(
     masters: Sequence[torch.Tensor],
     param_mode: int,
     rounding_seed: int,
+    group_sizes: Sequence[int],
 ) -> Launch:
-    """Checks the operands (columns[0] are the params, columns[1] the grads, the rest state), advances the step
-    counters and finds the launch table, masters included."""
+    """Checks the operands (columns[0] are the params, columns[1] the grads, the rest state) and the group sizes,
+    advances the step counters and finds the launch table, masters included."""
     params = columns[0]
+    if any(size < 0 for size in group_sizes) or sum(group_sizes) != len(params):
+        raise ValueError(f"fusedopt Triton backend: group_sizes {list(group_sizes)} do not add up to {len(params)}")
     param_dtype, state_dtype = check_operands(params, *[c for i, c in enumerate(columns) if i != 1])
     steps = advance_steps(state_steps)
     device, compute = params[0].device, compute_dtype(param_dtype)
@@ -324,4 +344,4 @@ def prepare(
         PARAM=TORCH_TO_TRITON[param_dtype], STATE=TORCH_TO_TRITON[state_dtype], COMPUTE=TORCH_TO_TRITON[compute],
         PARAM_MODE=param_mode, MASTER=master_dtype, ALIGNED=table.aligned, BLOCK=BLOCK,
     )  # fmt: skip
-    return Launch(steps, table, keys, device, compute, constexprs)
+    return Launch(steps, table, keys, device, compute, constexprs, group_sizes)

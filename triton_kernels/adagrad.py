@@ -14,9 +14,9 @@ from fusedopt.triton_kernels import _common as common
 
 
 @triton.jit
-def adagrad_update(p, g, state_sum, grad_factor, weight_decay, clr, eps, WEIGHT_DECAY: tl.constexpr):
+def adagrad_update(p, g, state_sum, grad_factor, weight_decay, clr, eps, decays):
     g = g * grad_factor
-    if WEIGHT_DECAY:
+    if decays:  # a runtime value: groups with and without weight decay share a launch
         g = g + weight_decay * p
     state_sum = state_sum + g * g
     p = p - clr * common.ieee_div(g, common.ieee_sqrt(state_sum) + eps)
@@ -25,13 +25,13 @@ def adagrad_update(p, g, state_sum, grad_factor, weight_decay, clr, eps, WEIGHT_
 
 @triton.jit
 def _adagrad_block(
-    param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
-    COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr, PARAM_MODE: tl.constexpr, MASKED: tl.constexpr,
+    param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps, decays,
+    COMPUTE: tl.constexpr, PARAM_MODE: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
     p = common.load_param(param, master, offsets, mask, MASKED, COMPUTE, PARAM_MODE)
     g = common.load(grad, offsets, mask, MASKED, COMPUTE)
     state_sum = common.load(state_sums, offsets, mask, MASKED, COMPUTE)
-    p, state_sum = adagrad_update(p, g, state_sum, grad_factor, weight_decay, clr, eps, WEIGHT_DECAY)
+    p, state_sum = adagrad_update(p, g, state_sum, grad_factor, weight_decay, clr, eps, decays)
     common.store_param(param, master, offsets, mask, p, key, MASKED, PARAM_MODE)
     common.store(state_sums, offsets, mask, state_sum, MASKED)
 
@@ -42,10 +42,9 @@ def _adagrad_kernel(
     master_table,  # float32 masters or int16 remainders (PARAM_MODE 2, 3)
     keys,  # per-tensor stochastic rounding keys (PARAM_MODE 1)
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
-    hyper,  # [grad_factor, weight_decay, eps] in COMPUTE
-    clrs,  # lr / (1 + (step - 1) * lr_decay) per tensor, in COMPUTE
-    PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
-    PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    scalars,  # a row per tensor, in COMPUTE: its group's hyperparameters and its decayed lr
+    ROW: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, PARAM_MODE: tl.constexpr,
+    MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     t, start, numel = common.block_of_program(block_tensor, block_start, numels, BLOCK)
     param = common.operand(param_table, t, PARAM, ALIGNED)
@@ -53,18 +52,29 @@ def _adagrad_kernel(
     key = tl.load(keys + t)
     grad = common.operand(grad_table, t, PARAM, ALIGNED)
     state_sums = common.operand(sum_table, t, STATE, ALIGNED)
-    grad_factor = tl.load(hyper + 0)
-    weight_decay = tl.load(hyper + 1)
-    eps = tl.load(hyper + 2)
-    clr = tl.load(clrs + t)
+    row = scalars + t * ROW
+    grad_factor = tl.load(row + 0)
+    weight_decay = tl.load(row + 1)
+    clr = tl.load(row + 2)
+    eps = tl.load(row + 3)
+    decays = tl.load(row + 4) != 0
     offsets = start + tl.arange(0, BLOCK).to(tl.int64)
     mask = offsets < numel
     if start + BLOCK <= numel:
         _adagrad_block(param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
-                       COMPUTE, WEIGHT_DECAY, PARAM_MODE, False)  # fmt: skip
+                       decays, COMPUTE, PARAM_MODE, False)  # fmt: skip
     else:
         _adagrad_block(param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
-                       COMPUTE, WEIGHT_DECAY, PARAM_MODE, True)  # fmt: skip
+                       decays, COMPUTE, PARAM_MODE, True)  # fmt: skip
+
+
+_ROW = 5  # entries of a scalars row
+
+
+def _scalars_row(lr, lr_decay, weight_decay, eps, maximize, step, grad_factor) -> list[float]:
+    """fusedopt::make_adagrad_scalars (csrc/include/fusedopt/update_rules.h), plus whether to decay."""
+    grad_factor = -grad_factor if maximize else grad_factor
+    return [grad_factor, weight_decay, lr / (1 + (step - 1) * lr_decay), eps, float(weight_decay != 0)]
 
 
 def adagrad(
@@ -73,26 +83,30 @@ def adagrad(
     state_sums: Sequence[torch.Tensor],
     state_steps: Sequence[torch.Tensor],
     *,
-    lr: float,
-    lr_decay: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-    grad_factor: float = 1.0,
-    masters: Sequence[torch.Tensor] = (),
-    param_mode: int = 0,
-    rounding_seed: int = 0,
+    lr: list[float],
+    lr_decay: list[float],
+    weight_decay: list[float],
+    eps: list[float],
+    maximize: list[bool],
+    group_sizes: list[int],
+    grad_factor: float,
+    masters: Sequence[torch.Tensor],
+    param_mode: int,
+    rounding_seed: int,
 ) -> None:
-    """One fused Adagrad step (the functional signature of fusedopt.reference.adagrad)."""
+    """One fused Adagrad step over contiguous tensors on one device, of one or more param groups (the backends'
+    signature; see fusedopt/functional.py)."""
     if not params:
         return
-    launch = common.prepare([params, grads, state_sums], state_steps, masters, param_mode, rounding_seed)
+    launch = common.prepare([params, grads, state_sums], state_steps, masters, param_mode, rounding_seed, group_sizes)
     if launch.table.num_blocks == 0:
         return
-    clrs = [lr / (1 + (t - 1) * lr_decay) for t in launch.steps]
+    hyper = (lr, lr_decay, weight_decay, eps, maximize)
+    scalars = launch.per_tensor_scalars(
+        lambda g, step: _scalars_row(*(values[g] for values in hyper), step, grad_factor)
+    )
     rows = launch.table.addresses
     _adagrad_kernel[launch.grid](
-        rows[0], rows[1], rows[2], rows[-1], launch.keys, *launch.table_args,
-        launch.scalars([-grad_factor if maximize else grad_factor, weight_decay, eps]), launch.scalars(clrs),
-        WEIGHT_DECAY=weight_decay != 0, **launch.constexprs, num_warps=common.NUM_WARPS,
+        rows[0], rows[1], rows[2], rows[-1], launch.keys, *launch.table_args, scalars, ROW=_ROW,
+        **launch.constexprs, num_warps=common.NUM_WARPS,
     )  # fmt: skip

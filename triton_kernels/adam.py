@@ -14,20 +14,20 @@ import triton
 import triton.language as tl
 from fusedopt.triton_kernels import _common as common
 
-# Weight decay modes, as fusedopt::WeightDecayMode.
+# Weight decay modes, as fusedopt::WeightDecayMode; each tensor's mode is the last entry of its scalars row.
 DECAY_NONE, DECAY_L2, DECAY_DECOUPLED = 0, 1, 2
 
 
 @triton.jit
 def adam_update(
     p, g, m, v, v_max,
-    grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps,
-    DECAY_MODE: tl.constexpr, AMSGRAD: tl.constexpr,
+    grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, decay_mode,
+    AMSGRAD: tl.constexpr,
 ):  # fmt: skip
     g = g * grad_factor
-    if DECAY_MODE == 2:
+    if decay_mode == 2:  # DECAY_DECOUPLED (a runtime value: groups with and without decay share a launch)
         p = p * decay_factor
-    elif DECAY_MODE == 1:
+    elif decay_mode == 1:  # DECAY_L2
         g = g + l2_weight_decay * p
     m = common.lerp(m, g, beta1_complement)
     v = v * beta2 + beta2_complement * g * g
@@ -42,9 +42,8 @@ def adam_update(
 @triton.jit
 def _adam_block(
     param, master, key, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask,
-    grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps,
-    COMPUTE: tl.constexpr, DECAY_MODE: tl.constexpr, AMSGRAD: tl.constexpr, PARAM_MODE: tl.constexpr,
-    MASKED: tl.constexpr,
+    grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, decay_mode,
+    COMPUTE: tl.constexpr, AMSGRAD: tl.constexpr, PARAM_MODE: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
     p = common.load_param(param, master, offsets, mask, MASKED, COMPUTE, PARAM_MODE)
     g = common.load(grad, offsets, mask, MASKED, COMPUTE)
@@ -55,7 +54,7 @@ def _adam_block(
         v_max = common.load(max_exp_avg_sq, offsets, mask, MASKED, COMPUTE)
     p, m, v, v_max = adam_update(
         p, g, m, v, v_max, grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement,
-        step_size, eps, DECAY_MODE, AMSGRAD,
+        step_size, eps, decay_mode, AMSGRAD,
     )  # fmt: skip
     common.store_param(param, master, offsets, mask, p, key, MASKED, PARAM_MODE)
     common.store(exp_avg, offsets, mask, m, MASKED)
@@ -70,11 +69,9 @@ def _adam_kernel(
     master_table,  # float32 masters or int16 remainders (PARAM_MODE 2, 3)
     keys,  # per-tensor stochastic rounding keys (PARAM_MODE 1)
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
-    hyper,  # [grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement] in COMPUTE
-    per_tensor,  # [step_size, eps] per tensor, in COMPUTE (NOTE [folded bias correction])
-    PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
-    DECAY_MODE: tl.constexpr, AMSGRAD: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr,
-    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    scalars,  # a row per tensor, in COMPUTE: its group's hyperparameters and its own bias corrections
+    ROW: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, AMSGRAD: tl.constexpr,
+    PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     t, start, numel = common.block_of_program(block_tensor, block_start, numels, BLOCK)
     param = common.operand(param_table, t, PARAM, ALIGNED)
@@ -84,28 +81,50 @@ def _adam_kernel(
     exp_avg = common.operand(exp_avg_table, t, STATE, ALIGNED)
     exp_avg_sq = common.operand(exp_avg_sq_table, t, STATE, ALIGNED)
     max_exp_avg_sq = common.operand(max_exp_avg_sq_table, t, STATE, ALIGNED)
-    grad_factor = tl.load(hyper + 0)
-    l2_weight_decay = tl.load(hyper + 1)
-    decay_factor = tl.load(hyper + 2)
-    beta1_complement = tl.load(hyper + 3)
-    beta2 = tl.load(hyper + 4)
-    beta2_complement = tl.load(hyper + 5)
-    step_size = tl.load(per_tensor + 2 * t)
-    eps = tl.load(per_tensor + 2 * t + 1)
+    row = scalars + t * ROW
+    grad_factor = tl.load(row + 0)
+    l2_weight_decay = tl.load(row + 1)
+    decay_factor = tl.load(row + 2)
+    beta1_complement = tl.load(row + 3)
+    beta2 = tl.load(row + 4)
+    beta2_complement = tl.load(row + 5)
+    step_size = tl.load(row + 6)
+    eps = tl.load(row + 7)
+    decay_mode = tl.load(row + 8).to(tl.int32)
     offsets = start + tl.arange(0, BLOCK).to(tl.int64)
     mask = offsets < numel
     if start + BLOCK <= numel:
         _adam_block(
             param, master, key, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor,
-            l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, COMPUTE,
-            DECAY_MODE, AMSGRAD, PARAM_MODE, False,
+            l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, decay_mode,
+            COMPUTE, AMSGRAD, PARAM_MODE, False,
         )  # fmt: skip
     else:
         _adam_block(
             param, master, key, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor,
-            l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, COMPUTE,
-            DECAY_MODE, AMSGRAD, PARAM_MODE, True,
+            l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, decay_mode,
+            COMPUTE, AMSGRAD, PARAM_MODE, True,
         )  # fmt: skip
+
+
+_ROW = 9  # entries of a scalars row
+
+
+def _scalars_row(lr, beta1, beta2, weight_decay, eps, maximize, decoupled, step, grad_factor) -> list[float]:
+    """fusedopt::make_adam_scalars (csrc/include/fusedopt/update_rules.h), plus the weight decay mode."""
+    bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+    mode = DECAY_NONE if weight_decay == 0 else (DECAY_DECOUPLED if decoupled else DECAY_L2)
+    return [
+        -grad_factor if maximize else grad_factor,
+        weight_decay,
+        1 - lr * weight_decay,
+        1 - beta1,
+        beta2,
+        1 - beta2,
+        lr * bias_correction2_sqrt / (1 - beta1**step),
+        eps * bias_correction2_sqrt,
+        float(mode),
+    ]
 
 
 def adam(
@@ -116,43 +135,34 @@ def adam(
     max_exp_avg_sqs: Sequence[torch.Tensor],
     state_steps: Sequence[torch.Tensor],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    eps: float,
+    lr: list[float],
+    beta1: list[float],
+    beta2: list[float],
+    weight_decay: list[float],
+    eps: list[float],
+    maximize: list[bool],
+    decoupled: list[bool],
+    group_sizes: list[int],
     amsgrad: bool,
-    maximize: bool,
-    decoupled: bool,
-    grad_factor: float = 1.0,
-    masters: Sequence[torch.Tensor] = (),
-    param_mode: int = 0,
-    rounding_seed: int = 0,
+    grad_factor: float,
+    masters: Sequence[torch.Tensor],
+    param_mode: int,
+    rounding_seed: int,
 ) -> None:
-    """One fused Adam/AdamW step over contiguous tensors on one device (the functional signature of
-    fusedopt.reference.adam)."""
+    """One fused Adam/AdamW step over contiguous tensors on one device, of one or more param groups (the
+    backends' signature; see fusedopt/functional.py)."""
     if not params:
         return
     columns = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    launch = common.prepare(columns, state_steps, masters, param_mode, rounding_seed)
+    launch = common.prepare(columns, state_steps, masters, param_mode, rounding_seed, group_sizes)
     if launch.table.num_blocks == 0:
         return
-    per_tensor = []
-    for t in launch.steps:
-        bias_correction2_sqrt = math.sqrt(1 - beta2**t)
-        per_tensor += [lr * bias_correction2_sqrt / (1 - beta1**t), eps * bias_correction2_sqrt]
-    hyper = [
-        -grad_factor if maximize else grad_factor,
-        weight_decay,
-        1 - lr * weight_decay,
-        1 - beta1,
-        beta2,
-        1 - beta2,
-    ]
-    mode = DECAY_NONE if weight_decay == 0 else (DECAY_DECOUPLED if decoupled else DECAY_L2)
+    hyper = (lr, beta1, beta2, weight_decay, eps, maximize, decoupled)
+    scalars = launch.per_tensor_scalars(
+        lambda g, step: _scalars_row(*(values[g] for values in hyper), step, grad_factor)
+    )
     rows = launch.table.addresses
     _adam_kernel[launch.grid](
         rows[0], rows[1], rows[2], rows[3], rows[4] if amsgrad else rows[3], rows[-1], launch.keys,
-        *launch.table_args, launch.scalars(hyper), launch.scalars(per_tensor),
-        DECAY_MODE=mode, AMSGRAD=amsgrad, **launch.constexprs, num_warps=common.NUM_WARPS,
+        *launch.table_args, scalars, ROW=_ROW, AMSGRAD=amsgrad, **launch.constexprs, num_warps=common.NUM_WARPS,
     )  # fmt: skip

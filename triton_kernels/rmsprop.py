@@ -16,11 +16,11 @@ from fusedopt.triton_kernels import _common as common
 @triton.jit
 def rmsprop_update(
     p, g, square_avg, grad_avg, momentum_buffer,
-    grad_factor, weight_decay, alpha, alpha_complement, eps, momentum, lr,
-    WEIGHT_DECAY: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr,
+    grad_factor, weight_decay, alpha, alpha_complement, eps, momentum, lr, decays,
+    CENTERED: tl.constexpr, MOMENTUM: tl.constexpr,
 ):  # fmt: skip
     g = g * grad_factor
-    if WEIGHT_DECAY:
+    if decays:  # a runtime value: groups with and without weight decay share a launch
         g = g + weight_decay * p
     square_avg = square_avg * alpha + alpha_complement * g * g
     if CENTERED:
@@ -40,9 +40,9 @@ def rmsprop_update(
 @triton.jit
 def _rmsprop_block(
     param, master, key, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask,
-    grad_factor, weight_decay, alpha, alpha_complement, eps, momentum, lr,
-    COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr,
-    PARAM_MODE: tl.constexpr, MASKED: tl.constexpr,
+    grad_factor, weight_decay, alpha, alpha_complement, eps, momentum, lr, decays,
+    COMPUTE: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, PARAM_MODE: tl.constexpr,
+    MASKED: tl.constexpr,
 ):  # fmt: skip
     p = common.load_param(param, master, offsets, mask, MASKED, COMPUTE, PARAM_MODE)
     g = common.load(grad, offsets, mask, MASKED, COMPUTE)
@@ -55,7 +55,7 @@ def _rmsprop_block(
         momentum_buffer = common.load(momentum_buffers, offsets, mask, MASKED, COMPUTE)
     p, square_avg, grad_avg, momentum_buffer = rmsprop_update(
         p, g, square_avg, grad_avg, momentum_buffer, grad_factor, weight_decay, alpha, alpha_complement, eps,
-        momentum, lr, WEIGHT_DECAY, CENTERED, MOMENTUM,
+        momentum, lr, decays, CENTERED, MOMENTUM,
     )  # fmt: skip
     common.store_param(param, master, offsets, mask, p, key, MASKED, PARAM_MODE)
     common.store(square_avgs, offsets, mask, square_avg, MASKED)
@@ -71,10 +71,10 @@ def _rmsprop_kernel(
     master_table,  # float32 masters or int16 remainders (PARAM_MODE 2, 3)
     keys,  # per-tensor stochastic rounding keys (PARAM_MODE 1)
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
-    hyper,  # [grad_factor, weight_decay, alpha, 1 - alpha, eps, momentum, lr] in COMPUTE
-    PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
-    CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr,
-    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    scalars,  # a row per tensor, in COMPUTE: its group's hyperparameters
+    ROW: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, CENTERED: tl.constexpr,
+    MOMENTUM: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
     t, start, numel = common.block_of_program(block_tensor, block_start, numels, BLOCK)
     param = common.operand(param_table, t, PARAM, ALIGNED)
@@ -84,27 +84,38 @@ def _rmsprop_kernel(
     square_avgs = common.operand(square_avg_table, t, STATE, ALIGNED)
     grad_avgs = common.operand(grad_avg_table, t, STATE, ALIGNED)
     momentum_buffers = common.operand(momentum_buffer_table, t, STATE, ALIGNED)
-    grad_factor = tl.load(hyper + 0)
-    weight_decay = tl.load(hyper + 1)
-    alpha = tl.load(hyper + 2)
-    alpha_complement = tl.load(hyper + 3)
-    eps = tl.load(hyper + 4)
-    momentum = tl.load(hyper + 5)
-    lr = tl.load(hyper + 6)
+    row = scalars + t * ROW
+    grad_factor = tl.load(row + 0)
+    weight_decay = tl.load(row + 1)
+    alpha = tl.load(row + 2)
+    alpha_complement = tl.load(row + 3)
+    eps = tl.load(row + 4)
+    momentum = tl.load(row + 5)
+    lr = tl.load(row + 6)
+    decays = tl.load(row + 7) != 0
     offsets = start + tl.arange(0, BLOCK).to(tl.int64)
     mask = offsets < numel
     if start + BLOCK <= numel:
         _rmsprop_block(
             param, master, key, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask, grad_factor,
-            weight_decay, alpha, alpha_complement, eps, momentum, lr, COMPUTE, WEIGHT_DECAY, CENTERED, MOMENTUM,
+            weight_decay, alpha, alpha_complement, eps, momentum, lr, decays, COMPUTE, CENTERED, MOMENTUM,
             PARAM_MODE, False,
         )  # fmt: skip
     else:
         _rmsprop_block(
             param, master, key, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask, grad_factor,
-            weight_decay, alpha, alpha_complement, eps, momentum, lr, COMPUTE, WEIGHT_DECAY, CENTERED, MOMENTUM,
+            weight_decay, alpha, alpha_complement, eps, momentum, lr, decays, COMPUTE, CENTERED, MOMENTUM,
             PARAM_MODE, True,
         )  # fmt: skip
+
+
+_ROW = 8  # entries of a scalars row
+
+
+def _scalars_row(lr, alpha, eps, weight_decay, momentum, maximize, grad_factor) -> list[float]:
+    """fusedopt::make_rmsprop_scalars (csrc/include/fusedopt/update_rules.h), plus whether to decay."""
+    grad_factor = -grad_factor if maximize else grad_factor
+    return [grad_factor, weight_decay, alpha, 1 - alpha, eps, momentum, lr, float(weight_decay != 0)]
 
 
 def rmsprop(
@@ -115,43 +126,36 @@ def rmsprop(
     momentum_buffers: Sequence[torch.Tensor],
     state_steps: Sequence[torch.Tensor],
     *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
+    lr: list[float],
+    alpha: list[float],
+    eps: list[float],
+    weight_decay: list[float],
+    momentum: list[float],
+    maximize: list[bool],
+    group_sizes: list[int],
     centered: bool,
-    maximize: bool,
-    grad_factor: float = 1.0,
-    masters: Sequence[torch.Tensor] = (),
-    param_mode: int = 0,
-    rounding_seed: int = 0,
+    use_momentum: bool,
+    grad_factor: float,
+    masters: Sequence[torch.Tensor],
+    param_mode: int,
+    rounding_seed: int,
 ) -> None:
-    """One fused RMSprop step (the functional signature of fusedopt.reference.rmsprop)."""
+    """One fused RMSprop step over contiguous tensors on one device, of one or more param groups (the backends'
+    signature; see fusedopt/functional.py)."""
     if not params:
         return
     columns = (
-        [params, grads, square_avgs] + ([grad_avgs] if centered else []) + ([momentum_buffers] if momentum > 0 else [])
+        [params, grads, square_avgs] + ([grad_avgs] if centered else []) + ([momentum_buffers] if use_momentum else [])
     )
-    param_dtype, state_dtype = common.check_operands(params, *[c for i, c in enumerate(columns) if i != 1])
-    steps = common.advance_steps(state_steps)
-    device, compute = params[0].device, common.compute_dtype(param_dtype)
-    master_columns, keys, master_dtype = common.param_mode_operands(
-        params, masters, param_mode, steps, rounding_seed, device
-    )
-    table = common.launch_table(columns + master_columns, device)
-    if table.num_blocks == 0:
+    launch = common.prepare(columns, state_steps, masters, param_mode, rounding_seed, group_sizes)
+    if launch.table.num_blocks == 0:
         return
-    hyper = [(-grad_factor if maximize else grad_factor), weight_decay, alpha, 1 - alpha, eps, momentum, lr]
-    rows = list(table.addresses)
+    hyper = (lr, alpha, eps, weight_decay, momentum, maximize)
+    scalars = launch.per_tensor_scalars(lambda g, step: _scalars_row(*(values[g] for values in hyper), grad_factor))
+    rows = list(launch.table.addresses)
     grad_avg_row = rows[3] if centered else rows[2]
-    momentum_row = rows[2 + int(centered) + 1] if momentum > 0 else rows[2]
-    _rmsprop_kernel[(table.num_blocks,)](
-        rows[0], rows[1], rows[2], grad_avg_row, momentum_row, rows[-1], keys,
-        table.numels, table.block_tensor, table.block_start,
-        common.scalars_tensor(hyper, compute, device),
-        PARAM=common.TORCH_TO_TRITON[param_dtype], STATE=common.TORCH_TO_TRITON[state_dtype],
-        COMPUTE=common.TORCH_TO_TRITON[compute], WEIGHT_DECAY=weight_decay != 0, CENTERED=centered,
-        MOMENTUM=momentum > 0, PARAM_MODE=param_mode, MASTER=master_dtype, ALIGNED=table.aligned,
-        BLOCK=common.BLOCK, num_warps=common.NUM_WARPS,
+    momentum_row = rows[3 + int(centered)] if use_momentum else rows[2]
+    _rmsprop_kernel[launch.grid](
+        rows[0], rows[1], rows[2], grad_avg_row, momentum_row, rows[-1], launch.keys, *launch.table_args, scalars,
+        ROW=_ROW, CENTERED=centered, MOMENTUM=use_momentum, **launch.constexprs, num_warps=common.NUM_WARPS,
     )  # fmt: skip

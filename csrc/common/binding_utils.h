@@ -1,12 +1,23 @@
-// csrc/common/binding_utils.h -- what the CPU and CUDA bindings share: dtype mapping and step counters.
-// Includes torch; kernel translation units never include this file.
+// csrc/common/binding_utils.h -- what the CPU and CUDA bindings share: dtype mapping, step counters, and the
+// per-tensor scalars of a launch that spans several param groups. Includes torch; kernel translation units never
+// include this file.
+//
+// NOTE [param groups in one launch]: one launch updates the tensors of every param group that shares a launch
+// signature (device, dtypes, state layout, parameter mode), not one launch per group as torch.optim's fused
+// kernels do. Tensors come group after group, group_sizes[g] of them for group g, and every hyperparameter comes
+// as one value per group. Each tensor gets its own scalars, made from its group's values and its own step, and its
+// own weight decay mode, so the usual "no weight decay for biases and norms" group shares the launch of the
+// decayed weights.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "fusedopt/storage_type.h"
+#include "fusedopt/update_rules.h"
 
 namespace fusedopt::binding {
 
@@ -51,6 +62,142 @@ inline std::vector<double> advance_steps(const TensorList& steps) {
     }
   }
   return values;
+}
+
+// Which param group each tensor of a launch belongs to (NOTE [param groups in one launch]).
+class GroupIndex {
+ public:
+  GroupIndex(const std::vector<int64_t>& group_sizes, size_t num_tensors, const char* backend)
+      : num_groups_(group_sizes.size()), backend_(backend) {
+    group_of_.reserve(num_tensors);
+    for (size_t g = 0; g < group_sizes.size(); ++g) {
+      TORCH_CHECK(group_sizes[g] >= 0, "fusedopt ", backend, " backend: group_sizes[", g, "] is negative");
+      group_of_.insert(group_of_.end(), static_cast<size_t>(group_sizes[g]), static_cast<int32_t>(g));
+      TORCH_CHECK(group_of_.size() <= num_tensors, "fusedopt ", backend, " backend: group_sizes add up to more than ",
+                  "the ", num_tensors, " params");
+    }
+    TORCH_CHECK(group_of_.size() == num_tensors, "fusedopt ", backend, " backend: group_sizes add up to ",
+                group_of_.size(), " but there are ", num_tensors, " params");
+  }
+
+  int32_t operator[](size_t tensor) const { return group_of_[tensor]; }
+
+  // Checks that a hyperparameter has one value per group.
+  template <typename T>
+  void check(const std::vector<T>& values, const char* name) const {
+    TORCH_CHECK(values.size() == num_groups_, "fusedopt ", backend_, " backend: ", name, " has ", values.size(),
+                " values for ", num_groups_, " param groups");
+  }
+
+ private:
+  std::vector<int32_t> group_of_;
+  size_t num_groups_;
+  const char* backend_;
+};
+
+struct AdamHyperparameters {
+  std::vector<double> lr, beta1, beta2, weight_decay, eps;
+  std::vector<bool> maximize, decoupled;
+};
+
+struct RmspropHyperparameters {
+  std::vector<double> lr, alpha, eps, weight_decay, momentum;
+  std::vector<bool> maximize;
+};
+
+struct AdagradHyperparameters {
+  std::vector<double> lr, lr_decay, weight_decay, eps;
+  std::vector<bool> maximize;
+};
+
+// Checks that every hyperparameter has one value per group; call before advancing any step counter.
+inline void check_per_group(const GroupIndex& groups, const AdamHyperparameters& h) {
+  groups.check(h.lr, "lr");
+  groups.check(h.beta1, "beta1");
+  groups.check(h.beta2, "beta2");
+  groups.check(h.weight_decay, "weight_decay");
+  groups.check(h.eps, "eps");
+  groups.check(h.maximize, "maximize");
+  groups.check(h.decoupled, "decoupled");
+}
+
+inline void check_per_group(const GroupIndex& groups, const RmspropHyperparameters& h) {
+  groups.check(h.lr, "lr");
+  groups.check(h.alpha, "alpha");
+  groups.check(h.eps, "eps");
+  groups.check(h.weight_decay, "weight_decay");
+  groups.check(h.momentum, "momentum");
+  groups.check(h.maximize, "maximize");
+}
+
+inline void check_per_group(const GroupIndex& groups, const AdagradHyperparameters& h) {
+  groups.check(h.lr, "lr");
+  groups.check(h.lr_decay, "lr_decay");
+  groups.check(h.weight_decay, "weight_decay");
+  groups.check(h.eps, "eps");
+  groups.check(h.maximize, "maximize");
+}
+
+// Each tensor's weight decay mode: fusedopt::WeightDecayMode for Adam, 0 or 1 (without or with L2 decay) for
+// RMSprop and Adagrad. It depends on the hyperparameters only, so it is known before any step counter moves.
+inline std::vector<int32_t> decay_modes(const GroupIndex& groups, const AdamHyperparameters& h, size_t n) {
+  std::vector<int32_t> modes(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t g = groups[i];
+    const WeightDecayMode mode = h.weight_decay[g] == 0.0
+                                     ? WeightDecayMode::kNone
+                                     : (h.decoupled[g] ? WeightDecayMode::kDecoupled : WeightDecayMode::kL2);
+    modes[i] = static_cast<int32_t>(mode);
+  }
+  return modes;
+}
+
+template <typename Hyper>
+std::vector<int32_t> decay_modes(const GroupIndex& groups, const Hyper& h, size_t n) {
+  std::vector<int32_t> modes(n);
+  for (size_t i = 0; i < n; ++i) modes[i] = h.weight_decay[groups[i]] != 0.0;
+  return modes;
+}
+
+// Each tensor's scalars, from its group's hyperparameters and its new step count. Adam's bias corrections are
+// computed once per run of tensors with the same group and step (normally once per group).
+inline std::vector<AdamScalars<double>> per_tensor_scalars(const GroupIndex& groups, const AdamHyperparameters& h,
+                                                           const std::vector<double>& steps, double grad_factor) {
+  std::vector<AdamScalars<double>> scalars(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const int32_t g = groups[i];
+    if (i > 0 && groups[i - 1] == g && steps[i - 1] == steps[i]) {
+      scalars[i] = scalars[i - 1];
+    } else {
+      scalars[i] = make_adam_scalars(h.lr[g], h.beta1[g], h.beta2[g], h.eps[g], h.weight_decay[g], h.maximize[g],
+                                     steps[i], grad_factor);
+    }
+  }
+  return scalars;
+}
+
+inline std::vector<RmspropScalars<double>> per_tensor_scalars(const GroupIndex& groups,
+                                                              const RmspropHyperparameters& h,
+                                                              const std::vector<double>& steps, double grad_factor) {
+  std::vector<RmspropScalars<double>> scalars(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const int32_t g = groups[i];
+    scalars[i] = make_rmsprop_scalars(h.lr[g], h.alpha[g], h.eps[g], h.weight_decay[g], h.momentum[g], h.maximize[g],
+                                      grad_factor);
+  }
+  return scalars;
+}
+
+inline std::vector<AdagradScalars<double>> per_tensor_scalars(const GroupIndex& groups,
+                                                              const AdagradHyperparameters& h,
+                                                              const std::vector<double>& steps, double grad_factor) {
+  std::vector<AdagradScalars<double>> scalars(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const int32_t g = groups[i];
+    scalars[i] =
+        make_adagrad_scalars(h.lr[g], h.lr_decay[g], h.eps[g], h.weight_decay[g], h.maximize[g], steps[i], grad_factor);
+  }
+  return scalars;
 }
 
 }  // namespace fusedopt::binding

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../common/binding_utils.h"
+#include "../common/python_module.h"
 #include "fused_cpu.h"
 
 namespace fusedopt::cpu {
@@ -66,6 +67,7 @@ std::vector<TensorSlot> make_slots(const TensorList& params, const TensorList& g
     for (int k = 0; k < kMaxStateTensors; ++k) slot.state[k] = nullptr;
     slot.master = nullptr;
     slot.rounding_key = 0;
+    slot.decay_mode = 0;
     if (!masters.empty()) {
       const at::Tensor& master = masters[i];
       check_operand(master, param, "masters", i);
@@ -100,70 +102,69 @@ void set_rounding_keys(std::vector<TensorSlot>& slots, const std::vector<double>
   }
 }
 
-void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-          const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& steps, double lr,
-          double beta1, double beta2, double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled,
-          double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
-  TORCH_CHECK(!exp_avgs.empty() || params.empty(), "fusedopt CPU backend: exp_avgs missing");
-  TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == params.size(),
-              "fusedopt CPU backend: amsgrad needs one max_exp_avg_sq per param");
-  AdamLaunch launch{};
-  const TensorList none;
-  auto slots = make_slots(params, grads, {&exp_avgs, &exp_avg_sqs, amsgrad ? &max_exp_avg_sqs : &none}, masters,
-                          param_mode, launch.layout);
+// One optimizer step: checks everything (nothing is modified before the last check), advances the step
+// counters, fills the per-tensor scalars, decay modes and rounding keys, and runs `run(layout, scalars)`
+// without the GIL. `states` lists the state columns in slot order; an empty column marks an unused slot.
+template <typename Hyper, typename Run>
+void step(const TensorList& params, const TensorList& grads, const std::vector<const TensorList*>& states,
+          const TensorList& steps, const Hyper& hyper, const std::vector<int64_t>& group_sizes, double grad_factor,
+          const TensorList& masters, int64_t param_mode, int64_t rounding_seed, const Run& run) {
+  LaunchLayout layout{};
+  auto slots = make_slots(params, grads, states, masters, param_mode, layout);
+  const binding::GroupIndex groups(group_sizes, params.size(), "CPU");
+  binding::check_per_group(groups, hyper);
   check_steps(steps, params.size(), "CPU");
   const std::vector<double> step_values = advance_steps(steps);
   set_rounding_keys(slots, step_values, rounding_seed);
-  std::vector<AdamScalars<double>> scalars(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    scalars[i] = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, maximize, step_values[i], grad_factor);
-  }
-  launch.decay = weight_decay == 0.0 ? WeightDecayMode::kNone
-                                     : (decoupled ? WeightDecayMode::kDecoupled : WeightDecayMode::kL2);
-  launch.amsgrad = amsgrad;
-  launch.scalars = scalars.data();
+  const std::vector<int32_t> decay_modes = binding::decay_modes(groups, hyper, params.size());
+  for (size_t i = 0; i < slots.size(); ++i) slots[i].decay_mode = decay_modes[i];
+  const auto scalars = binding::per_tensor_scalars(groups, hyper, step_values, grad_factor);
   pybind11::gil_scoped_release no_gil;
-  adam_step(launch);
+  run(layout, scalars.data());
+}
+
+void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
+          const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& steps,
+          const binding::AdamHyperparameters& hyper, const std::vector<int64_t>& group_sizes, bool amsgrad,
+          double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
+  TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size(),
+              "fusedopt CPU backend: Adam needs one exp_avg and one exp_avg_sq per param");
+  TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == params.size(),
+              "fusedopt CPU backend: amsgrad needs one max_exp_avg_sq per param");
+  const TensorList none;
+  step(params, grads, {&exp_avgs, &exp_avg_sqs, amsgrad ? &max_exp_avg_sqs : &none}, steps, hyper, group_sizes,
+       grad_factor, masters, param_mode, rounding_seed,
+       [&](const LaunchLayout& layout, const AdamScalars<double>* scalars) {
+         adam_step(AdamLaunch{layout, amsgrad, scalars});
+       });
 }
 
 void rmsprop(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
-             const TensorList& grad_avgs, const TensorList& momentum_buffers, const TensorList& steps, double lr,
-             double alpha, double eps, double weight_decay, double momentum, bool centered, bool maximize,
-             double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
+             const TensorList& grad_avgs, const TensorList& momentum_buffers, const TensorList& steps,
+             const binding::RmspropHyperparameters& hyper, const std::vector<int64_t>& group_sizes, bool centered,
+             bool momentum, double grad_factor, const TensorList& masters, int64_t param_mode,
+             int64_t rounding_seed) {
+  TORCH_CHECK(square_avgs.size() == params.size(), "fusedopt CPU backend: RMSprop needs one square_avg per param");
   TORCH_CHECK(!centered || grad_avgs.size() == params.size(), "fusedopt CPU backend: centered needs grad_avgs");
-  TORCH_CHECK(momentum <= 0.0 || momentum_buffers.size() == params.size(),
+  TORCH_CHECK(!momentum || momentum_buffers.size() == params.size(),
               "fusedopt CPU backend: momentum needs momentum_buffers");
-  RmspropLaunch launch{};
   const TensorList none;
-  auto slots = make_slots(params, grads,
-                          {&square_avgs, centered ? &grad_avgs : &none, momentum > 0.0 ? &momentum_buffers : &none},
-                          masters, param_mode, launch.layout);
-  check_steps(steps, params.size(), "CPU");
-  set_rounding_keys(slots, advance_steps(steps), rounding_seed);
-  launch.weight_decay = weight_decay != 0.0;
-  launch.centered = centered;
-  launch.momentum = momentum > 0.0;
-  launch.scalars = make_rmsprop_scalars(lr, alpha, eps, weight_decay, momentum, maximize, grad_factor);
-  pybind11::gil_scoped_release no_gil;
-  rmsprop_step(launch);
+  step(params, grads, {&square_avgs, centered ? &grad_avgs : &none, momentum ? &momentum_buffers : &none}, steps,
+       hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed,
+       [&](const LaunchLayout& layout, const RmspropScalars<double>* scalars) {
+         rmsprop_step(RmspropLaunch{layout, centered, momentum, scalars});
+       });
 }
 
 void adagrad(const TensorList& params, const TensorList& grads, const TensorList& state_sums,
-             const TensorList& steps, double lr, double lr_decay, double weight_decay, double eps, bool maximize,
-             double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
-  AdagradLaunch launch{};
-  auto slots = make_slots(params, grads, {&state_sums}, masters, param_mode, launch.layout);
-  check_steps(steps, params.size(), "CPU");
-  const std::vector<double> step_values = advance_steps(steps);
-  set_rounding_keys(slots, step_values, rounding_seed);
-  std::vector<AdagradScalars<double>> scalars(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    scalars[i] = make_adagrad_scalars(lr, lr_decay, eps, weight_decay, maximize, step_values[i], grad_factor);
-  }
-  launch.weight_decay = weight_decay != 0.0;
-  launch.scalars = scalars.data();
-  pybind11::gil_scoped_release no_gil;
-  adagrad_step(launch);
+             const TensorList& steps, const binding::AdagradHyperparameters& hyper,
+             const std::vector<int64_t>& group_sizes, double grad_factor, const TensorList& masters,
+             int64_t param_mode, int64_t rounding_seed) {
+  TORCH_CHECK(state_sums.size() == params.size(), "fusedopt CPU backend: Adagrad needs one state_sum per param");
+  step(params, grads, {&state_sums}, steps, hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed,
+       [&](const LaunchLayout& layout, const AdagradScalars<double>* scalars) {
+         adagrad_step(AdagradLaunch{layout, scalars});
+       });
 }
 
 void stream(const TensorList& params, const TensorList& grads, const TensorList& states0, const TensorList& states1,
@@ -181,23 +182,9 @@ void stream(const TensorList& params, const TensorList& grads, const TensorList&
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
-  using TensorListDefault = std::vector<at::Tensor>;
   m.doc() = "fusedopt fused CPU optimizer kernels (OpenMP + SIMD)";
-  m.def("adam", &fusedopt::cpu::adam, "Fused Adam/AdamW step over a bucket of tensors", py::arg("params"),
-        py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"),
-        py::arg("steps"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"),
-        py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
-        py::arg("grad_factor") = 1.0, py::arg("masters") = TensorListDefault(), py::arg("param_mode") = 0,
-        py::arg("rounding_seed") = 0);
-  m.def("rmsprop", &fusedopt::cpu::rmsprop, "Fused RMSprop step over a bucket of tensors", py::arg("params"),
-        py::arg("grads"), py::arg("square_avgs"), py::arg("grad_avgs"), py::arg("momentum_buffers"),
-        py::arg("steps"), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"),
-        py::arg("momentum"), py::arg("centered"), py::arg("maximize"), py::arg("grad_factor") = 1.0,
-        py::arg("masters") = TensorListDefault(), py::arg("param_mode") = 0, py::arg("rounding_seed") = 0);
-  m.def("adagrad", &fusedopt::cpu::adagrad, "Fused Adagrad step over a bucket of tensors", py::arg("params"),
-        py::arg("grads"), py::arg("state_sums"), py::arg("steps"), py::arg("lr"), py::arg("lr_decay"),
-        py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"), py::arg("grad_factor") = 1.0,
-        py::arg("masters") = TensorListDefault(), py::arg("param_mode") = 0, py::arg("rounding_seed") = 0);
+  fusedopt::binding::define_optimizers<&fusedopt::cpu::adam, &fusedopt::cpu::rmsprop, &fusedopt::cpu::adagrad>(
+      m, "CPU tensors");
   m.def("stream", &fusedopt::cpu::stream,
         "Roofline for the benchmark: an optimizer step's loads and stores with one add per element",
         py::arg("params"), py::arg("grads"), py::arg("states0"), py::arg("states1"), py::arg("states2"));

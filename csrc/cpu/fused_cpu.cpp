@@ -189,9 +189,9 @@ struct AdamChunk {
   }
 
   template <bool kAmsgrad, typename Access>
-  static FUSEDOPT_ALWAYS_INLINE void with_amsgrad(const AdamLaunch& launch, const Access& param, const P* grad, S** state,
+  static FUSEDOPT_ALWAYS_INLINE void with_amsgrad(WeightDecayMode decay, const Access& param, const P* grad, S** state,
                                                   int64_t n, const AdamScalars<C>& s) {
-    switch (launch.decay) {
+    switch (decay) {
       case WeightDecayMode::kNone:
         return loop<WeightDecayMode::kNone, kAmsgrad, Access>(param, grad, state[0], state[1], state[2], n, s);
       case WeightDecayMode::kL2:
@@ -215,8 +215,9 @@ struct AdamChunk {
       state[k] = t.state[k] ? static_cast<S*>(t.state[k]) + chunk.begin : nullptr;
     }
     const int64_t n = chunk.end - chunk.begin;
-    if (launch.amsgrad) return with_amsgrad<true, Access>(launch, param, grad, state, n, s);
-    return with_amsgrad<false, Access>(launch, param, grad, state, n, s);
+    const auto decay = static_cast<WeightDecayMode>(t.decay_mode);
+    if (launch.amsgrad) return with_amsgrad<true, Access>(decay, param, grad, state, n, s);
+    return with_amsgrad<false, Access>(decay, param, grad, state, n, s);
   }
 };
 
@@ -271,14 +272,14 @@ struct RmspropChunk {
   template <typename Access>
   static FUSEDOPT_ALWAYS_INLINE void run_with(const RmspropLaunch& launch, const Chunk& chunk, const Access& param) {
     const TensorSlot& t = launch.layout.tensors[chunk.tensor];
-    const RmspropScalars<C> s = cast_scalars<C>(launch.scalars);
+    const RmspropScalars<C> s = cast_scalars<C>(launch.scalars[chunk.tensor]);
     const P* grad = static_cast<const P*>(t.grad) + chunk.begin;
     S* state[kMaxStateTensors];
     for (int k = 0; k < kMaxStateTensors; ++k) {
       state[k] = t.state[k] ? static_cast<S*>(t.state[k]) + chunk.begin : nullptr;
     }
     const int64_t n = chunk.end - chunk.begin;
-    if (launch.weight_decay) return with_decay<true, Access>(launch, param, grad, state, n, s);
+    if (t.decay_mode != 0) return with_decay<true, Access>(launch, param, grad, state, n, s);
     return with_decay<false, Access>(launch, param, grad, state, n, s);
   }
 };
@@ -317,7 +318,7 @@ struct AdagradChunk {
     const P* grad = static_cast<const P*>(t.grad) + chunk.begin;
     S* sum = static_cast<S*>(t.state[0]) + chunk.begin;
     const int64_t n = chunk.end - chunk.begin;
-    if (launch.weight_decay) return loop<true, Access>(param, grad, sum, n, s);
+    if (t.decay_mode != 0) return loop<true, Access>(param, grad, sum, n, s);
     return loop<false, Access>(param, grad, sum, n, s);
   }
 };

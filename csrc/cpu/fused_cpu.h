@@ -24,6 +24,7 @@ struct TensorSlot {
   void* state[kMaxStateTensors];
   void* master;           // float32 master (ParamMode::kMaster) or int16 remainder (kRemainder), else null
   uint32_t rounding_key;  // NOTE [stochastic rounding] (kStochastic)
+  int32_t decay_mode;     // fusedopt::WeightDecayMode for Adam; 0/1 (without/with L2 decay) for RMSprop, Adagrad
   int64_t numel;
 };
 
@@ -37,11 +38,13 @@ struct LaunchLayout {
   int num_threads;
 };
 
-// Adam/AdamW. state = {exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad only)}; scalars has one entry per tensor
-// because each tensor's bias correction follows its own step count.
+// Every launch has one scalars entry per tensor: the tensors may come from several param groups (NOTE [param
+// groups in one launch] in csrc/common/binding_utils.h), and bias corrections and decayed learning rates follow
+// each tensor's own step count.
+
+// Adam/AdamW. state = {exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad only)}.
 struct AdamLaunch {
   LaunchLayout layout;
-  WeightDecayMode decay;
   bool amsgrad;
   const AdamScalars<double>* scalars;
 };
@@ -49,16 +52,14 @@ struct AdamLaunch {
 // RMSprop. state = {square_avg, grad_avg (centered only), momentum_buffer (momentum > 0 only)}.
 struct RmspropLaunch {
   LaunchLayout layout;
-  bool weight_decay;
   bool centered;
   bool momentum;
-  RmspropScalars<double> scalars;
+  const RmspropScalars<double>* scalars;
 };
 
-// Adagrad. state = {sum}; one scalars entry per tensor (the decayed lr follows the tensor's step).
+// Adagrad. state = {sum}.
 struct AdagradLaunch {
   LaunchLayout layout;
-  bool weight_decay;
   const AdagradScalars<double>* scalars;
 };
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../common/binding_utils.h"
+#include "../common/python_module.h"
 #include "fused_cuda.h"
 
 namespace fusedopt::cuda {
@@ -21,6 +22,7 @@ namespace {
 
 using binding::advance_steps;
 using binding::check_steps;
+using binding::Sizes;
 using binding::TensorList;
 
 constexpr size_t kMaxCachedTables = 64;
@@ -53,10 +55,11 @@ at::Tensor upload(const std::vector<T>& values, const at::Device& device) {
 }
 
 // Checks every operand (nothing is modified here) and returns the bucket's launch tables, from the cache when
-// no operand has moved. `states` lists the state columns in slot order; `decay_mode` is stored per tensor.
+// no operand has moved. `states` lists the state columns in slot order; `decay_modes` has each tensor's weight
+// decay mode (empty: none), part of the cached table.
 LaunchTables tables_for(const TensorList& params, const TensorList& grads,
-                        const std::vector<const TensorList*>& states, int32_t decay_mode, const TensorList& masters,
-                        int64_t param_mode) {
+                        const std::vector<const TensorList*>& states, const std::vector<int32_t>& decay_modes,
+                        const TensorList& masters, int64_t param_mode) {
   const size_t n = params.size();
   TORCH_CHECK(n > 0, "fusedopt CUDA backend: no params");
   TORCH_CHECK(grads.size() == n, "fusedopt CUDA backend: got ", n, " params but ", grads.size(), " grads");
@@ -80,9 +83,11 @@ LaunchTables tables_for(const TensorList& params, const TensorList& grads,
   const bool needs_masters = mode == ParamMode::kMaster || mode == ParamMode::kRemainder;
   TORCH_CHECK(masters.size() == (needs_masters ? n : 0), "fusedopt CUDA backend: parameter mode ", param_mode,
               " needs ", needs_masters ? n : 0, " master tensors, got ", masters.size());
+  TORCH_CHECK(decay_modes.empty() || decay_modes.size() == n, "fusedopt CUDA backend: ", decay_modes.size(),
+              " weight decay modes for ", n, " params");
   std::vector<int64_t> key = {device.index(), static_cast<int64_t>(param_type), static_cast<int64_t>(state_type),
-                              decay_mode, param_mode};
-  key.reserve(4 + n * (3 + states.size()));
+                              param_mode};
+  key.reserve(4 + n * (4 + states.size()));
   auto check = [&](const at::Tensor& t, const at::Tensor& param, at::ScalarType dtype, const char* role, size_t i) {
     TORCH_CHECK(t.device() == device, "fusedopt CUDA backend: ", role, "[", i, "] is on ", t.device(), ", expected ",
                 device);
@@ -101,6 +106,7 @@ LaunchTables tables_for(const TensorList& params, const TensorList& grads,
   }
   for (size_t i = 0; i < n; ++i) {
     key.push_back(params[i].numel());
+    key.push_back(decay_modes.empty() ? 0 : decay_modes[i]);
     check(params[i], params[i], param_dtype, "params", i);
     check(grads[i], params[i], param_dtype, "grads", i);
     for (const TensorList* column : states) check((*column)[i], params[i], state_dtype, "state", i);
@@ -129,7 +135,7 @@ LaunchTables tables_for(const TensorList& params, const TensorList& grads,
     if (entry.master) aligned = aligned && reinterpret_cast<uintptr_t>(entry.master) % kVectorAlignment == 0;
     entry.numel = params[i].numel();
     entry.aligned = aligned;
-    entry.decay_mode = decay_mode;
+    entry.decay_mode = decay_modes.empty() ? 0 : decay_modes[i];
     for (int64_t start = 0; start < entry.numel; start += kChunkElements) {
       chunks.push_back({start, static_cast<int64_t>(i)});
     }
@@ -165,65 +171,59 @@ at::Tensor attach_rounding_keys(LaunchTables& tables, const std::vector<double>&
   return device_keys;
 }
 
-void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-          const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& steps, double lr,
-          double beta1, double beta2, double weight_decay, double eps, bool amsgrad, bool maximize, bool decoupled,
-          double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
+// One optimizer step: checks everything (nothing is modified before the last check), advances the step
+// counters, uploads the per-tensor scalars and launches `launch(tables, scalars)` on the current stream.
+template <typename Hyper, typename Launch>
+void step(const TensorList& params, const TensorList& grads, const std::vector<const TensorList*>& states,
+          const TensorList& steps, const Hyper& hyper, const Sizes& group_sizes, double grad_factor,
+          const TensorList& masters, int64_t param_mode, int64_t rounding_seed, const Launch& launch) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
-  const WeightDecayMode decay = weight_decay == 0.0 ? WeightDecayMode::kNone
-                                                    : (decoupled ? WeightDecayMode::kDecoupled : WeightDecayMode::kL2);
-  std::vector<const TensorList*> states = {&exp_avgs, &exp_avg_sqs};
-  if (amsgrad) states.push_back(&max_exp_avg_sqs);
-  LaunchTables tables = tables_for(params, grads, states, static_cast<int32_t>(decay), masters, param_mode);
+  const binding::GroupIndex groups(group_sizes, params.size(), "CUDA");
+  binding::check_per_group(groups, hyper);
   check_steps(steps, params.size(), "CUDA");
+  LaunchTables tables = tables_for(params, grads, states, binding::decay_modes(groups, hyper, params.size()), masters,
+                                   param_mode);
   const std::vector<double> step_values = advance_steps(steps);
   const at::Tensor keys = attach_rounding_keys(tables, step_values, rounding_seed, params[0].device());
-  std::vector<AdamScalars<double>> scalars(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    scalars[i] = make_adam_scalars(lr, beta1, beta2, eps, weight_decay, maximize, step_values[i], grad_factor);
-  }
-  const at::Tensor device_scalars = upload(scalars, params[0].device());
-  C10_CUDA_CHECK(launch_adam(tables, amsgrad, static_cast<const AdamScalars<double>*>(device_scalars.data_ptr()),
-                             at::cuda::getCurrentCUDAStream()));
+  const at::Tensor scalars =
+      upload(binding::per_tensor_scalars(groups, hyper, step_values, grad_factor), params[0].device());
+  C10_CUDA_CHECK(launch(tables, scalars.data_ptr(), at::cuda::getCurrentCUDAStream()));
+}
+
+void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
+          const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& steps,
+          const binding::AdamHyperparameters& hyper, const Sizes& group_sizes, bool amsgrad, double grad_factor,
+          const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
+  std::vector<const TensorList*> states = {&exp_avgs, &exp_avg_sqs};
+  if (amsgrad) states.push_back(&max_exp_avg_sqs);
+  step(params, grads, states, steps, hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed,
+       [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
+         return launch_adam(tables, amsgrad, static_cast<const AdamScalars<double>*>(scalars), stream);
+       });
 }
 
 void rmsprop(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
-             const TensorList& grad_avgs, const TensorList& momentum_buffers, const TensorList& steps, double lr,
-             double alpha, double eps, double weight_decay, double momentum, bool centered, bool maximize,
+             const TensorList& grad_avgs, const TensorList& momentum_buffers, const TensorList& steps,
+             const binding::RmspropHyperparameters& hyper, const Sizes& group_sizes, bool centered, bool momentum,
              double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
-  if (params.empty()) return;
-  const c10::cuda::CUDAGuard guard(params[0].device());
   std::vector<const TensorList*> states = {&square_avgs};
   if (centered) states.push_back(&grad_avgs);
-  if (momentum > 0.0) states.push_back(&momentum_buffers);
-  LaunchTables tables = tables_for(params, grads, states, weight_decay != 0.0, masters, param_mode);
-  check_steps(steps, params.size(), "CUDA");
-  const at::Tensor keys = attach_rounding_keys(tables, advance_steps(steps), rounding_seed, params[0].device());
-  const std::vector<RmspropScalars<double>> scalars = {
-      make_rmsprop_scalars(lr, alpha, eps, weight_decay, momentum, maximize, grad_factor)};
-  const at::Tensor device_scalars = upload(scalars, params[0].device());
-  C10_CUDA_CHECK(launch_rmsprop(tables, centered, momentum > 0.0,
-                                static_cast<const RmspropScalars<double>*>(device_scalars.data_ptr()),
-                                at::cuda::getCurrentCUDAStream()));
+  if (momentum) states.push_back(&momentum_buffers);
+  step(params, grads, states, steps, hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed,
+       [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
+         return launch_rmsprop(tables, centered, momentum, static_cast<const RmspropScalars<double>*>(scalars),
+                               stream);
+       });
 }
 
 void adagrad(const TensorList& params, const TensorList& grads, const TensorList& state_sums,
-             const TensorList& steps, double lr, double lr_decay, double weight_decay, double eps, bool maximize,
+             const TensorList& steps, const binding::AdagradHyperparameters& hyper, const Sizes& group_sizes,
              double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
-  if (params.empty()) return;
-  const c10::cuda::CUDAGuard guard(params[0].device());
-  LaunchTables tables = tables_for(params, grads, {&state_sums}, weight_decay != 0.0, masters, param_mode);
-  check_steps(steps, params.size(), "CUDA");
-  const std::vector<double> step_values = advance_steps(steps);
-  const at::Tensor keys = attach_rounding_keys(tables, step_values, rounding_seed, params[0].device());
-  std::vector<AdagradScalars<double>> scalars(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    scalars[i] = make_adagrad_scalars(lr, lr_decay, eps, weight_decay, maximize, step_values[i], grad_factor);
-  }
-  const at::Tensor device_scalars = upload(scalars, params[0].device());
-  C10_CUDA_CHECK(launch_adagrad(tables, static_cast<const AdagradScalars<double>*>(device_scalars.data_ptr()),
-                                at::cuda::getCurrentCUDAStream()));
+  step(params, grads, {&state_sums}, steps, hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed,
+       [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
+         return launch_adagrad(tables, static_cast<const AdagradScalars<double>*>(scalars), stream);
+       });
 }
 
 void stream(const TensorList& params, const TensorList& grads, const std::vector<TensorList>& states) {
@@ -232,7 +232,7 @@ void stream(const TensorList& params, const TensorList& grads, const std::vector
   const c10::cuda::CUDAGuard guard(params[0].device());
   std::vector<const TensorList*> columns;
   for (const TensorList& column : states) columns.push_back(&column);
-  const LaunchTables tables = tables_for(params, grads, columns, 0, {}, 0);
+  const LaunchTables tables = tables_for(params, grads, columns, {}, {}, 0);
   C10_CUDA_CHECK(launch_stream(tables, static_cast<int>(states.size()), at::cuda::getCurrentCUDAStream()));
 }
 
@@ -241,23 +241,9 @@ void stream(const TensorList& params, const TensorList& grads, const std::vector
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
-  using TensorListDefault = std::vector<at::Tensor>;
-  m.doc() = "fusedopt fused CUDA optimizer kernels (one launch per bucket)";
-  m.def("adam", &fusedopt::cuda::adam, "Fused Adam/AdamW step over a bucket of CUDA tensors", py::arg("params"),
-        py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"),
-        py::arg("steps"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"),
-        py::arg("eps"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
-        py::arg("grad_factor") = 1.0, py::arg("masters") = TensorListDefault(), py::arg("param_mode") = 0,
-        py::arg("rounding_seed") = 0);
-  m.def("rmsprop", &fusedopt::cuda::rmsprop, "Fused RMSprop step over a bucket of CUDA tensors", py::arg("params"),
-        py::arg("grads"), py::arg("square_avgs"), py::arg("grad_avgs"), py::arg("momentum_buffers"),
-        py::arg("steps"), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"),
-        py::arg("momentum"), py::arg("centered"), py::arg("maximize"), py::arg("grad_factor") = 1.0,
-        py::arg("masters") = TensorListDefault(), py::arg("param_mode") = 0, py::arg("rounding_seed") = 0);
-  m.def("adagrad", &fusedopt::cuda::adagrad, "Fused Adagrad step over a bucket of CUDA tensors", py::arg("params"),
-        py::arg("grads"), py::arg("state_sums"), py::arg("steps"), py::arg("lr"), py::arg("lr_decay"),
-        py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"), py::arg("grad_factor") = 1.0,
-        py::arg("masters") = TensorListDefault(), py::arg("param_mode") = 0, py::arg("rounding_seed") = 0);
+  m.doc() = "fusedopt fused CUDA optimizer kernels (one launch per device, dtype and state layout)";
+  fusedopt::binding::define_optimizers<&fusedopt::cuda::adam, &fusedopt::cuda::rmsprop, &fusedopt::cuda::adagrad>(
+      m, "CUDA tensors");
   m.def("stream", &fusedopt::cuda::stream, "Roofline: a step's loads and stores with one add per element",
         py::arg("params"), py::arg("grads"), py::arg("states"));
 }

@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   using C = device_compute_t<P>;
   constexpr int kStates = 1 + kCentered + kMomentum;
   const ChunkBounds chunk = this_chunk(tables);
-  const RmspropScalars<C> s = cast_scalars<C>(scalars[0]);
+  const RmspropScalars<C> s = cast_scalars<C>(scalars[chunk.index]);
   if (chunk.tensor.decay_mode != 0) {
     return update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
                                        RmspropElement<C, true, kCentered, kMomentum>{s});

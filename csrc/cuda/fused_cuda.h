@@ -1,10 +1,12 @@
 // csrc/cuda/fused_cuda.h -- launch interface of the fused CUDA kernels; no torch headers, so nvcc alone can
 // check the kernels (CI compiles fused_cuda.cu for sm_80 and sm_90 without a GPU).
 //
-// NOTE [cuda multi-tensor launch]: one launch updates every tensor of a bucket. The binding keeps, per bucket,
-// a device table of TensorEntry (addresses, size, alignment) and ChunkEntry (which tensor and which
-// kChunkElements-long slice each CTA updates), cached and rebuilt only when an operand changes address. The
-// per-tensor scalars (bias corrections follow each tensor's step) are a small table copied each step.
+// NOTE [cuda multi-tensor launch]: one launch updates every tensor of a device and dtype, across all param groups
+// that share a state layout and parameter mode (NOTE [param groups in one launch] in csrc/common/binding_utils.h).
+// The binding keeps a device table of TensorEntry (addresses, size, alignment, weight decay mode) and ChunkEntry
+// (which tensor and which kChunkElements-long slice each CTA updates), cached and rebuilt only when an operand
+// changes address. The per-tensor scalars (each tensor's group hyperparameters, with bias corrections that follow
+// its own step) are a small table copied each step.
 // Unlike torch's fused kernels (at most 36 tensors per launch, chunk lists rebuilt every step), any number of
 // tensors share one launch and nothing is rebuilt while addresses hold.
 #pragma once
@@ -49,7 +51,8 @@ struct LaunchTables {
   ParamMode param_mode;
 };
 
-// Each returns the launch's cudaError_t (cudaGetLastError right after the launch).
+// Each returns the launch's cudaError_t (cudaGetLastError right after the launch). `scalars` has one entry per
+// tensor of the table.
 cudaError_t launch_adam(const LaunchTables& tables, bool amsgrad, const AdamScalars<double>* scalars,
                         cudaStream_t stream);
 cudaError_t launch_rmsprop(const LaunchTables& tables, bool centered, bool momentum,
