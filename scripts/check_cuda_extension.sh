@@ -5,6 +5,7 @@
 # requirements-cuda-ci.txt into .venv-cuda (about 5.5 GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$(pwd)
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda-13.0}
 VENV=.venv-cuda
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
@@ -20,3 +21,4 @@ cd "$build"
 CUDA_HOME=$CUDA_HOME CPATH=$nvidia/include LIBRARY_PATH=$nvidia/lib FUSEDOPT_WERROR=1 FUSEDOPT_SKIP_CPU_BUILD=1 \
   "$python_bin" setup.py --quiet build_ext --inplace
 "$python_bin" -c "import torch, fusedopt._cuda_ext as ext; assert callable(ext.adam); print('CUDA extension built and imported against torch', torch.__version__)"
+PYTHONPATH=$build "$python_bin" "$repo/scripts/cuda_binding_signature_check.py"

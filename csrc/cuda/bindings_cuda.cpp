@@ -54,6 +54,12 @@ at::Tensor upload(const std::vector<T>& values, const at::Device& device) {
   return host.to(device, /*non_blocking=*/true);
 }
 
+// Before a device guard is made: CUDAGuard itself rejects other devices, with a less helpful message.
+void check_on_cuda(const at::Tensor& param) {
+  TORCH_CHECK(param.device().is_cuda(), "fusedopt CUDA backend: params are on ", param.device(),
+              ", expected a CUDA device");
+}
+
 // Checks every operand (nothing is modified here) and returns the bucket's launch tables, from the cache when
 // no operand has moved. `states` lists the state columns in slot order; `decay_modes` has each tensor's weight
 // decay mode (empty: none), part of the cached table.
@@ -178,6 +184,7 @@ void step(const TensorList& params, const TensorList& grads, const std::vector<c
           const TensorList& steps, const Hyper& hyper, const Sizes& group_sizes, double grad_factor,
           const TensorList& masters, int64_t param_mode, int64_t rounding_seed, const Launch& launch) {
   if (params.empty()) return;
+  check_on_cuda(params[0]);
   const c10::cuda::CUDAGuard guard(params[0].device());
   const binding::GroupIndex groups(group_sizes, params.size(), "CUDA");
   binding::check_per_group(groups, hyper);
@@ -229,6 +236,7 @@ void adagrad(const TensorList& params, const TensorList& grads, const TensorList
 void stream(const TensorList& params, const TensorList& grads, const std::vector<TensorList>& states) {
   if (params.empty()) return;
   TORCH_CHECK(states.size() <= kMaxStateTensors, "fusedopt CUDA backend: at most 3 state lists");
+  check_on_cuda(params[0]);
   const c10::cuda::CUDAGuard guard(params[0].device());
   std::vector<const TensorList*> columns;
   for (const TensorList& column : states) columns.push_back(&column);
