@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from fusedopt import _rounding, backends, clip
+from fusedopt import _rounding, _step_plan, backends, clip, functional
 from fusedopt._tensors import bucket_by_device_and_dtype, local_tensor, state_views
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128)
@@ -134,6 +134,8 @@ class FusedOptimizer(Optimizer):
         self.error_if_nonfinite = error_if_nonfinite
         #: The total gradient norm of the last step (a tensor), when max_grad_norm is set.
         self.last_grad_norm: Tensor | None = None
+        #: NOTE [step plan] (fusedopt/_step_plan.py): the operands of the last regular step, kept in C++.
+        self._step_plan: _step_plan.StepPlan | None = None
         super().__init__(params, defaults)
 
     # --- what subclasses provide ------------------------------------------------------------------------------
@@ -141,14 +143,33 @@ class FusedOptimizer(Optimizer):
         """Names of the per-parameter state tensors this group needs, in torch.optim's order, with fill values."""
         raise NotImplementedError
 
+    #: The functional API's (and the kernel modules') name of this optimizer's update.
+    _kernel: ClassVar[str]
+
     def _launch_signature(self, group: dict[str, Any]) -> tuple:
         """What param groups must agree on to share one fused call (the state tensors the kernel reads)."""
         return ()
 
+    def _state_columns(self, launch: LaunchGroup) -> list[list[Tensor]]:
+        """The state lists of the functional call, in its order; [] for a list the call does not use."""
+        raise NotImplementedError
+
+    def _hyperparameters(self, launch: LaunchGroup) -> dict[str, Any]:
+        """The functional call's hyperparameters: one value per group, and the launch's flags."""
+        raise NotImplementedError
+
     def _update(self, launch: LaunchGroup, backend: backends.Backend, grad_factor: float) -> None:
         """One fused call updating `launch.params` (all with grads and state) with their groups' settings,
         multiplying every gradient by `grad_factor` as it is read (NOTE [grad factor])."""
-        raise NotImplementedError
+        getattr(functional, self._kernel)(
+            launch.params,
+            launch.grads,
+            *self._state_columns(launch),
+            launch.column("step"),
+            **self._hyperparameters(launch),
+            backend=backend,
+            **self._common_kwargs(launch, grad_factor),
+        )
 
     # --- backend ----------------------------------------------------------------------------------------------
     @property
@@ -165,6 +186,7 @@ class FusedOptimizer(Optimizer):
         return backend
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.__dict__["_step_plan"] = None  # add_param_group runs inside Optimizer.__init__ too
         first_new = len(self.param_groups)
         super().add_param_group(param_group)
         try:
@@ -302,15 +324,26 @@ class FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        step_plan = self._step_plan
+        if step_plan is not None and step_plan.is_current(self):
+            # NOTE [step plan]: the grads are checked in C++; a step the plan cannot take runs the regular path.
+            grad_factor = self._grad_factor([])
+            if grad_factor is None or step_plan.run(self, grad_factor):
+                return loss
+        self._step_plan = None
         plan = self._plan_step()
         grad_factor = self._grad_factor(plan)
         if grad_factor is None:
             return loss
+        launches = []
         for parts in self._launches(plan):
             for group, bucket in parts:
                 self._ensure_state(group, bucket)
             launch = LaunchGroup(self, parts)
-            self._update(launch, self._backend_for(local_tensor(launch.params[0]).device), grad_factor)
+            backend = self._backend_for(local_tensor(launch.params[0]).device)
+            self._update(launch, backend, grad_factor)
+            launches.append((launch, backend))
+        self._step_plan = _step_plan.StepPlan.build(self, launches)
         return loss
 
     def _launches(self, plan: list[tuple[dict[str, Any], list[list[Tensor]]]]):
@@ -329,6 +362,15 @@ class FusedOptimizer(Optimizer):
                 )
                 launches.setdefault(key, []).append((group, bucket))
         return launches.values()
+
+    def _plan_signature(self, group: dict[str, Any]) -> tuple:
+        """The settings of a group that decide how its parameters split into fused calls (NOTE [step plan])."""
+        return (
+            self._launch_signature(group),
+            group.get("state_dtype"),
+            group.get("master_weights"),
+            group.get("stochastic_rounding"),
+        )
 
     def _grad_factor(self, plan: list[tuple[dict[str, Any], list[list[Tensor]]]]) -> float | None:
         """The factor every gradient is multiplied by as it is read: GradScaler's 1/scale times the clip
@@ -357,6 +399,7 @@ class FusedOptimizer(Optimizer):
         self.__dict__.setdefault("error_if_nonfinite", False)
         self.__dict__.setdefault("last_grad_norm", None)
         self.__dict__.setdefault("rounding_seed", 0)
+        self._step_plan = None
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -367,6 +410,7 @@ class FusedOptimizer(Optimizer):
         torch.optim's loader casts every state tensor to its parameter's dtype; fusedopt then copies the state
         from the checkpoint's own tensors instead, so float32 state of bfloat16 params (state_dtype=) survives.
         """
+        self._step_plan = None
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         own_params = [p for group in self.param_groups for p in group["params"]]
         originals = {p: state_dict["state"][i] for i, p in zip(saved_ids, own_params) if i in state_dict["state"]}

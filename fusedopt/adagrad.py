@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fusedopt import backends, functional
 from fusedopt._optimizer import FusedOptimizer, LaunchGroup, check_lr, check_torch_only_flags
 from fusedopt._tensors import bucket_by_device_and_dtype
 
@@ -21,6 +20,7 @@ class Adagrad(FusedOptimizer):
     :class:`fusedopt.Adam`.
     """
 
+    _kernel = "adagrad"
     sparse_grad_message = (
         "fusedopt.Adagrad does not support sparse gradients; use torch.optim.Adagrad for sparse embeddings"
     )
@@ -93,17 +93,14 @@ class Adagrad(FusedOptimizer):
             for p in group["params"]:
                 self.state[p]["sum"].share_memory_()
 
-    def _update(self, launch: LaunchGroup, backend: backends.Backend, grad_factor: float) -> None:
-        functional.adagrad(
-            launch.params,
-            launch.grads,
-            launch.column("sum"),
-            launch.column("step"),
-            lr=launch.values("lr"),
-            lr_decay=launch.values("lr_decay"),
-            weight_decay=launch.values("weight_decay"),
-            eps=launch.values("eps"),
-            maximize=launch.flags("maximize"),
-            backend=backend,
-            **self._common_kwargs(launch, grad_factor),
-        )
+    def _state_columns(self, launch: LaunchGroup) -> list[list[Tensor]]:
+        return [launch.column("sum")]
+
+    def _hyperparameters(self, launch: LaunchGroup) -> dict[str, Any]:
+        return {
+            "lr": launch.values("lr"),
+            "lr_decay": launch.values("lr_decay"),
+            "weight_decay": launch.values("weight_decay"),
+            "eps": launch.values("eps"),
+            "maximize": launch.flags("maximize"),
+        }

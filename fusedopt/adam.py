@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fusedopt import backends, functional
 from fusedopt._optimizer import FusedOptimizer, LaunchGroup, check_lr, check_torch_only_flags
 
 
@@ -41,6 +40,7 @@ class Adam(FusedOptimizer):
     """
 
     sparse_grad_message = "Adam does not support sparse gradients, please consider SparseAdam instead"
+    _kernel = "adam"
 
     def __init__(
         self,
@@ -101,26 +101,22 @@ class Adam(FusedOptimizer):
     def _launch_signature(self, group: dict[str, Any]) -> tuple:
         return (bool(group["amsgrad"]),)
 
-    def _update(self, launch: LaunchGroup, backend: backends.Backend, grad_factor: float) -> None:
+    def _state_columns(self, launch: LaunchGroup) -> list[list[Tensor]]:
         amsgrad = bool(launch.groups[0]["amsgrad"])
-        functional.adam(
-            launch.params,
-            launch.grads,
-            launch.column("exp_avg"),
-            launch.column("exp_avg_sq"),
-            launch.column("max_exp_avg_sq") if amsgrad else [],
-            launch.column("step"),
-            lr=launch.values("lr"),
-            beta1=launch.values("betas", 0),
-            beta2=launch.values("betas", 1),
-            weight_decay=launch.values("weight_decay"),
-            eps=launch.values("eps"),
-            amsgrad=amsgrad,
-            maximize=launch.flags("maximize"),
-            decoupled=launch.flags("decoupled_weight_decay"),
-            backend=backend,
-            **self._common_kwargs(launch, grad_factor),
-        )
+        max_exp_avg_sqs = launch.column("max_exp_avg_sq") if amsgrad else []
+        return [launch.column("exp_avg"), launch.column("exp_avg_sq"), max_exp_avg_sqs]
+
+    def _hyperparameters(self, launch: LaunchGroup) -> dict[str, Any]:
+        return {
+            "lr": launch.values("lr"),
+            "beta1": launch.values("betas", 0),
+            "beta2": launch.values("betas", 1),
+            "weight_decay": launch.values("weight_decay"),
+            "eps": launch.values("eps"),
+            "maximize": launch.flags("maximize"),
+            "decoupled": launch.flags("decoupled_weight_decay"),
+            "amsgrad": bool(launch.groups[0]["amsgrad"]),
+        }
 
 
 class AdamW(Adam):

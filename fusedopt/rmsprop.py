@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fusedopt import backends, functional
 from fusedopt._optimizer import FusedOptimizer, LaunchGroup, check_lr, check_torch_only_flags, scalar
 
 
@@ -18,6 +17,7 @@ class RMSprop(FusedOptimizer):
     ``foreach`` is accepted for drop-in compatibility and ignored. ``backend`` as in :class:`fusedopt.Adam`.
     """
 
+    _kernel = "rmsprop"
     sparse_grad_message = "RMSprop does not support sparse gradients"
 
     def __init__(
@@ -88,22 +88,21 @@ class RMSprop(FusedOptimizer):
     def _launch_signature(self, group: dict[str, Any]) -> tuple:
         return (bool(group["centered"]), scalar(group["momentum"]) > 0)
 
-    def _update(self, launch: LaunchGroup, backend: backends.Backend, grad_factor: float) -> None:
+    def _state_columns(self, launch: LaunchGroup) -> list[list[Tensor]]:
         centered, use_momentum = self._launch_signature(launch.groups[0])
-        functional.rmsprop(
-            launch.params,
-            launch.grads,
+        return [
             launch.column("square_avg"),
             launch.column("grad_avg") if centered else [],
             launch.column("momentum_buffer") if use_momentum else [],
-            launch.column("step"),
-            lr=launch.values("lr"),
-            alpha=launch.values("alpha"),
-            eps=launch.values("eps"),
-            weight_decay=launch.values("weight_decay"),
-            momentum=launch.values("momentum"),
-            centered=centered,
-            maximize=launch.flags("maximize"),
-            backend=backend,
-            **self._common_kwargs(launch, grad_factor),
-        )
+        ]
+
+    def _hyperparameters(self, launch: LaunchGroup) -> dict[str, Any]:
+        return {
+            "lr": launch.values("lr"),
+            "alpha": launch.values("alpha"),
+            "eps": launch.values("eps"),
+            "weight_decay": launch.values("weight_decay"),
+            "momentum": launch.values("momentum"),
+            "maximize": launch.flags("maximize"),
+            "centered": bool(launch.groups[0]["centered"]),
+        }

@@ -2,8 +2,8 @@
 csrc/common/binding_utils.h): which groups share a call, that the shared call computes what separate calls
 compute, and the functional API's group_sizes.
 
-Calls are counted at the backend boundary (the kernel module's entry points); every backend makes exactly one
-kernel launch per call (tests/test_triton.py and tests/test_cuda.py count the launches themselves).
+Calls are counted at the backend boundary (the kernel module's entry points, regular and planned); every backend
+makes exactly one kernel launch per call (tests/test_triton.py and tests/test_cuda.py count the launches themselves).
 """
 
 from __future__ import annotations
@@ -21,16 +21,24 @@ SHAPES = [(7,), (33,), (5, 3), (1,), (100,), (2, 2)]
 
 
 class CountingModule:
-    """Stands in for a kernel module and records the group sizes of every call it forwards."""
+    """Stands in for a kernel module and records the group sizes of every optimizer call it forwards, regular or
+    planned (NOTE [step plan]: a planned call's group sizes are those its StepOperands were made with)."""
 
     def __init__(self, module):
-        self._module, self.calls = module, []
+        self._module, self.calls, self._planned_sizes = module, [], {}
 
     def __getattr__(self, name):
         function = getattr(self._module, name)
 
         def call(*args, **kwargs):
-            self.calls.append((name, kwargs.get("group_sizes")))
+            if name == "StepOperands":
+                operands = function(*args, **kwargs)
+                self._planned_sizes[id(operands)] = list(args[4])
+                return operands
+            if name.endswith("_planned"):
+                self.calls.append((name, self._planned_sizes[id(args[0])]))
+            elif name != "stream":
+                self.calls.append((name, kwargs.get("group_sizes")))
             return function(*args, **kwargs)
 
         return call

@@ -34,32 +34,38 @@ void check_operand(const at::Tensor& tensor, const at::Tensor& param, const char
 }
 
 // Checks every operand and returns the kernel's view of them. `states` lists the state tensor lists in slot
-// order; an empty list marks a slot the mode does not use.
+// order; an empty list marks a slot the mode does not use. With `planned`, the per-tensor checks are skipped:
+// StepOperands checked the operands when the plan was made and params and grads at this step (NOTE [step plan]).
 std::vector<TensorSlot> make_slots(const TensorList& params, const TensorList& grads,
                                    const std::vector<const TensorList*>& states, const TensorList& masters,
-                                   int64_t param_mode, LaunchLayout& layout) {
+                                   int64_t param_mode, bool planned, LaunchLayout& layout) {
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n, "fusedopt CPU backend: got ", n, " params but ", grads.size(), " grads");
   for (const TensorList* state : states) {
     TORCH_CHECK(state->empty() || state->size() == n, "fusedopt CPU backend: got ", n, " params but ",
                 state->size(), " tensors of one state");
   }
-  layout.param_type = StorageType::kFloat32;
-  layout.state_type = StorageType::kFloat32;
   TORCH_CHECK(param_mode >= 0 && param_mode <= static_cast<int64_t>(ParamMode::kRemainder),
               "fusedopt CPU backend: invalid param_mode ", param_mode);
   layout.param_mode = static_cast<ParamMode>(param_mode);
   const bool needs_masters = layout.param_mode == ParamMode::kMaster || layout.param_mode == ParamMode::kRemainder;
   TORCH_CHECK(masters.size() == (needs_masters ? n : 0), "fusedopt CPU backend: parameter mode ", param_mode,
               " needs ", needs_masters ? n : 0, " master tensors, got ", masters.size());
+  layout.param_type = n > 0 ? storage_type_of(params[0], "param") : StorageType::kFloat32;
+  const bool has_state = !states.empty() && !states[0]->empty();
+  layout.state_type = n > 0 && has_state ? storage_type_of((*states[0])[0], "state") : layout.param_type;
+  const auto master_dtype = layout.param_mode == ParamMode::kRemainder ? at::kShort : at::kFloat;
   std::vector<TensorSlot> slots(n);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& param = params[i];
-    const StorageType param_type = storage_type_of(param, "param");
-    TORCH_CHECK(grads[i].scalar_type() == param.scalar_type(), "fusedopt CPU backend: grads[", i, "] has dtype ",
-                grads[i].scalar_type(), " but its parameter has ", param.scalar_type());
-    check_operand(param, param, "params", i);
-    check_operand(grads[i], param, "grads", i);
+    if (!planned) {
+      TORCH_CHECK_TYPE(storage_type_of(param, "param") == layout.param_type,
+                       "fusedopt CPU backend: all params of one call must share a dtype");
+      TORCH_CHECK(grads[i].scalar_type() == param.scalar_type(), "fusedopt CPU backend: grads[", i, "] has dtype ",
+                  grads[i].scalar_type(), " but its parameter has ", param.scalar_type());
+      check_operand(param, param, "params", i);
+      check_operand(grads[i], param, "grads", i);
+    }
     TensorSlot& slot = slots[i];
     slot.param = param.data_ptr();
     slot.grad = grads[i].data_ptr();
@@ -70,23 +76,23 @@ std::vector<TensorSlot> make_slots(const TensorList& params, const TensorList& g
     slot.decay_mode = 0;
     if (!masters.empty()) {
       const at::Tensor& master = masters[i];
-      check_operand(master, param, "masters", i);
-      const auto expected = layout.param_mode == ParamMode::kRemainder ? at::kShort : at::kFloat;
-      TORCH_CHECK_TYPE(master.scalar_type() == expected, "fusedopt CPU backend: masters[", i, "] has dtype ",
-                       master.scalar_type(), ", expected ", expected);
+      if (!planned) {
+        check_operand(master, param, "masters", i);
+        TORCH_CHECK_TYPE(master.scalar_type() == master_dtype, "fusedopt CPU backend: masters[", i, "] has dtype ",
+                         master.scalar_type(), ", expected ", master_dtype);
+      }
       slot.master = master.data_ptr();
     }
     for (size_t k = 0; k < states.size(); ++k) {
       if (states[k]->empty()) continue;
       const at::Tensor& state = (*states[k])[i];
-      check_operand(state, param, "state", i);
-      const StorageType state_type = storage_type_of(state, "state");
-      if (i == 0 && k == 0) layout.state_type = state_type;
-      TORCH_CHECK_TYPE(state_type == layout.state_type, "fusedopt CPU backend: all state of one call must share a dtype");
+      if (!planned) {
+        check_operand(state, param, "state", i);
+        TORCH_CHECK_TYPE(storage_type_of(state, "state") == layout.state_type,
+                         "fusedopt CPU backend: all state of one call must share a dtype");
+      }
       slot.state[k] = state.data_ptr();
     }
-    if (i == 0) layout.param_type = param_type;
-    TORCH_CHECK_TYPE(param_type == layout.param_type, "fusedopt CPU backend: all params of one call must share a dtype");
   }
   check_layout(layout);
   layout.tensors = slots.data();
@@ -108,14 +114,14 @@ void set_rounding_keys(std::vector<TensorSlot>& slots, const std::vector<double>
 template <typename Hyper, typename Run>
 void step(const TensorList& params, const TensorList& grads, const std::vector<const TensorList*>& states,
           const TensorList& steps, const Hyper& hyper, const std::vector<int64_t>& group_sizes, double grad_factor,
-          const TensorList& masters, int64_t param_mode, int64_t rounding_seed, const Run& run) {
+          const TensorList& masters, int64_t param_mode, int64_t rounding_seed, bool planned, const Run& run) {
   LaunchLayout layout{};
-  auto slots = make_slots(params, grads, states, masters, param_mode, layout);
+  auto slots = make_slots(params, grads, states, masters, param_mode, planned, layout);
   const binding::GroupIndex groups(group_sizes, params.size(), "CPU");
   binding::check_per_group(groups, hyper);
-  check_steps(steps, params.size(), "CPU");
+  if (!planned) check_steps(steps, params.size(), "CPU");
   const std::vector<double> step_values = advance_steps(steps);
-  set_rounding_keys(slots, step_values, rounding_seed);
+  if (layout.param_mode == ParamMode::kStochastic) set_rounding_keys(slots, step_values, rounding_seed);
   const std::vector<int32_t> decay_modes = binding::decay_modes(groups, hyper, params.size());
   for (size_t i = 0; i < slots.size(); ++i) slots[i].decay_mode = decay_modes[i];
   const auto scalars = binding::per_tensor_scalars(groups, hyper, step_values, grad_factor);
@@ -126,14 +132,14 @@ void step(const TensorList& params, const TensorList& grads, const std::vector<c
 void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
           const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& steps,
           const binding::AdamHyperparameters& hyper, const std::vector<int64_t>& group_sizes, bool amsgrad,
-          double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
+          double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed, bool planned) {
   TORCH_CHECK(exp_avgs.size() == params.size() && exp_avg_sqs.size() == params.size(),
               "fusedopt CPU backend: Adam needs one exp_avg and one exp_avg_sq per param");
   TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == params.size(),
               "fusedopt CPU backend: amsgrad needs one max_exp_avg_sq per param");
   const TensorList none;
   step(params, grads, {&exp_avgs, &exp_avg_sqs, amsgrad ? &max_exp_avg_sqs : &none}, steps, hyper, group_sizes,
-       grad_factor, masters, param_mode, rounding_seed,
+       grad_factor, masters, param_mode, rounding_seed, planned,
        [&](const LaunchLayout& layout, const AdamScalars<double>* scalars) {
          adam_step(AdamLaunch{layout, amsgrad, scalars});
        });
@@ -143,14 +149,14 @@ void rmsprop(const TensorList& params, const TensorList& grads, const TensorList
              const TensorList& grad_avgs, const TensorList& momentum_buffers, const TensorList& steps,
              const binding::RmspropHyperparameters& hyper, const std::vector<int64_t>& group_sizes, bool centered,
              bool momentum, double grad_factor, const TensorList& masters, int64_t param_mode,
-             int64_t rounding_seed) {
+             int64_t rounding_seed, bool planned) {
   TORCH_CHECK(square_avgs.size() == params.size(), "fusedopt CPU backend: RMSprop needs one square_avg per param");
   TORCH_CHECK(!centered || grad_avgs.size() == params.size(), "fusedopt CPU backend: centered needs grad_avgs");
   TORCH_CHECK(!momentum || momentum_buffers.size() == params.size(),
               "fusedopt CPU backend: momentum needs momentum_buffers");
   const TensorList none;
   step(params, grads, {&square_avgs, centered ? &grad_avgs : &none, momentum ? &momentum_buffers : &none}, steps,
-       hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed,
+       hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed, planned,
        [&](const LaunchLayout& layout, const RmspropScalars<double>* scalars) {
          rmsprop_step(RmspropLaunch{layout, centered, momentum, scalars});
        });
@@ -159,9 +165,9 @@ void rmsprop(const TensorList& params, const TensorList& grads, const TensorList
 void adagrad(const TensorList& params, const TensorList& grads, const TensorList& state_sums,
              const TensorList& steps, const binding::AdagradHyperparameters& hyper,
              const std::vector<int64_t>& group_sizes, double grad_factor, const TensorList& masters,
-             int64_t param_mode, int64_t rounding_seed) {
+             int64_t param_mode, int64_t rounding_seed, bool planned) {
   TORCH_CHECK(state_sums.size() == params.size(), "fusedopt CPU backend: Adagrad needs one state_sum per param");
-  step(params, grads, {&state_sums}, steps, hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed,
+  step(params, grads, {&state_sums}, steps, hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed, planned,
        [&](const LaunchLayout& layout, const AdagradScalars<double>* scalars) {
          adagrad_step(AdagradLaunch{layout, scalars});
        });
@@ -170,7 +176,7 @@ void adagrad(const TensorList& params, const TensorList& grads, const TensorList
 void stream(const TensorList& params, const TensorList& grads, const TensorList& states0, const TensorList& states1,
             const TensorList& states2) {
   StreamLaunch launch{};
-  const auto slots = make_slots(params, grads, {&states0, &states1, &states2}, {}, 0, launch.layout);
+  const auto slots = make_slots(params, grads, {&states0, &states1, &states2}, {}, 0, false, launch.layout);
   launch.num_states = static_cast<int>(!states0.empty()) + !states1.empty() + !states2.empty();
   TORCH_CHECK(launch.num_states == 0 || !states0.empty(), "fusedopt CPU backend: fill state lists in order");
   pybind11::gil_scoped_release no_gil;

@@ -65,7 +65,7 @@ void check_on_cuda(const at::Tensor& param) {
 // decay mode (empty: none), part of the cached table.
 LaunchTables tables_for(const TensorList& params, const TensorList& grads,
                         const std::vector<const TensorList*>& states, const std::vector<int32_t>& decay_modes,
-                        const TensorList& masters, int64_t param_mode) {
+                        const TensorList& masters, int64_t param_mode, bool planned) {
   const size_t n = params.size();
   TORCH_CHECK(n > 0, "fusedopt CUDA backend: no params");
   TORCH_CHECK(grads.size() == n, "fusedopt CUDA backend: got ", n, " params but ", grads.size(), " grads");
@@ -94,7 +94,12 @@ LaunchTables tables_for(const TensorList& params, const TensorList& grads,
   std::vector<int64_t> key = {device.index(), static_cast<int64_t>(param_type), static_cast<int64_t>(state_type),
                               param_mode};
   key.reserve(4 + n * (4 + states.size()));
+  // With `planned`, StepOperands has checked the operands (NOTE [step plan]); only the cache key is built.
   auto check = [&](const at::Tensor& t, const at::Tensor& param, at::ScalarType dtype, const char* role, size_t i) {
+    if (planned) {
+      key.push_back(reinterpret_cast<int64_t>(t.data_ptr()));
+      return;
+    }
     TORCH_CHECK(t.device() == device, "fusedopt CUDA backend: ", role, "[", i, "] is on ", t.device(), ", expected ",
                 device);
     TORCH_CHECK(t.is_contiguous(), "fusedopt CUDA backend: ", role, "[", i, "] must be contiguous");
@@ -182,15 +187,15 @@ at::Tensor attach_rounding_keys(LaunchTables& tables, const std::vector<double>&
 template <typename Hyper, typename Launch>
 void step(const TensorList& params, const TensorList& grads, const std::vector<const TensorList*>& states,
           const TensorList& steps, const Hyper& hyper, const Sizes& group_sizes, double grad_factor,
-          const TensorList& masters, int64_t param_mode, int64_t rounding_seed, const Launch& launch) {
+          const TensorList& masters, int64_t param_mode, int64_t rounding_seed, bool planned, const Launch& launch) {
   if (params.empty()) return;
   check_on_cuda(params[0]);
   const c10::cuda::CUDAGuard guard(params[0].device());
   const binding::GroupIndex groups(group_sizes, params.size(), "CUDA");
   binding::check_per_group(groups, hyper);
-  check_steps(steps, params.size(), "CUDA");
+  if (!planned) check_steps(steps, params.size(), "CUDA");
   LaunchTables tables = tables_for(params, grads, states, binding::decay_modes(groups, hyper, params.size()), masters,
-                                   param_mode);
+                                   param_mode, planned);
   const std::vector<double> step_values = advance_steps(steps);
   const at::Tensor keys = attach_rounding_keys(tables, step_values, rounding_seed, params[0].device());
   const at::Tensor scalars =
@@ -201,10 +206,10 @@ void step(const TensorList& params, const TensorList& grads, const std::vector<c
 void adam(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
           const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& steps,
           const binding::AdamHyperparameters& hyper, const Sizes& group_sizes, bool amsgrad, double grad_factor,
-          const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
+          const TensorList& masters, int64_t param_mode, int64_t rounding_seed, bool planned) {
   std::vector<const TensorList*> states = {&exp_avgs, &exp_avg_sqs};
   if (amsgrad) states.push_back(&max_exp_avg_sqs);
-  step(params, grads, states, steps, hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed,
+  step(params, grads, states, steps, hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed, planned,
        [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
          return launch_adam(tables, amsgrad, static_cast<const AdamScalars<double>*>(scalars), stream);
        });
@@ -213,11 +218,12 @@ void adam(const TensorList& params, const TensorList& grads, const TensorList& e
 void rmsprop(const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
              const TensorList& grad_avgs, const TensorList& momentum_buffers, const TensorList& steps,
              const binding::RmspropHyperparameters& hyper, const Sizes& group_sizes, bool centered, bool momentum,
-             double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
+             double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed,
+             bool planned) {
   std::vector<const TensorList*> states = {&square_avgs};
   if (centered) states.push_back(&grad_avgs);
   if (momentum) states.push_back(&momentum_buffers);
-  step(params, grads, states, steps, hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed,
+  step(params, grads, states, steps, hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed, planned,
        [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
          return launch_rmsprop(tables, centered, momentum, static_cast<const RmspropScalars<double>*>(scalars),
                                stream);
@@ -226,8 +232,9 @@ void rmsprop(const TensorList& params, const TensorList& grads, const TensorList
 
 void adagrad(const TensorList& params, const TensorList& grads, const TensorList& state_sums,
              const TensorList& steps, const binding::AdagradHyperparameters& hyper, const Sizes& group_sizes,
-             double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
-  step(params, grads, {&state_sums}, steps, hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed,
+             double grad_factor, const TensorList& masters, int64_t param_mode, int64_t rounding_seed,
+             bool planned) {
+  step(params, grads, {&state_sums}, steps, hyper, group_sizes, grad_factor, masters, param_mode, rounding_seed, planned,
        [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
          return launch_adagrad(tables, static_cast<const AdagradScalars<double>*>(scalars), stream);
        });
@@ -240,7 +247,7 @@ void stream(const TensorList& params, const TensorList& grads, const std::vector
   const c10::cuda::CUDAGuard guard(params[0].device());
   std::vector<const TensorList*> columns;
   for (const TensorList& column : states) columns.push_back(&column);
-  const LaunchTables tables = tables_for(params, grads, columns, {}, {}, 0);
+  const LaunchTables tables = tables_for(params, grads, columns, {}, {}, 0, false);
   C10_CUDA_CHECK(launch_stream(tables, static_cast<int>(states.size()), at::cuda::getCurrentCUDAStream()));
 }
 

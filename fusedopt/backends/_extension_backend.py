@@ -21,6 +21,11 @@ class ExtensionBackend:
     def adagrad(self, *operands, **hyperparameters) -> None:
         self._extension().adagrad(*operands, **hyperparameters)
 
+    def planned_module(self) -> types.ModuleType | None:
+        """The kernel module when it takes operands kept across steps (NOTE [step plan]), else None."""
+        module = self._extension()
+        return module if hasattr(module, "StepOperands") else None
+
     def stream(self, params, grads, states) -> None:
         """The benchmark's roofline: the step's loads and stores, one add per element."""
         self._extension().stream(params, grads, [list(column) for column in states])

@@ -1,0 +1,83 @@
+"""The step plan: the operands of every fused call of a step, kept in C++ so that later steps skip the Python walk
+over param groups. See NOTE [step plan] in csrc/common/step_operands.h.
+
+A plan is made after each regular step whose calls all went to a compiled backend (cpu, cuda) with plain,
+contiguous, real tensors (no DTensor shards, complex views or non-contiguous proxies) and without max_grad_norm
+(the clip norm reads every grad in Python anyway). The next step uses it when nothing it was made from has
+changed, which is checked in O(number of groups) here:
+- the param groups (the same group dicts, params lists and lengths, and the settings that split groups into
+  calls: amsgrad, centered, momentum on/off, state_dtype, master_weights, stochastic_rounding),
+- the optimizer's state dict object and its length (load_state_dict, state.clear() and `del state[p]` change
+  them, and every fusedopt method that replaces state drops the plan);
+and, in C++, that every planned parameter has a usable grad and every other parameter still has none.
+Hyperparameters (lr from schedulers, betas, weight decay, ...) and GradScaler's scale are read at every step.
+
+Not detected, as documented in the README: replacing a parameter inside a group's params list by assignment, or
+assigning a new tensor to optimizer.state[p][name] by hand (in-place changes such as zero_() are fine). After
+such surgery, call optimizer.load_state_dict(optimizer.state_dict()) or start a new optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fusedopt import functional
+
+
+def _plan_key(optimizer) -> tuple:
+    groups = tuple(
+        (id(group), id(group["params"]), len(group["params"]), optimizer._plan_signature(group))
+        for group in optimizer.param_groups
+    )
+    return (id(optimizer.state), len(optimizer.state), optimizer.max_grad_norm, groups)
+
+
+class StepPlan:
+    def __init__(self, key: tuple, calls: list[tuple[Any, Any, Any]]) -> None:
+        self._key = key
+        self._calls = calls  # (launch, planned function, StepOperands)
+
+    @classmethod
+    def build(cls, optimizer, launches: list[tuple[Any, Any]]) -> StepPlan | None:
+        """The plan of a regular step's calls (LaunchGroup, backend), or None when it cannot have one."""
+        if not launches or optimizer.max_grad_norm is not None:
+            return None
+        planned = {id(p) for launch, _ in launches for p in launch.params}
+        absent = [p for group in optimizer.param_groups for p in group["params"] if id(p) not in planned]
+        if not all(functional._is_kernel_ready(p) for p in absent):
+            return None
+        calls = []
+        for launch, backend in launches:
+            module = getattr(backend, "planned_module", lambda: None)()
+            if module is None:
+                return None
+            columns = optimizer._state_columns(launch)
+            common = optimizer._common_kwargs(launch, 1.0)
+            tensors = [launch.params, *columns, common["masters"]]
+            if not all(functional._is_kernel_ready(t) for column in tensors for t in column):
+                return None
+            operands = module.StepOperands(
+                launch.params, columns, launch.column("step"), common["masters"], launch.group_sizes,
+                common["param_mode"], absent if not calls else [],
+            )  # fmt: skip
+            calls.append((launch, getattr(module, f"{optimizer._kernel}_planned"), operands))
+        return cls(_plan_key(optimizer), calls)
+
+    def is_current(self, optimizer) -> bool:
+        return _plan_key(optimizer) == self._key
+
+    def run(self, optimizer, grad_factor: float) -> bool:
+        """One step over the planned operands; False, with nothing modified, when a grad does not fit the plan."""
+        operands = [call[2] for call in self._calls]
+        try:
+            if not all(o.gather_grads() for o in operands):
+                return False
+            for launch, function, ops in self._calls:
+                function(
+                    ops, **optimizer._hyperparameters(launch), grad_factor=grad_factor,
+                    rounding_seed=optimizer.rounding_seed,
+                )  # fmt: skip
+            return True
+        finally:
+            for o in operands:
+                o.release_grads()

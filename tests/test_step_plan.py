@@ -1,0 +1,180 @@
+"""The step plan (NOTE [step plan] in csrc/common/step_operands.h): after a regular step, later steps run from
+operands kept in C++. Every test compares a planned optimizer with a twin that is forced onto the regular path
+at every step, bit for bit, through the events that must invalidate or bypass the plan."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+from helpers import FUSED_CLASSES, SECOND_GROUP
+
+import fusedopt
+from fusedopt import functional
+
+SHAPES = [(7,), (33,), (5, 3), (1,), (100,), (4, 4)]
+OPTIMIZERS = {
+    "AdamW": dict(lr=1e-2),
+    "Adam": dict(lr=1e-2, amsgrad=True, weight_decay=0.1),
+    "RMSprop": dict(lr=1e-3, momentum=0.9, centered=True),
+    "Adagrad": dict(lr=1e-2, lr_decay=0.01),
+}
+
+
+def _twins(name, dtype=torch.float32, **kwargs):
+    generator = torch.Generator().manual_seed(7)
+    params = [torch.nn.Parameter(torch.randn(s, generator=generator).to(dtype)) for s in SHAPES]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    groups = lambda ps: [{"params": ps[:3]}, {"params": ps[3:], **SECOND_GROUP[name]}]  # noqa: E731
+    options = {**OPTIMIZERS[name], **kwargs}
+    return (FUSED_CLASSES[name](groups(params), backend="cpu", **options), params), (
+        FUSED_CLASSES[name](groups(twins), backend="cpu", **options),
+        twins,
+    )
+
+
+def _step_both(planned, regular, grads):
+    for (optimizer, params), force_regular in ((planned, False), (regular, True)):
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.clone().to(p.dtype)
+        if force_regular:
+            optimizer._step_plan = None
+        optimizer.step()
+
+
+def _assert_identical(planned, regular):
+    (a, params), (b, twins) = planned, regular
+    for i, (p, q) in enumerate(zip(params, twins)):
+        assert torch.equal(p, q), f"param {i}"
+        assert a.state[p].keys() == b.state[q].keys()
+        for key, value in b.state[q].items():
+            assert torch.equal(a.state[p][key], value), f"state {key} of param {i}"
+
+
+def _grads(generator, params):
+    return [torch.randn(p.shape, generator=generator) for p in params]
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_plan_matches_regular_steps_through_changes(name):
+    planned, regular = _twins(name)
+    optimizer, params = planned
+    generator = torch.Generator().manual_seed(3)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1 / (1 + s)) for o in (optimizer, regular[0])]
+    for step in range(14):
+        grads = _grads(generator, params)
+        if step in (3, 4):
+            grads[1] = None  # a parameter without a grad: the plan steps aside, then a new one is made
+        if step == 6:
+            for o in (optimizer, regular[0]):
+                o.param_groups[1]["weight_decay"] = 0.0  # read at every step: the plan stays
+        if step == 8:
+            for o in (optimizer, regular[0]):
+                o.load_state_dict(o.state_dict())
+        if step == 10:
+            grads[0] = grads[0].expand(2, *grads[0].shape)[1]  # non-contiguous view: the regular path copies it
+        _step_both(planned, regular, grads)
+        for s in schedulers:
+            s.step()
+        _assert_identical(planned, regular)
+    assert optimizer._step_plan is not None
+
+
+@pytest.mark.parametrize(
+    "mode", [dict(master_weights=True), dict(master_weights="remainder"), dict(stochastic_rounding=True)]
+)
+def test_plan_matches_regular_steps_in_mixed_precision(mode):
+    planned, regular = _twins("AdamW", torch.bfloat16, state_dtype=torch.float32, **mode)
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+        _assert_identical(planned, regular)
+
+
+def test_steady_steps_skip_the_python_walk(monkeypatch):
+    """Once planned, a step makes no functional call: one native call per fused launch and nothing else."""
+    (optimizer, params), _ = _twins("AdamW")
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    calls = []
+    monkeypatch.setattr(functional, "adam", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(type(optimizer), "_plan_step", lambda self: pytest.fail("regular path taken"))
+    for _ in range(3):
+        optimizer.step()
+    assert calls == []
+
+
+def test_plan_is_remade_when_groups_change():
+    (optimizer, params), _ = _twins("Adam")
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    first = optimizer._step_plan
+    optimizer.param_groups[1]["amsgrad"] = False  # changes what the kernel reads
+    optimizer.step()
+    assert optimizer._step_plan is not None and optimizer._step_plan is not first
+    extra = torch.nn.Parameter(torch.randn(3))
+    extra.grad = torch.randn(3)
+    second = optimizer._step_plan
+    optimizer.add_param_group({"params": [extra]})
+    optimizer.step()
+    assert optimizer._step_plan is not second
+    assert float(optimizer.state[extra]["step"]) == 1.0
+
+
+def test_a_bad_grad_after_planning_raises_torchs_error_and_changes_nothing():
+    (optimizer, params), _ = _twins("AdamW")
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    optimizer.step()
+    before = [p.detach().clone() for p in params]
+    params[2].grad = torch.randn(5, 3).to_sparse()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        optimizer.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert all(float(optimizer.state[p]["step"]) == 2.0 for p in params)
+
+
+def test_found_inf_skips_a_planned_step():
+    (optimizer, params), _ = _twins("AdamW")
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    before = [p.detach().clone() for p in params]
+    optimizer.found_inf = torch.tensor(1.0)
+    optimizer.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert all(float(optimizer.state[p]["step"]) == 1.0 for p in params)
+
+
+def test_the_plan_holds_no_grads():
+    """zero_grad(set_to_none=True) must free the grads: the plan drops them at the end of every step."""
+    (optimizer, params), _ = _twins("AdamW")
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+    watched = weakref.ref(params[0].grad)
+    optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    assert watched() is None
+
+
+def test_no_plan_for_clipping_or_the_reference_backend():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    params[0].grad = torch.randn(3)
+    clipped = fusedopt.AdamW(params, backend="cpu", max_grad_norm=1.0)
+    clipped.step()
+    assert clipped._step_plan is None
+    reference = fusedopt.AdamW(params, backend="reference")
+    reference.step()
+    assert reference._step_plan is None
+    complex_param = [torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))]
+    complex_param[0].grad = torch.randn(3, dtype=torch.complex64)
+    as_real = fusedopt.AdamW(complex_param, backend="cpu")
+    as_real.step()
+    assert as_real._step_plan is None
