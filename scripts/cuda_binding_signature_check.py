@@ -52,10 +52,26 @@ def main() -> None:
         params, ones, ones, steps, lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, maximize=False,
         backend=backend,
     ))  # fmt: skip
+    # The planned twins (NOTE [step plan]), with the keyword arguments the optimizers' _hyperparameters() give.
+    ext = backend.planned_module()
+    leaves = [torch.nn.Parameter(p.clone()) for p in params]
+    for leaf in leaves:
+        leaf.grad = torch.ones_like(leaf)
+    for kernel, columns, hyper in (
+        ("adam", [ones, ones, []], dict(two_groups, amsgrad=False)),
+        ("rmsprop", [ones, [], ones], dict(lr=[1e-2] * 2, alpha=[0.99] * 2, eps=[1e-8] * 2, weight_decay=[0.0] * 2,
+                                           momentum=[0.9] * 2, maximize=[False] * 2, centered=False)),
+        ("adagrad", [ones], dict(lr=[1e-2] * 2, lr_decay=[0.0] * 2, weight_decay=[0.0] * 2, eps=[1e-10] * 2,
+                                 maximize=[False] * 2)),
+    ):  # fmt: skip
+        operands = ext.StepOperands(leaves, columns, steps, [], [1, 1], 0, [])
+        assert operands.gather_grads()
+        planned = getattr(ext, f"{kernel}_planned")
+        expect_device_error(lambda: planned(operands, **hyper, grad_factor=1.0, rounding_seed=0))
     stream_states = _tensors.state_views(params, 0.0)
     expect_device_error(lambda: backend.stream(params, ones, [stream_states]))
     assert all(torch.equal(p, b) for p, b in zip(params, before)) and all(float(s) == 0 for s in steps)
-    print("CUDA binding signatures match fusedopt.functional (adam, rmsprop, adagrad, stream)")
+    print("CUDA binding signatures match fusedopt.functional and the step plan (adam, rmsprop, adagrad, stream)")
 
 
 if __name__ == "__main__":
