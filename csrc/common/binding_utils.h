@@ -1,6 +1,5 @@
-// csrc/common/binding_utils.h -- what the CPU and CUDA bindings share: dtype mapping, step counters, and the
-// per-tensor scalars of a launch that spans several param groups. Includes torch; kernel translation units never
-// include this file.
+// csrc/common/binding_utils.h -- what the CPU and CUDA bindings share: dtype mapping and the per-tensor scalars of
+// a launch that spans several param groups. Includes torch; kernel translation units never include this file.
 //
 // NOTE [param groups in one launch]: one launch updates the tensors of every param group that shares a launch
 // signature (device, dtypes, state layout, parameter mode), not one launch per group as torch.optim's fused
@@ -37,31 +36,6 @@ inline StorageType storage_type_of(const at::Tensor& tensor, const char* backend
       TORCH_CHECK_TYPE(false, "fusedopt ", backend, " backend: ", role, " has dtype ", tensor.scalar_type(),
                        "; supported are float32, float64, bfloat16 and float16");
   }
-}
-
-inline void check_steps(const TensorList& steps, size_t n, const char* backend) {
-  TORCH_CHECK(steps.size() == n, "fusedopt ", backend, " backend: got ", n, " params but ", steps.size(),
-              " step counters");
-  for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& step = steps[i];
-    TORCH_CHECK(step.device().is_cpu() && step.numel() == 1 &&
-                    (step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble),
-                "fusedopt ", backend, " backend: steps[", i, "] must be a one-element float32 or float64 CPU tensor");
-  }
-}
-
-// Adds one to every step counter (as torch.optim does before using it) and returns the new values.
-inline std::vector<double> advance_steps(const TensorList& steps) {
-  std::vector<double> values(steps.size());
-  for (size_t i = 0; i < steps.size(); ++i) {
-    const at::Tensor& step = steps[i];
-    if (step.scalar_type() == at::kDouble) {
-      values[i] = (*step.data_ptr<double>() += 1.0);
-    } else {
-      values[i] = (*step.data_ptr<float>() += 1.0f);
-    }
-  }
-  return values;
 }
 
 // Which param group each tensor of a launch belongs to (NOTE [param groups in one launch]).

@@ -1,0 +1,118 @@
+"""Host time of one optimizer step over many tiny tensors: what the CPU spends walking param groups, checking
+operands and launching, when the kernels themselves cost next to nothing (issue: under 50 us per 1,000 tensors).
+
+Compares fusedopt with its step plan (NOTE [step plan] in csrc/common/step_operands.h), fusedopt forced onto its
+regular path at every step, and torch.optim's fused, foreach and for-loop AdamW, all on two param groups (decay
+and no decay) of --tensors parameters of --numel elements. Steps are interleaved across implementations (one step
+of each per round, order rotated) and the median of --reps rounds is reported. On CUDA the time is the host time
+of step(): nothing waits for the GPU inside the timed call (the queue is drained between rounds, untimed).
+
+    python bench/host_overhead.py --device cpu --json bench/results/<date>-cpu/host_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+import fusedopt
+
+
+def _params(count: int, numel: int, device: str, seed: int) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(numel, generator=generator).to(device)) for _ in range(count)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    return params
+
+
+def _groups(params):
+    cut = len(params) * 4 // 5
+    return [{"params": params[:cut]}, {"params": params[cut:], "weight_decay": 0.0}]
+
+
+IMPLEMENTATIONS = {
+    "fusedopt (step plan)": lambda ps: fusedopt.AdamW(_groups(ps)),
+    "fusedopt (regular path)": lambda ps: fusedopt.AdamW(_groups(ps)),
+    "torch fused": lambda ps: torch.optim.AdamW(_groups(ps), fused=True),
+    "torch foreach": lambda ps: torch.optim.AdamW(_groups(ps), foreach=True),
+    "torch for-loop": lambda ps: torch.optim.AdamW(_groups(ps), foreach=False),
+}
+
+
+def measure(device: str, tensors: int, numel: int, reps: int, warmup: int = 10) -> dict:
+    runs = {}
+    for index, (name, make) in enumerate(IMPLEMENTATIONS.items()):
+        params = _params(tensors, numel, device, seed=index)
+        try:
+            optimizer = make(params)
+            optimizer.step()
+        except (RuntimeError, ValueError) as error:
+            runs[name] = {"status": f"unsupported: {type(error).__name__}: {error}"}
+            continue
+        regular = name == "fusedopt (regular path)"
+        runs[name] = {"optimizer": optimizer, "regular": regular, "times": []}
+    active = [run for run in runs.values() if "optimizer" in run]
+    for round_index in range(warmup + reps):
+        order = active[round_index % len(active) :] + active[: round_index % len(active)]
+        for run in order:
+            if run["regular"]:
+                run["optimizer"]._step_plan = None
+            start = time.perf_counter()
+            run["optimizer"].step()
+            elapsed = time.perf_counter() - start
+            if round_index >= warmup:
+                run["times"].append(elapsed)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    results = {}
+    for name, run in runs.items():
+        if "times" not in run:
+            results[name] = run
+            continue
+        median = statistics.median(run["times"])
+        quartiles = statistics.quantiles(run["times"], n=4)
+        results[name] = {
+            "status": "ok",
+            "backend": getattr(run["optimizer"], "backend", "torch"),
+            "median_us": median * 1e6,
+            "iqr_us": (quartiles[2] - quartiles[0]) * 1e6,
+            "us_per_1000_tensors": median * 1e6 * 1000 / tensors,
+        }
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tensors", type=int, default=1000)
+    parser.add_argument("--numel", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=300)
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    results = measure(args.device, args.tensors, args.numel, args.reps)
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu"
+    print(
+        f"AdamW step host time, {args.tensors} tensors of {args.numel} elements in 2 param groups, {args.device} "
+        f"({device_name}), torch {torch.__version__}, median of {args.reps} interleaved rounds"
+    )
+    print(f"{'implementation':26} {'backend':10} {'median us':>10} {'IQR us':>8} {'us / 1000 tensors':>18}")
+    for name, row in results.items():
+        if row["status"] != "ok":
+            print(f"{name:26} {row['status']}")
+            continue
+        print(f"{name:26} {row['backend']:10} {row['median_us']:10.1f} {row['iqr_us']:8.1f} "
+              f"{row['us_per_1000_tensors']:18.1f}")  # fmt: skip
+    if args.json:
+        meta = dict(vars(args), torch=torch.__version__, device_name=device_name, date=time.strftime("%Y-%m-%d %H:%M"))
+        with open(args.json, "w") as file:
+            json.dump({"meta": meta, "results": results}, file, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+// csrc/common/operands.h -- one fused call's operands as raw addresses, checked once (shared by the CPU and CUDA
+// bindings; includes torch, kernel translation units never include it).
+//
+// The regular path checks torch tensors and converts them here at every call. The step plan (NOTE [step plan] in
+// step_operands.h) converts once and keeps the addresses of everything that cannot move: the state and master
+// tensors are views of fusedopt's own flat buffers and the step counters are its own CPU tensors, so a planned
+// step reads only the params and their grads, not a single state tensor object. With 1,000 parameters that is
+// thousands of fewer cache misses on tensor metadata per step, which after a forward and backward pass is what
+// host time mostly consists of.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "binding_utils.h"
+#include "fusedopt/param_rounding.h"
+#include "fusedopt/storage_type.h"
+
+namespace fusedopt::binding {
+
+constexpr size_t kMaxStateColumns = 3;
+
+// The step counters of a call (torch.optim's state["step"]: one-element float32 or float64 CPU tensors).
+struct StepCounters {
+  std::vector<void*> values;
+  std::vector<bool> is_double;
+
+  // Adds one to every counter (as torch.optim does before using it) and returns the new values.
+  std::vector<double> advance() const {
+    std::vector<double> steps(values.size());
+    for (size_t i = 0; i < values.size(); ++i) {
+      steps[i] = is_double[i] ? (*static_cast<double*>(values[i]) += 1.0)
+                              : static_cast<double>(*static_cast<float*>(values[i]) += 1.0f);
+    }
+    return steps;
+  }
+};
+
+struct Operands {
+  std::vector<void*> params;
+  std::vector<const void*> grads;
+  std::vector<int64_t> numels;
+  std::array<std::vector<void*>, kMaxStateColumns> states;  // in the entry point's slot order; empty: unused
+  std::vector<void*> masters;  // float32 masters or int16 remainders (ParamMode kMaster, kRemainder), else empty
+  StepCounters steps;
+  StorageType param_type = StorageType::kFloat32;
+  StorageType state_type = StorageType::kFloat32;
+  ParamMode param_mode = ParamMode::kPlain;
+  at::Device device = at::kCPU;
+
+  size_t size() const { return params.size(); }
+  // The states in slot order, unused slots left out (how the kernels number them).
+  std::vector<const std::vector<void*>*> used_states() const {
+    std::vector<const std::vector<void*>*> used;
+    for (const auto& column : states) {
+      if (!column.empty()) used.push_back(&column);
+    }
+    return used;
+  }
+};
+
+// Checks a call's tensors and returns their addresses; nothing is modified. Every tensor must be contiguous, on the
+// params' device (which `device_ok` must accept), and have its parameter's element count; grads have the params'
+// dtype, all state one dtype that the kernels pair with it, masters float32 (kMaster) or int16 (kRemainder).
+// `states` may hold null for an unused slot; `steps` may be empty when the call has no counters (the roofline).
+inline Operands check_operands(const char* backend, const TensorList& params, const TensorList& grads,
+                               const std::vector<const TensorList*>& states, const TensorList& steps,
+                               const TensorList& masters, int64_t param_mode, bool (*device_ok)(const at::Device&)) {
+  const size_t n = params.size();
+  Operands out;
+  TORCH_CHECK(n > 0, "fusedopt ", backend, " backend: no params");
+  TORCH_CHECK(grads.size() == n, "fusedopt ", backend, " backend: got ", n, " params but ", grads.size(), " grads");
+  TORCH_CHECK(states.size() <= kMaxStateColumns, "fusedopt ", backend, " backend: too many state lists");
+  out.device = params[0].device();
+  TORCH_CHECK(device_ok(out.device), "fusedopt ", backend, " backend: params are on ", out.device,
+              ", which this backend does not update");
+  out.param_type = storage_type_of(params[0], backend, "param");
+  const TensorList* first_state = nullptr;
+  for (const TensorList* column : states) {
+    if (column == nullptr || column->empty()) continue;
+    TORCH_CHECK(column->size() == n, "fusedopt ", backend, " backend: got ", n, " params but ", column->size(),
+                " tensors of one state");
+    if (first_state == nullptr) first_state = column;
+  }
+  out.state_type = first_state ? storage_type_of((*first_state)[0], backend, "state") : out.param_type;
+  TORCH_CHECK_TYPE(is_supported_pair(out.param_type, out.state_type), "fusedopt ", backend, " backend: ",
+                   storage_type_name(out.param_type), " parameters with ", storage_type_name(out.state_type),
+                   " state are not supported");
+  TORCH_CHECK(param_mode >= 0 && param_mode <= static_cast<int64_t>(ParamMode::kRemainder), "fusedopt ", backend,
+              " backend: invalid param_mode ", param_mode);
+  out.param_mode = static_cast<ParamMode>(param_mode);
+  const bool bfloat16 = out.param_type == StorageType::kBFloat16;
+  const bool low_precision = bfloat16 || out.param_type == StorageType::kFloat16;
+  TORCH_CHECK(out.param_mode == ParamMode::kPlain || (out.param_mode == ParamMode::kMaster && low_precision) ||
+                  ((out.param_mode == ParamMode::kStochastic || out.param_mode == ParamMode::kRemainder) && bfloat16),
+              "fusedopt ", backend, " backend: parameter mode ", param_mode, " does not apply to ",
+              storage_type_name(out.param_type), " parameters");
+  const bool needs_masters = out.param_mode == ParamMode::kMaster || out.param_mode == ParamMode::kRemainder;
+  TORCH_CHECK(masters.size() == (needs_masters ? n : 0), "fusedopt ", backend, " backend: parameter mode ",
+              param_mode, " needs ", needs_masters ? n : 0, " master tensors, got ", masters.size());
+  TORCH_CHECK(steps.empty() || steps.size() == n, "fusedopt ", backend, " backend: got ", n, " params but ",
+              steps.size(), " step counters");
+
+  const at::ScalarType param_dtype = params[0].scalar_type();
+  const at::ScalarType state_dtype = first_state ? (*first_state)[0].scalar_type() : param_dtype;
+  const at::ScalarType master_dtype = out.param_mode == ParamMode::kRemainder ? at::kShort : at::kFloat;
+  auto address = [&](const at::Tensor& t, const at::Tensor& param, at::ScalarType dtype, const char* role,
+                     size_t i) {
+    TORCH_CHECK(t.device() == out.device, "fusedopt ", backend, " backend: ", role, "[", i, "] is on ", t.device(),
+                ", expected ", out.device);
+    TORCH_CHECK(t.layout() == at::kStrided && t.is_contiguous(), "fusedopt ", backend, " backend: ", role, "[", i,
+                "] must be dense and contiguous");
+    TORCH_CHECK(t.numel() == param.numel(), "fusedopt ", backend, " backend: ", role, "[", i, "] has ", t.numel(),
+                " elements but its parameter has ", param.numel());
+    TORCH_CHECK_TYPE(t.scalar_type() == dtype, "fusedopt ", backend, " backend: ", role, "[", i, "] has dtype ",
+                     t.scalar_type(), ", expected ", dtype);
+    return t.data_ptr();
+  };
+  out.params.reserve(n);
+  out.grads.reserve(n);
+  out.numels.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& param = params[i];
+    out.params.push_back(address(param, param, param_dtype, "params", i));
+    out.grads.push_back(address(grads[i], param, param_dtype, "grads", i));
+    out.numels.push_back(param.numel());
+    for (size_t k = 0; k < states.size(); ++k) {
+      if (states[k] != nullptr && !states[k]->empty()) {
+        out.states[k].push_back(address((*states[k])[i], param, state_dtype, "state", i));
+      }
+    }
+    if (needs_masters) out.masters.push_back(address(masters[i], param, master_dtype, "masters", i));
+    if (!steps.empty()) {
+      const at::Tensor& step = steps[i];
+      TORCH_CHECK(step.device().is_cpu() && step.numel() == 1 &&
+                      (step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble),
+                  "fusedopt ", backend, " backend: steps[", i, "] must be a one-element float32 or float64 CPU tensor");
+      out.steps.values.push_back(step.data_ptr());
+      out.steps.is_double.push_back(step.scalar_type() == at::kDouble);
+    }
+  }
+  return out;
+}
+
+}  // namespace fusedopt::binding
