@@ -44,6 +44,7 @@ stage bench 200 $PY -m fusedopt.bench --device cuda --optimizer adamw --dtype fl
   --size 1M,16M,64M,256M,gpt2-small,small-2000x4K-256K --reps 20 --no-progress \
   --json "$OUT/bench.json" --csv "$OUT/bench.csv" --plot "$OUT/bench.png"
 stage summary 30 $PY bench/summarize.py "$OUT/bench.json"
+stage host_overhead 40 $PY bench/host_overhead.py --device cuda --reps 200 --json "$OUT/host_overhead.json"
 stage triton_tune 90 $PY bench/triton_tune.py --out "$OUT" --reps 10
 stage ptxas 60 bash scripts/check_cuda_compile.sh "$OUT/ptxas"
 cp "$OUT/summary.log" "$OUT/summary.md" 2>/dev/null

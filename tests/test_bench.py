@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fusedopt.bench import cli, report, workloads
+from fusedopt.bench import cli, implementations, report, workloads
 from fusedopt.bench.traffic import num_state_tensors, step_traffic
 
 
@@ -62,6 +62,17 @@ def test_workload_shapes():
     assert len(small.sizes) == 2000 and min(small.sizes) >= 4 << 10 and max(small.sizes) <= 256 << 10
     split = workloads.flat(1000, tensors=3)
     assert split.sizes == [333, 333, 334] and split.name == "flat-1000x3"
+
+
+def test_model_workloads_use_decay_and_no_decay_groups():
+    """Model shapes are optimized as training scripts do (matrices decayed, biases and norms not); flat ones stay
+    one group."""
+    shapes = workloads.gpt2_like(n_layer=1, n_embd=8, vocab_size=16, n_positions=4).shapes
+    groups = implementations.decay_groups([torch.zeros(s) for s in shapes])
+    assert [len(g["params"]) for g in groups] == [6, 10] and groups[1]["weight_decay"] == 0.0
+    assert "weight_decay" not in groups[0]
+    flat = [torch.zeros(s) for s in workloads.flat(100, tensors=4).shapes]
+    assert implementations.decay_groups(flat) is flat
 
 
 def test_parse_size():

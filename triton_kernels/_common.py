@@ -1,6 +1,7 @@
 """Pieces shared by the Triton kernels: storage conversions, the multi-tensor launch table, the launcher.
 
-NOTE [multi-tensor launch]: one launch updates every tensor of a bucket. The host builds a table per bucket:
+NOTE [multi-tensor launch]: one launch updates every tensor of a call (all param groups of a device, dtype and
+state layout: NOTE [param groups in one launch] in csrc/common/binding_utils.h). The host builds a table per call:
 the address of every operand of every tensor (one int64 row per operand), each tensor's element count, and,
 per program, which tensor it updates and where its block starts. A program loads its row, casts the addresses
 to typed pointers and updates BLOCK elements: unmasked (vectorizable) when the block is full, masked at a

@@ -1,4 +1,4 @@
-"""Adagrad as one Triton launch per bucket (NOTE [multi-tensor launch] in _common.py).
+"""Adagrad as one Triton launch for all param groups of a device and dtype (NOTE [multi-tensor launch] in _common.py).
 
 `adagrad_update` mirrors fusedopt::adagrad_update of csrc/include/fusedopt/update_rules.h line for line.
 """

@@ -1,4 +1,5 @@
-"""Adam/AdamW as one Triton launch per bucket (NOTE [multi-tensor launch] in _common.py).
+"""Adam/AdamW as one Triton launch for all param groups of a device and dtype (NOTE [multi-tensor launch] in
+_common.py).
 
 `adam_update` mirrors fusedopt::adam_update of csrc/include/fusedopt/update_rules.h line for line, including
 NOTE [folded bias correction]; tests/test_triton.py checks both against the same reference.

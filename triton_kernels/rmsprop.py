@@ -1,4 +1,4 @@
-"""RMSprop as one Triton launch per bucket (NOTE [multi-tensor launch] in _common.py).
+"""RMSprop as one Triton launch for all param groups of a device and dtype (NOTE [multi-tensor launch] in _common.py).
 
 `rmsprop_update` mirrors fusedopt::rmsprop_update of csrc/include/fusedopt/update_rules.h line for line.
 """

@@ -1,4 +1,5 @@
-"""The fused C++ CPU backend (csrc/cpu/): one OpenMP + SIMD pass per bucket."""
+"""The fused C++ CPU backend (csrc/cpu/): one OpenMP + SIMD pass per dtype and state layout, across param
+groups; steps after the first run from a step plan (NOTE [step plan])."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The hand-written CUDA backend (csrc/cuda/): one launch per bucket, device tables cached across steps."""
+"""The hand-written CUDA backend (csrc/cuda/): one launch per device, dtype and state layout
+across param groups, device tables cached across steps, and a step plan (NOTE [step plan])."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The Triton backend (triton_kernels/, installed as fusedopt.triton_kernels): one launch per bucket.
+"""The Triton backend (triton_kernels/, installed as fusedopt.triton_kernels): one launch per device, dtype and
+state layout, across param groups.
 
 Runs compiled on CUDA devices, and on CPU tensors through Triton's interpreter when TRITON_INTERPRET=1 (slow;
 that is how CI tests these kernels without a GPU). The kernels are imported at first use, never at import of

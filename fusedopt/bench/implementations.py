@@ -49,12 +49,22 @@ def _optimizer_step(optimizer) -> StepFn:
     return optimizer.step
 
 
+def decay_groups(params: list[torch.Tensor]) -> list:
+    """The param groups training scripts use (Hugging Face's Trainer, nanoGPT): matrices with weight decay, biases
+    and norm weights (1-D) without. Workloads with only one kind (the flat ones) stay one group."""
+    decayed = [p for p in params if p.dim() >= 2]
+    plain = [p for p in params if p.dim() < 2]
+    if not decayed or not plain:
+        return params
+    return [{"params": decayed}, {"params": plain, "weight_decay": 0.0}]
+
+
 def _fusedopt(backend: str) -> Implementation:
     def build(optimizer: str, options: dict, params: list[torch.Tensor]) -> StepFn:
         reason = backends.available_backends(params[0].device).get(backend, "not part of this build")
         if reason is not None:
             raise Unavailable(f"unavailable: {reason}")
-        return _optimizer_step(FUSED_CLASSES[optimizer](params, backend=backend, **options))
+        return _optimizer_step(FUSED_CLASSES[optimizer](decay_groups(params), backend=backend, **options))
 
     return Implementation(f"fusedopt-{backend}", "fusedopt", build)
 
@@ -64,7 +74,7 @@ def _torch(mode: str) -> Implementation:
 
     def build(optimizer: str, options: dict, params: list[torch.Tensor]) -> StepFn:
         try:
-            instance = TORCH_CLASSES[optimizer](params, **options, **flags)
+            instance = TORCH_CLASSES[optimizer](decay_groups(params), **options, **flags)
             probe = [torch.nn.Parameter(torch.zeros(2, dtype=params[0].dtype, device=params[0].device))]
             probe[0].grad = torch.zeros_like(probe[0])
             TORCH_CLASSES[optimizer](probe, **options, **flags).step()
@@ -88,9 +98,9 @@ def _deepspeed(optimizer: str, options: dict, params: list[torch.Tensor]) -> Ste
     decoupled = optimizer == "adamw"
     if params[0].device.type == "cpu":
         ops = _import("deepspeed.ops.adam")
-        return ops.DeepSpeedCPUAdam(params, adamw_mode=decoupled).step
+        return ops.DeepSpeedCPUAdam(decay_groups(params), adamw_mode=decoupled).step
     ops = _import("deepspeed.ops.adam")
-    return ops.FusedAdam(params, adam_w_mode=decoupled).step
+    return ops.FusedAdam(decay_groups(params), adam_w_mode=decoupled).step
 
 
 def _apex(optimizer: str, options: dict, params: list[torch.Tensor]) -> StepFn:
@@ -98,9 +108,9 @@ def _apex(optimizer: str, options: dict, params: list[torch.Tensor]) -> StepFn:
         raise Unavailable("unsupported: Apex's fused optimizers run on CUDA only")
     apex_optimizers = _import("apex.optimizers")
     if optimizer in ("adam", "adamw"):
-        return apex_optimizers.FusedAdam(params, adam_w_mode=optimizer == "adamw", **options).step
+        return apex_optimizers.FusedAdam(decay_groups(params), adam_w_mode=optimizer == "adamw", **options).step
     if optimizer == "adagrad":
-        return apex_optimizers.FusedAdagrad(params).step
+        return apex_optimizers.FusedAdagrad(decay_groups(params)).step
     raise Unavailable("unsupported: Apex has no fused RMSprop")
 
 
@@ -109,7 +119,7 @@ def _bitsandbytes(optimizer: str, options: dict, params: list[torch.Tensor]) -> 
     classes = {"adam": "Adam8bit", "adamw": "AdamW8bit", "rmsprop": "RMSprop8bit", "adagrad": "Adagrad8bit"}
     try:
         return getattr(bnb.optim, classes[optimizer])(
-            params, **{k: v for k, v in options.items() if k != "centered"}
+            decay_groups(params), **{k: v for k, v in options.items() if k != "centered"}
         ).step
     except Exception as error:  # noqa: BLE001 -- device or option not supported by this bitsandbytes
         raise Unavailable(unsupported(error)) from None
@@ -121,7 +131,7 @@ def _torchao(optimizer: str, options: dict, params: list[torch.Tensor]) -> StepF
         raise Unavailable("unsupported: torchao has low-bit Adam/AdamW only")
     if params[0].device.type != "cuda":
         raise Unavailable("unsupported: torchao's low-bit optimizers target CUDA")
-    return getattr(low_bit, "AdamW8bit" if optimizer == "adamw" else "Adam8bit")(params, **options).step
+    return getattr(low_bit, "AdamW8bit" if optimizer == "adamw" else "Adam8bit")(decay_groups(params), **options).step
 
 
 def _roofline(optimizer: str, options: dict, params: list[torch.Tensor]) -> StepFn:
