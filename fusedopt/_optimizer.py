@@ -158,7 +158,7 @@ class FusedOptimizer(Optimizer):
         """The functional call's hyperparameters: one value per group, and the launch's flags."""
         raise NotImplementedError
 
-    def _update(self, launch: LaunchGroup, backend: backends.Backend, grad_factor: float) -> None:
+    def _update(self, launch: LaunchGroup, backend: backends.Backend, grad_factor: float | Tensor) -> None:
         """One fused call updating `launch.params` (all with grads and state) with their groups' settings,
         multiplying every gradient by `grad_factor` as it is read (NOTE [grad factor])."""
         getattr(functional, self._kernel)(
@@ -215,7 +215,7 @@ class FusedOptimizer(Optimizer):
             return _rounding.STOCHASTIC
         return _rounding.PLAIN
 
-    def _common_kwargs(self, launch: LaunchGroup, grad_factor: float) -> dict[str, Any]:
+    def _common_kwargs(self, launch: LaunchGroup, grad_factor: float | Tensor) -> dict[str, Any]:
         """The functional API's arguments every optimizer passes the same way: group sizes, grad factor, and
         masters/param_mode/rounding_seed (the groups of a launch share the parameter mode)."""
         mode = self._param_mode(launch.groups[0], launch.params[0].dtype)
@@ -372,23 +372,34 @@ class FusedOptimizer(Optimizer):
             group.get("stochastic_rounding"),
         )
 
-    def _grad_factor(self, plan: list[tuple[dict[str, Any], list[list[Tensor]]]]) -> float | None:
-        """The factor every gradient is multiplied by as it is read: GradScaler's 1/scale times the clip
-        coefficient of max_grad_norm. None when GradScaler found an inf or NaN: the step changes nothing, as
-        torch.optim's fused kernels do. Reading these device scalars synchronizes with a GPU once per step."""
+    def _grad_factor(self, plan: list[tuple[dict[str, Any], list[list[Tensor]]]]) -> float | Tensor | None:
+        """The factor every gradient is multiplied by as it is read (NOTE [grad factor]): GradScaler's 1/scale
+        times the clip coefficient of max_grad_norm, as a tensor on the grads' device that the kernels read there
+        (no host synchronisation), or 1.0 when there is neither. None when GradScaler found an inf or NaN: the
+        step changes nothing, as torch.optim's fused kernels do. Reading found_inf is the one host read left
+        (step counters live on the host), and error_if_nonfinite=True reads the norm, as torch does."""
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and float(found_inf) != 0.0:
             return None
         grad_scale = getattr(self, "grad_scale", None)
-        factor = 1.0 if grad_scale is None else 1.0 / float(grad_scale)
+        inverse_scale = None
+        if grad_scale is not None:
+            inverse_scale = torch.reciprocal(grad_scale.float()) if isinstance(grad_scale, Tensor) else 1.0 / grad_scale
         if self.max_grad_norm is None:
-            return factor
+            return 1.0 if inverse_scale is None else inverse_scale
         grads = [p.grad for _, buckets in plan for bucket in buckets for p in bucket]
-        norm = clip.total_norm(grads) * factor
+        norm = clip.total_norm(grads)
+        if inverse_scale is not None:
+            norm = norm * (inverse_scale.to(norm.device) if isinstance(inverse_scale, Tensor) else inverse_scale)
         if self.error_if_nonfinite and not torch.isfinite(norm):
             raise RuntimeError(clip.nonfinite_norm_message(2.0))
         self.last_grad_norm = norm
-        return factor * float(clip.clip_coefficient(norm, self.max_grad_norm))
+        coefficient = clip.clip_coefficient(norm, self.max_grad_norm)
+        if inverse_scale is None:
+            return coefficient
+        return coefficient * (
+            inverse_scale.to(coefficient.device) if isinstance(inverse_scale, Tensor) else inverse_scale
+        )
 
     # --- checkpoints ------------------------------------------------------------------------------------------
     def __setstate__(self, state: dict[str, Any]) -> None:

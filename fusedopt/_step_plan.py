@@ -66,7 +66,7 @@ class StepPlan:
     def is_current(self, optimizer) -> bool:
         return _plan_key(optimizer) == self._key
 
-    def run(self, optimizer, grad_factor: float) -> bool:
+    def run(self, optimizer, grad_factor) -> bool:
         """One step over the planned operands; False, with nothing modified, when a grad does not fit the plan."""
         operands = [call[2] for call in self._calls]
         try:
@@ -74,9 +74,11 @@ class StepPlan:
                 return False
             for launch, function, ops in self._calls:
                 function(
-                    ops, **optimizer._hyperparameters(launch), grad_factor=grad_factor,
+                    ops,
+                    **optimizer._hyperparameters(launch),
+                    **functional.grad_factor_kwargs(grad_factor, launch.params),
                     rounding_seed=optimizer.rounding_seed,
-                )  # fmt: skip
+                )
             return True
         finally:
             for o in operands:

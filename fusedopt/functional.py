@@ -13,7 +13,8 @@ for group g, and every hyperparameter (lr, betas, weight decay, eps, maximize, .
 per group. Without it, the hyperparameters are single values for all tensors, as in torch.optim's functional API.
 
 `masters`/`param_mode`/`rounding_seed` choose what is updated and how parameters are stored: plain,
-stochastically rounded, or through float32 masters (fusedopt/_rounding.py). `grad_factor` multiplies every
+stochastically rounded, or through float32 masters (fusedopt/_rounding.py). `grad_factor` (a float, or a
+one-element tensor that stays on the device and is read by the kernel) multiplies every
 gradient as the kernel reads it (GradScaler's 1/scale times the clip coefficient):
 NOTE [grad factor] in csrc/include/fusedopt/update_rules.h.
 """
@@ -94,6 +95,19 @@ def _per_group(params: Sequence[Tensor], group_sizes: Sequence[int] | None, **hy
     return per_group
 
 
+def grad_factor_kwargs(grad_factor: float | Tensor, params: Sequence[Tensor]) -> dict:
+    """The backends' form of NOTE [grad factor]: a host float, and a float32 one-element tensor on the params'
+    device when the factor is a tensor (GradScaler's 1/scale, the clip coefficient), which the kernels read there
+    so that the host never waits for it."""
+    if not isinstance(grad_factor, Tensor):
+        return {"grad_factor": float(grad_factor), "device_grad_factor": None}
+    if grad_factor.numel() != 1:
+        raise ValueError(f"a tensor grad_factor must have one element, got {grad_factor.numel()}")
+    device = local_tensor(params[0]).device if params else grad_factor.device
+    on_device = grad_factor.detach().reshape(1).to(device=device, dtype=torch.float32, non_blocking=True)
+    return {"grad_factor": 1.0, "device_grad_factor": on_device}
+
+
 def _backend_for(backend: str | backends.Backend, params: Sequence[Tensor]) -> backends.Backend:
     if not isinstance(backend, str):
         return backend
@@ -118,7 +132,7 @@ def adam(
     amsgrad: bool,
     maximize: PerGroup[bool],
     decoupled: PerGroup[bool],
-    grad_factor: float = 1.0,
+    grad_factor: float | Tensor = 1.0,
     masters: Sequence[Tensor] = (),
     param_mode: int = 0,
     rounding_seed: int = 0,
@@ -141,7 +155,7 @@ def adam(
         list(state_steps),
         **hyperparameters,
         amsgrad=amsgrad,
-        grad_factor=grad_factor,
+        **grad_factor_kwargs(grad_factor, params),
         masters=ops.writable_list(masters),
         param_mode=param_mode,
         rounding_seed=rounding_seed,
@@ -165,7 +179,7 @@ def rmsprop(
     momentum: PerGroup[float],
     centered: bool,
     maximize: PerGroup[bool],
-    grad_factor: float = 1.0,
+    grad_factor: float | Tensor = 1.0,
     masters: Sequence[Tensor] = (),
     param_mode: int = 0,
     rounding_seed: int = 0,
@@ -193,7 +207,7 @@ def rmsprop(
         **hyperparameters,
         centered=centered,
         use_momentum=True in use_momentum,
-        grad_factor=grad_factor,
+        **grad_factor_kwargs(grad_factor, params),
         masters=ops.writable_list(masters),
         param_mode=param_mode,
         rounding_seed=rounding_seed,
@@ -213,7 +227,7 @@ def adagrad(
     weight_decay: PerGroup[float],
     eps: PerGroup[float],
     maximize: PerGroup[bool],
-    grad_factor: float = 1.0,
+    grad_factor: float | Tensor = 1.0,
     masters: Sequence[Tensor] = (),
     param_mode: int = 0,
     rounding_seed: int = 0,
@@ -232,7 +246,7 @@ def adagrad(
         ops.writable_list(state_sums),
         list(state_steps),
         **hyperparameters,
-        grad_factor=grad_factor,
+        **grad_factor_kwargs(grad_factor, params),
         masters=ops.writable_list(masters),
         param_mode=param_mode,
         rounding_seed=rounding_seed,

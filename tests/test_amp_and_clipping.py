@@ -148,3 +148,55 @@ def test_clip_grad_norm_matches_torch(norm_type, generator):
     with pytest.raises(RuntimeError) as torch_error:
         torch.nn.utils.clip_grad_norm_(twins, 0.3, norm_type=norm_type, error_if_nonfinite=True)
     assert str(ours_error.value) == str(torch_error.value)
+
+
+@pytest.mark.parametrize("option", ["grad_scale", "max_grad_norm"])
+def test_scale_and_clip_stay_on_the_device(option, monkeypatch):
+    """GradScaler's 1/scale and the clip coefficient reach the kernel as a tensor (read there: no host
+    synchronisation on a GPU); the host part of the factor is 1."""
+    from fusedopt.backends import get_backend
+
+    backend = get_backend("cpu")
+    module, seen = backend._extension(), []
+
+    class Spy:
+        def __getattr__(self, name):
+            function = getattr(module, name)
+
+            def call(*args, **kwargs):
+                if name in ("adam", "adam_planned"):
+                    seen.append((kwargs["grad_factor"], kwargs["device_grad_factor"]))
+                return function(*args, **kwargs)
+
+            return call if callable(function) and name != "StepOperands" else function
+
+    monkeypatch.setattr(backend, "_extension", lambda: Spy())
+    params = [torch.nn.Parameter(torch.randn(5)) for _ in range(2)]
+    optimizer = fusedopt.AdamW(params, backend="cpu", max_grad_norm=0.5 if option == "max_grad_norm" else None)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn_like(p) * 64
+        if option == "grad_scale":
+            optimizer.grad_scale, optimizer.found_inf = torch.tensor(64.0), torch.tensor(0.0)
+        optimizer.step()
+    assert len(seen) == 3
+    for host, device in seen:
+        assert host == 1.0 and isinstance(device, torch.Tensor) and device.dtype == torch.float32
+    expected = 1 / 64 if option == "grad_scale" else float(optimizer.last_grad_norm.reciprocal() * 0.5)
+    assert float(seen[-1][1]) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"])
+def test_functional_tensor_grad_factor_equals_float(backend, generator):
+    """functional.*(grad_factor=tensor) multiplies on the device exactly as the same float does on the host."""
+    results = []
+    for factor in (0.125, torch.tensor(0.125)):
+        params = [torch.randn(n, generator=torch.Generator().manual_seed(n)) for n in (3, 70)]
+        grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) for p in params]
+        sums = [torch.full_like(p, 0.1) for p in params]
+        steps = [torch.tensor(0.0) for _ in params]
+        fusedopt.functional.adagrad(params, grads, sums, steps, lr=0.1, lr_decay=0.0, weight_decay=0.01, eps=1e-10,
+                                    maximize=True, grad_factor=factor, backend=backend)  # fmt: skip
+        results.append(params + sums)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

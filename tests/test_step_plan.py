@@ -75,7 +75,12 @@ def test_plan_matches_regular_steps_through_changes(name):
                 o.load_state_dict(o.state_dict())
         if step == 10:
             grads[0] = grads[0].expand(2, *grads[0].shape)[1]  # non-contiguous view: the regular path copies it
+        if step == 12:  # GradScaler's fused path: the planned step reads 1/scale on the device too
+            for o in (optimizer, regular[0]):
+                o.grad_scale, o.found_inf = torch.tensor(8.0), torch.tensor(0.0)
         _step_both(planned, regular, grads)
+        for o in (optimizer, regular[0]):
+            o.__dict__.pop("grad_scale", None), o.__dict__.pop("found_inf", None)
         for s in schedulers:
             s.step()
         _assert_identical(planned, regular)

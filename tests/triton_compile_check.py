@@ -19,7 +19,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler import compile as triton_compile
 
-POINTER_ARGS = {"block_tensor": "*i32", "scalars": "*{compute}"}
+POINTER_ARGS = {"block_tensor": "*i32", "scalars": "*{compute}", "grad_factor_scale": "*fp32"}
 # A 16-byte global access: four 32-bit or two 64-bit lanes.
 SIXTEEN_BYTES = r"{op}\.global(?:\.\w+)*\.(?:v4\.[bfu]32|v2\.[bfu]64)"
 DTYPE_NAMES = {tl.float32: "fp32", tl.float64: "fp64", tl.bfloat16: "bf16", tl.float16: "fp16", tl.int16: "i16"}
@@ -36,7 +36,8 @@ def variants():
     pairs = [(tl.float32, tl.float32), (tl.float64, tl.float64), (tl.bfloat16, tl.bfloat16), (tl.float16, tl.float16)]
     # Weight decay modes are per-tensor runtime values (groups with and without decay share a launch), so every
     # variant below holds all of them.
-    rows = dict(adam=dict(ROW=9), rmsprop=dict(ROW=8), adagrad=dict(ROW=5))
+    # SCALED reads NOTE [grad factor]'s device part (GradScaler, max_grad_norm); half the variants have it.
+    rows = dict(adam=dict(ROW=9, SCALED=True), rmsprop=dict(ROW=8, SCALED=False), adagrad=dict(ROW=5, SCALED=True))
     for param, state in pairs:
         compute = tl.float64 if param == tl.float64 else tl.float32
         base = dict(PARAM=param, STATE=state, COMPUTE=compute, ALIGNED=True, BLOCK=common.BLOCK, **PLAIN)

@@ -94,6 +94,15 @@ def nan_max(a, b):
 
 
 @triton.jit
+def grad_factor_of(row_value, grad_factor_scale, SCALED: tl.constexpr):
+    """NOTE [grad factor]: the host part from the tensor's scalars row, times the device part when there is one."""
+    if SCALED:
+        return row_value * tl.load(grad_factor_scale).to(row_value.dtype)
+    else:
+        return row_value
+
+
+@triton.jit
 def block_of_program(block_tensor, block_start, numels, BLOCK: tl.constexpr):
     """(tensor index, first element, tensor numel) of this program's block."""
     pid = tl.program_id(0).to(tl.int64)
@@ -292,8 +301,9 @@ class Launch:
     keys: torch.Tensor  # per-tensor stochastic rounding keys
     device: torch.device
     compute: torch.dtype
-    constexprs: dict  # PARAM, STATE, COMPUTE, PARAM_MODE, MASTER, ALIGNED, BLOCK
+    constexprs: dict  # PARAM, STATE, COMPUTE, PARAM_MODE, MASTER, ALIGNED, BLOCK, SCALED
     group_sizes: Sequence[int]  # tensors per param group (NOTE [param groups in one launch])
+    device_grad_factor: torch.Tensor | None  # NOTE [grad factor]'s device part, read by the kernel (SCALED)
 
     @property
     def grid(self) -> tuple[int]:
@@ -322,6 +332,10 @@ class Launch:
             first += size
         return self.scalars(values)
 
+    def grad_factor_scale(self, placeholder: torch.Tensor) -> torch.Tensor:
+        """The kernel's grad_factor_scale argument: the device factor, or any tensor when SCALED is off."""
+        return placeholder if self.device_grad_factor is None else self.device_grad_factor
+
 
 def prepare(
     columns: Sequence[Sequence[torch.Tensor]],
@@ -330,6 +344,7 @@ def prepare(
     param_mode: int,
     rounding_seed: int,
     group_sizes: Sequence[int],
+    device_grad_factor: torch.Tensor | None = None,
 ) -> Launch:
     """Checks the operands (columns[0] are the params, columns[1] the grads, the rest state) and the group sizes,
     advances the step counters and finds the launch table, masters included."""
@@ -344,5 +359,6 @@ def prepare(
     constexprs = dict(
         PARAM=TORCH_TO_TRITON[param_dtype], STATE=TORCH_TO_TRITON[state_dtype], COMPUTE=TORCH_TO_TRITON[compute],
         PARAM_MODE=param_mode, MASTER=master_dtype, ALIGNED=table.aligned, BLOCK=BLOCK,
+        SCALED=device_grad_factor is not None,
     )  # fmt: skip
-    return Launch(steps, table, keys, device, compute, constexprs, group_sizes)
+    return Launch(steps, table, keys, device, compute, constexprs, group_sizes, device_grad_factor)

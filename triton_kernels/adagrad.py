@@ -43,7 +43,9 @@ def _adagrad_kernel(
     keys,  # per-tensor stochastic rounding keys (PARAM_MODE 1)
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
     scalars,  # a row per tensor, in COMPUTE: its group's hyperparameters and its decayed lr
-    ROW: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, PARAM_MODE: tl.constexpr,
+    grad_factor_scale,  # NOTE [grad factor]: the device part (SCALED), a float32 element
+    ROW: tl.constexpr, SCALED: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
+    PARAM_MODE: tl.constexpr,
     MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     t, start, numel = common.block_of_program(block_tensor, block_start, numels, BLOCK)
@@ -53,7 +55,7 @@ def _adagrad_kernel(
     grad = common.operand(grad_table, t, PARAM, ALIGNED)
     state_sums = common.operand(sum_table, t, STATE, ALIGNED)
     row = scalars + t * ROW
-    grad_factor = tl.load(row + 0)
+    grad_factor = common.grad_factor_of(tl.load(row + 0), grad_factor_scale, SCALED)
     weight_decay = tl.load(row + 1)
     clr = tl.load(row + 2)
     eps = tl.load(row + 3)
@@ -90,6 +92,7 @@ def adagrad(
     maximize: list[bool],
     group_sizes: list[int],
     grad_factor: float,
+    device_grad_factor: torch.Tensor | None,
     masters: Sequence[torch.Tensor],
     param_mode: int,
     rounding_seed: int,
@@ -98,7 +101,8 @@ def adagrad(
     signature; see fusedopt/functional.py)."""
     if not params:
         return
-    launch = common.prepare([params, grads, state_sums], state_steps, masters, param_mode, rounding_seed, group_sizes)
+    columns = [params, grads, state_sums]
+    launch = common.prepare(columns, state_steps, masters, param_mode, rounding_seed, group_sizes, device_grad_factor)
     if launch.table.num_blocks == 0:
         return
     hyper = (lr, lr_decay, weight_decay, eps, maximize)
@@ -107,6 +111,7 @@ def adagrad(
     )
     rows = launch.table.addresses
     _adagrad_kernel[launch.grid](
-        rows[0], rows[1], rows[2], rows[-1], launch.keys, *launch.table_args, scalars, ROW=_ROW,
+        rows[0], rows[1], rows[2], rows[-1], launch.keys, *launch.table_args, scalars,
+        launch.grad_factor_scale(scalars), ROW=_ROW,
         **launch.constexprs, num_warps=common.NUM_WARPS,
     )  # fmt: skip

@@ -71,7 +71,9 @@ def _adam_kernel(
     keys,  # per-tensor stochastic rounding keys (PARAM_MODE 1)
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
     scalars,  # a row per tensor, in COMPUTE: its group's hyperparameters and its own bias corrections
-    ROW: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, AMSGRAD: tl.constexpr,
+    grad_factor_scale,  # NOTE [grad factor]: the device part (SCALED), a float32 element
+    ROW: tl.constexpr, SCALED: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
+    AMSGRAD: tl.constexpr,
     PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     t, start, numel = common.block_of_program(block_tensor, block_start, numels, BLOCK)
@@ -83,7 +85,7 @@ def _adam_kernel(
     exp_avg_sq = common.operand(exp_avg_sq_table, t, STATE, ALIGNED)
     max_exp_avg_sq = common.operand(max_exp_avg_sq_table, t, STATE, ALIGNED)
     row = scalars + t * ROW
-    grad_factor = tl.load(row + 0)
+    grad_factor = common.grad_factor_of(tl.load(row + 0), grad_factor_scale, SCALED)
     l2_weight_decay = tl.load(row + 1)
     decay_factor = tl.load(row + 2)
     beta1_complement = tl.load(row + 3)
@@ -146,6 +148,7 @@ def adam(
     group_sizes: list[int],
     amsgrad: bool,
     grad_factor: float,
+    device_grad_factor: torch.Tensor | None,
     masters: Sequence[torch.Tensor],
     param_mode: int,
     rounding_seed: int,
@@ -155,7 +158,7 @@ def adam(
     if not params:
         return
     columns = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    launch = common.prepare(columns, state_steps, masters, param_mode, rounding_seed, group_sizes)
+    launch = common.prepare(columns, state_steps, masters, param_mode, rounding_seed, group_sizes, device_grad_factor)
     if launch.table.num_blocks == 0:
         return
     hyper = (lr, beta1, beta2, weight_decay, eps, maximize, decoupled)
@@ -165,5 +168,6 @@ def adam(
     rows = launch.table.addresses
     _adam_kernel[launch.grid](
         rows[0], rows[1], rows[2], rows[3], rows[4] if amsgrad else rows[3], rows[-1], launch.keys,
-        *launch.table_args, scalars, ROW=_ROW, AMSGRAD=amsgrad, **launch.constexprs, num_warps=common.NUM_WARPS,
+        *launch.table_args, scalars, launch.grad_factor_scale(scalars), ROW=_ROW, AMSGRAD=amsgrad,
+        **launch.constexprs, num_warps=common.NUM_WARPS,
     )  # fmt: skip

@@ -72,7 +72,9 @@ def _rmsprop_kernel(
     keys,  # per-tensor stochastic rounding keys (PARAM_MODE 1)
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
     scalars,  # a row per tensor, in COMPUTE: its group's hyperparameters
-    ROW: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr, CENTERED: tl.constexpr,
+    grad_factor_scale,  # NOTE [grad factor]: the device part (SCALED), a float32 element
+    ROW: tl.constexpr, SCALED: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
+    CENTERED: tl.constexpr,
     MOMENTUM: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -85,7 +87,7 @@ def _rmsprop_kernel(
     grad_avgs = common.operand(grad_avg_table, t, STATE, ALIGNED)
     momentum_buffers = common.operand(momentum_buffer_table, t, STATE, ALIGNED)
     row = scalars + t * ROW
-    grad_factor = tl.load(row + 0)
+    grad_factor = common.grad_factor_of(tl.load(row + 0), grad_factor_scale, SCALED)
     weight_decay = tl.load(row + 1)
     alpha = tl.load(row + 2)
     alpha_complement = tl.load(row + 3)
@@ -136,6 +138,7 @@ def rmsprop(
     centered: bool,
     use_momentum: bool,
     grad_factor: float,
+    device_grad_factor: torch.Tensor | None,
     masters: Sequence[torch.Tensor],
     param_mode: int,
     rounding_seed: int,
@@ -147,7 +150,7 @@ def rmsprop(
     columns = (
         [params, grads, square_avgs] + ([grad_avgs] if centered else []) + ([momentum_buffers] if use_momentum else [])
     )
-    launch = common.prepare(columns, state_steps, masters, param_mode, rounding_seed, group_sizes)
+    launch = common.prepare(columns, state_steps, masters, param_mode, rounding_seed, group_sizes, device_grad_factor)
     if launch.table.num_blocks == 0:
         return
     hyper = (lr, alpha, eps, weight_decay, momentum, maximize)
@@ -157,5 +160,6 @@ def rmsprop(
     momentum_row = rows[3 + int(centered)] if use_momentum else rows[2]
     _rmsprop_kernel[launch.grid](
         rows[0], rows[1], rows[2], grad_avg_row, momentum_row, rows[-1], launch.keys, *launch.table_args, scalars,
+        launch.grad_factor_scale(scalars),
         ROW=_ROW, CENTERED=centered, MOMENTUM=use_momentum, **launch.constexprs, num_warps=common.NUM_WARPS,
     )  # fmt: skip

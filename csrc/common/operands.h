@@ -23,6 +23,13 @@ namespace fusedopt::binding {
 
 constexpr size_t kMaxStateColumns = 3;
 
+// NOTE [grad factor] of a call: a host value (maximize's sign is applied later, per group) times, when `device` is
+// set, a float32 value in the params' memory (CPU, or GPU memory the kernels read).
+struct GradFactor {
+  double host = 1.0;
+  const float* device = nullptr;
+};
+
 // The step counters of a call (torch.optim's state["step"]: one-element float32 or float64 CPU tensors).
 struct StepCounters {
   std::vector<void*> values;

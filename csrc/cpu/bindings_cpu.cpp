@@ -57,8 +57,8 @@ std::vector<TensorSlot> make_slots(const Operands& ops, LaunchLayout& layout) {
 // check), advances the step counters, fills the per-tensor scalars, decay modes and rounding keys (NOTE [stochastic
 // rounding]: one key per tensor and step), and runs `run(layout, scalars)` without the GIL.
 template <typename Hyper, typename Run>
-void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, double grad_factor, int64_t rounding_seed,
-          const Run& run) {
+void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, const binding::GradFactor& grad_factor,
+          int64_t rounding_seed, const Run& run) {
   const binding::GroupIndex groups(group_sizes, ops.size(), "CPU");
   binding::check_per_group(groups, hyper);
   LaunchLayout layout{};
@@ -72,13 +72,15 @@ void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, dou
           rounding_key(static_cast<uint64_t>(rounding_seed), static_cast<uint64_t>(step_values[i]), i);
     }
   }
-  const auto scalars = binding::per_tensor_scalars(groups, hyper, step_values, grad_factor);
+  // CPU memory: the device part of the grad factor is read here, once.
+  const double factor = grad_factor.host * (grad_factor.device ? double{*grad_factor.device} : 1.0);
+  const auto scalars = binding::per_tensor_scalars(groups, hyper, step_values, factor);
   pybind11::gil_scoped_release no_gil;
   run(layout, scalars.data());
 }
 
 void adam(const Operands& ops, const binding::AdamHyperparameters& hyper, const Sizes& group_sizes, bool amsgrad,
-          double grad_factor, int64_t rounding_seed) {
+          const binding::GradFactor& grad_factor, int64_t rounding_seed) {
   step(ops, hyper, group_sizes, grad_factor, rounding_seed,
        [&](const LaunchLayout& layout, const AdamScalars<double>* scalars) {
          adam_step(AdamLaunch{layout, amsgrad, scalars});
@@ -86,7 +88,7 @@ void adam(const Operands& ops, const binding::AdamHyperparameters& hyper, const 
 }
 
 void rmsprop(const Operands& ops, const binding::RmspropHyperparameters& hyper, const Sizes& group_sizes,
-             bool centered, bool momentum, double grad_factor, int64_t rounding_seed) {
+             bool centered, bool momentum, const binding::GradFactor& grad_factor, int64_t rounding_seed) {
   step(ops, hyper, group_sizes, grad_factor, rounding_seed,
        [&](const LaunchLayout& layout, const RmspropScalars<double>* scalars) {
          rmsprop_step(RmspropLaunch{layout, centered, momentum, scalars});
@@ -94,7 +96,7 @@ void rmsprop(const Operands& ops, const binding::RmspropHyperparameters& hyper, 
 }
 
 void adagrad(const Operands& ops, const binding::AdagradHyperparameters& hyper, const Sizes& group_sizes,
-             double grad_factor, int64_t rounding_seed) {
+             const binding::GradFactor& grad_factor, int64_t rounding_seed) {
   step(ops, hyper, group_sizes, grad_factor, rounding_seed,
        [&](const LaunchLayout& layout, const AdagradScalars<double>* scalars) {
          adagrad_step(AdagradLaunch{layout, scalars});

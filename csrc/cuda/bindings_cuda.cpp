@@ -115,6 +115,7 @@ LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_m
   cached.tables.state_type = ops.state_type;
   cached.tables.param_mode = ops.param_mode;
   cached.tables.rounding_keys = nullptr;
+  cached.tables.grad_factor_scale = nullptr;
   if (cache.size() >= kMaxCachedTables) cache.clear();
   return cache.emplace(std::move(key), std::move(cached)).first->second.tables;
 }
@@ -136,7 +137,7 @@ at::Tensor attach_rounding_keys(LaunchTables& tables, const std::vector<double>&
 // check), advances the step counters, uploads the per-tensor scalars and launches `launch(tables, scalars)` on
 // the current stream.
 template <typename Hyper, typename Launch>
-void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, double grad_factor,
+void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, const binding::GradFactor& grad_factor,
           int64_t rounding_seed, const Launch& launch) {
   const c10::cuda::CUDAGuard guard(ops.device);
   const binding::GroupIndex groups(group_sizes, ops.size(), "CUDA");
@@ -144,13 +145,14 @@ void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, dou
   LaunchTables tables = tables_for(ops, binding::decay_modes(groups, hyper, ops.size()));
   const std::vector<double> step_values = ops.steps.advance();
   const at::Tensor keys = attach_rounding_keys(tables, step_values, rounding_seed, ops.device);
+  tables.grad_factor_scale = grad_factor.device;  // read by the kernels, on the device
   const at::Tensor scalars =
-      upload(binding::per_tensor_scalars(groups, hyper, step_values, grad_factor), ops.device);
+      upload(binding::per_tensor_scalars(groups, hyper, step_values, grad_factor.host), ops.device);
   C10_CUDA_CHECK(launch(tables, scalars.data_ptr(), at::cuda::getCurrentCUDAStream()));
 }
 
 void adam(const Operands& ops, const binding::AdamHyperparameters& hyper, const Sizes& group_sizes, bool amsgrad,
-          double grad_factor, int64_t rounding_seed) {
+          const binding::GradFactor& grad_factor, int64_t rounding_seed) {
   step(ops, hyper, group_sizes, grad_factor, rounding_seed,
        [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
          return launch_adam(tables, amsgrad, static_cast<const AdamScalars<double>*>(scalars), stream);
@@ -158,7 +160,7 @@ void adam(const Operands& ops, const binding::AdamHyperparameters& hyper, const 
 }
 
 void rmsprop(const Operands& ops, const binding::RmspropHyperparameters& hyper, const Sizes& group_sizes,
-             bool centered, bool momentum, double grad_factor, int64_t rounding_seed) {
+             bool centered, bool momentum, const binding::GradFactor& grad_factor, int64_t rounding_seed) {
   step(ops, hyper, group_sizes, grad_factor, rounding_seed,
        [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
          return launch_rmsprop(tables, centered, momentum, static_cast<const RmspropScalars<double>*>(scalars),
@@ -167,7 +169,7 @@ void rmsprop(const Operands& ops, const binding::RmspropHyperparameters& hyper, 
 }
 
 void adagrad(const Operands& ops, const binding::AdagradHyperparameters& hyper, const Sizes& group_sizes,
-             double grad_factor, int64_t rounding_seed) {
+             const binding::GradFactor& grad_factor, int64_t rounding_seed) {
   step(ops, hyper, group_sizes, grad_factor, rounding_seed,
        [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
          return launch_adagrad(tables, static_cast<const AdagradScalars<double>*>(scalars), stream);

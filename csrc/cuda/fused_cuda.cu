@@ -187,6 +187,16 @@ struct ChunkBounds {
   int64_t index;
 };
 
+// NOTE [grad factor]: GradScaler's 1/scale and the clip coefficient, when they stay on the device, are read here,
+// once per CTA, so the host never waits for them.
+template <typename Scalars>
+__device__ __forceinline__ Scalars with_device_factor(Scalars s, const LaunchTables& tables) {
+  if (tables.grad_factor_scale != nullptr) {
+    s.grad_factor *= static_cast<decltype(s.grad_factor)>(*tables.grad_factor_scale);
+  }
+  return s;
+}
+
 __device__ __forceinline__ ChunkBounds this_chunk(const LaunchTables& tables) {
   const ChunkEntry chunk = tables.chunks[blockIdx.x];
   const TensorEntry tensor = tables.tensors[chunk.tensor];
@@ -214,7 +224,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   using C = device_compute_t<P>;
   constexpr int kStates = kAmsgrad ? 3 : 2;
   const ChunkBounds chunk = this_chunk(tables);
-  const AdamScalars<C> s = cast_scalars<C>(scalars[chunk.index]);
+  const AdamScalars<C> s = with_device_factor(cast_scalars<C>(scalars[chunk.index]), tables);
   switch (static_cast<WeightDecayMode>(chunk.tensor.decay_mode)) {
     case WeightDecayMode::kNone:
       return update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
@@ -251,7 +261,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   using C = device_compute_t<P>;
   constexpr int kStates = 1 + kCentered + kMomentum;
   const ChunkBounds chunk = this_chunk(tables);
-  const RmspropScalars<C> s = cast_scalars<C>(scalars[chunk.index]);
+  const RmspropScalars<C> s = with_device_factor(cast_scalars<C>(scalars[chunk.index]), tables);
   if (chunk.tensor.decay_mode != 0) {
     return update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
                                        RmspropElement<C, true, kCentered, kMomentum>{s});
@@ -275,7 +285,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     adagrad_kernel(const LaunchTables tables, const AdagradScalars<double>* __restrict__ scalars) {
   using C = device_compute_t<P>;
   const ChunkBounds chunk = this_chunk(tables);
-  const AdagradScalars<C> s = cast_scalars<C>(scalars[chunk.index]);
+  const AdagradScalars<C> s = with_device_factor(cast_scalars<C>(scalars[chunk.index]), tables);
   if (chunk.tensor.decay_mode != 0) {
     return update_chunk<P, S, 1>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end, AdagradElement<C, true>{s});
   }

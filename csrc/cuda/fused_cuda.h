@@ -45,6 +45,7 @@ struct LaunchTables {
   const TensorEntry* tensors;     // device pointer
   const ChunkEntry* chunks;       // device pointer
   const uint32_t* rounding_keys;  // device pointer, one per tensor and step (ParamMode::kStochastic), else null
+  const float* grad_factor_scale;  // device pointer: NOTE [grad factor]'s device part (1/scale x clip), or null
   int64_t num_chunks;
   StorageType param_type;
   StorageType state_type;

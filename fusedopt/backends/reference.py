@@ -19,6 +19,9 @@ def _per_group(function: Callable[..., None]) -> Callable[..., None]:
         # Hyperparameters come as lists (one value per group), the launch's options as single values.
         per_group = {name: kw.pop(name) for name in list(kw) if isinstance(kw[name], list)}
         kw.pop("use_momentum", None)  # implied by the momentum of each group
+        device_factor = kw.pop("device_grad_factor", None)
+        if device_factor is not None:  # the reference may wait for the device: it is the definition, not fast
+            kw["grad_factor"] *= float(device_factor)
         first = 0
         for g, size in enumerate(group_sizes):
             part = [column[first : first + size] for column in columns]
