@@ -150,8 +150,7 @@ inline std::vector<AdamScalars<double>> per_tensor_scalars(const GroupIndex& gro
   return scalars;
 }
 
-inline std::vector<RmspropScalars<double>> per_tensor_scalars(const GroupIndex& groups,
-                                                              const RmspropHyperparameters& h,
+inline std::vector<RmspropScalars<double>> per_tensor_scalars(const GroupIndex& groups, const RmspropHyperparameters& h,
                                                               const std::vector<double>& steps, double grad_factor) {
   std::vector<RmspropScalars<double>> scalars(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
@@ -162,8 +161,7 @@ inline std::vector<RmspropScalars<double>> per_tensor_scalars(const GroupIndex& 
   return scalars;
 }
 
-inline std::vector<AdagradScalars<double>> per_tensor_scalars(const GroupIndex& groups,
-                                                              const AdagradHyperparameters& h,
+inline std::vector<AdagradScalars<double>> per_tensor_scalars(const GroupIndex& groups, const AdagradHyperparameters& h,
                                                               const std::vector<double>& steps, double grad_factor) {
   std::vector<AdagradScalars<double>> scalars(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {

@@ -93,9 +93,9 @@ inline Operands check_operands(const char* backend, const TensorList& params, co
     if (first_state == nullptr) first_state = column;
   }
   out.state_type = first_state ? storage_type_of((*first_state)[0], backend, "state") : out.param_type;
-  TORCH_CHECK_TYPE(is_supported_pair(out.param_type, out.state_type), "fusedopt ", backend, " backend: ",
-                   storage_type_name(out.param_type), " parameters with ", storage_type_name(out.state_type),
-                   " state are not supported");
+  TORCH_CHECK_TYPE(is_supported_pair(out.param_type, out.state_type), "fusedopt ", backend,
+                   " backend: ", storage_type_name(out.param_type), " parameters with ",
+                   storage_type_name(out.state_type), " state are not supported");
   TORCH_CHECK(param_mode >= 0 && param_mode <= static_cast<int64_t>(ParamMode::kRemainder), "fusedopt ", backend,
               " backend: invalid param_mode ", param_mode);
   out.param_mode = static_cast<ParamMode>(param_mode);
@@ -106,16 +106,15 @@ inline Operands check_operands(const char* backend, const TensorList& params, co
               "fusedopt ", backend, " backend: parameter mode ", param_mode, " does not apply to ",
               storage_type_name(out.param_type), " parameters");
   const bool needs_masters = out.param_mode == ParamMode::kMaster || out.param_mode == ParamMode::kRemainder;
-  TORCH_CHECK(masters.size() == (needs_masters ? n : 0), "fusedopt ", backend, " backend: parameter mode ",
-              param_mode, " needs ", needs_masters ? n : 0, " master tensors, got ", masters.size());
+  TORCH_CHECK(masters.size() == (needs_masters ? n : 0), "fusedopt ", backend, " backend: parameter mode ", param_mode,
+              " needs ", needs_masters ? n : 0, " master tensors, got ", masters.size());
   TORCH_CHECK(steps.empty() || steps.size() == n, "fusedopt ", backend, " backend: got ", n, " params but ",
               steps.size(), " step counters");
 
   const at::ScalarType param_dtype = params[0].scalar_type();
   const at::ScalarType state_dtype = first_state ? (*first_state)[0].scalar_type() : param_dtype;
   const at::ScalarType master_dtype = out.param_mode == ParamMode::kRemainder ? at::kShort : at::kFloat;
-  auto address = [&](const at::Tensor& t, const at::Tensor& param, at::ScalarType dtype, const char* role,
-                     size_t i) {
+  auto address = [&](const at::Tensor& t, const at::Tensor& param, at::ScalarType dtype, const char* role, size_t i) {
     TORCH_CHECK(t.device() == out.device, "fusedopt ", backend, " backend: ", role, "[", i, "] is on ", t.device(),
                 ", expected ", out.device);
     TORCH_CHECK(t.layout() == at::kStrided && t.is_contiguous(), "fusedopt ", backend, " backend: ", role, "[", i,

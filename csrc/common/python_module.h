@@ -10,8 +10,8 @@
 #include <torch/extension.h>
 
 #include <array>
-#include <optional>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,7 +39,8 @@ inline GradFactor grad_factor_of(double host, const std::optional<at::Tensor>& d
                                  const char* backend) {
   if (!device.has_value() || !device->defined()) return {host, nullptr};
   TORCH_CHECK(device->numel() == 1 && device->scalar_type() == at::kFloat && device->device() == ops.device,
-              "fusedopt ", backend, " backend: device_grad_factor must be a one-element float32 tensor on ", ops.device);
+              "fusedopt ", backend, " backend: device_grad_factor must be a one-element float32 tensor on ",
+              ops.device);
   return {host, device->data_ptr<float>()};
 }
 
@@ -62,59 +63,64 @@ void define_optimizers(pybind11::module_& module, const char* backend) {
       [backend](const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
                 const TensorList& exp_avg_sqs, const TensorList& max_exp_avg_sqs, const TensorList& steps, Values lr,
                 Values beta1, Values beta2, Values weight_decay, Values eps, Flags maximize, Flags decoupled,
-                const Sizes& group_sizes, bool amsgrad, double grad_factor, const std::optional<at::Tensor>& device_grad_factor, const TensorList& masters,
-                int64_t param_mode, int64_t rounding_seed) {
+                const Sizes& group_sizes, bool amsgrad, double grad_factor,
+                const std::optional<at::Tensor>& device_grad_factor, const TensorList& masters, int64_t param_mode,
+                int64_t rounding_seed) {
         if (params.empty()) return;
-        const Operands ops = check_operands(backend, params, grads, {&exp_avgs, &exp_avg_sqs, &max_exp_avg_sqs},
-                                            steps, masters, param_mode, kDeviceOk);
+        const Operands ops = check_operands(backend, params, grads, {&exp_avgs, &exp_avg_sqs, &max_exp_avg_sqs}, steps,
+                                            masters, param_mode, kDeviceOk);
         require_states(ops, backend, {true, true, amsgrad});
-        const AdamHyperparameters hyper{std::move(lr),  std::move(beta1),    std::move(beta2),    std::move(weight_decay),
-                                        std::move(eps), std::move(maximize), std::move(decoupled)};
-        kAdam(ops, hyper, group_sizes, amsgrad, grad_factor_of(grad_factor, device_grad_factor, ops, backend), rounding_seed);
+        const AdamHyperparameters hyper{std::move(lr),           std::move(beta1), std::move(beta2),
+                                        std::move(weight_decay), std::move(eps),   std::move(maximize),
+                                        std::move(decoupled)};
+        kAdam(ops, hyper, group_sizes, amsgrad, grad_factor_of(grad_factor, device_grad_factor, ops, backend),
+              rounding_seed);
       },
       ("Fused Adam/AdamW" + doc).c_str(), py::arg("params"), py::arg("grads"), py::arg("exp_avgs"),
       py::arg("exp_avg_sqs"), py::arg("max_exp_avg_sqs"), py::arg("steps"), py::kw_only(), py::arg("lr"),
       py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"),
-      py::arg("decoupled"), py::arg("group_sizes"), py::arg("amsgrad"), py::arg("grad_factor"), py::arg("device_grad_factor"), py::arg("masters"),
-      py::arg("param_mode"), py::arg("rounding_seed"));
+      py::arg("decoupled"), py::arg("group_sizes"), py::arg("amsgrad"), py::arg("grad_factor"),
+      py::arg("device_grad_factor"), py::arg("masters"), py::arg("param_mode"), py::arg("rounding_seed"));
   module.def(
       "rmsprop",
       [backend](const TensorList& params, const TensorList& grads, const TensorList& square_avgs,
                 const TensorList& grad_avgs, const TensorList& momentum_buffers, const TensorList& steps, Values lr,
                 Values alpha, Values eps, Values weight_decay, Values momentum, Flags maximize,
-                const Sizes& group_sizes, bool centered, bool use_momentum, double grad_factor, const std::optional<at::Tensor>& device_grad_factor,
-                const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
+                const Sizes& group_sizes, bool centered, bool use_momentum, double grad_factor,
+                const std::optional<at::Tensor>& device_grad_factor, const TensorList& masters, int64_t param_mode,
+                int64_t rounding_seed) {
         if (params.empty()) return;
         const Operands ops = check_operands(backend, params, grads, {&square_avgs, &grad_avgs, &momentum_buffers},
                                             steps, masters, param_mode, kDeviceOk);
         require_states(ops, backend, {true, centered, use_momentum});
         const RmspropHyperparameters hyper{std::move(lr),           std::move(alpha),    std::move(eps),
                                            std::move(weight_decay), std::move(momentum), std::move(maximize)};
-        kRmsprop(ops, hyper, group_sizes, centered, use_momentum, grad_factor_of(grad_factor, device_grad_factor, ops, backend), rounding_seed);
+        kRmsprop(ops, hyper, group_sizes, centered, use_momentum,
+                 grad_factor_of(grad_factor, device_grad_factor, ops, backend), rounding_seed);
       },
       ("Fused RMSprop" + doc).c_str(), py::arg("params"), py::arg("grads"), py::arg("square_avgs"),
       py::arg("grad_avgs"), py::arg("momentum_buffers"), py::arg("steps"), py::kw_only(), py::arg("lr"),
       py::arg("alpha"), py::arg("eps"), py::arg("weight_decay"), py::arg("momentum"), py::arg("maximize"),
-      py::arg("group_sizes"), py::arg("centered"), py::arg("use_momentum"), py::arg("grad_factor"), py::arg("device_grad_factor"),
-      py::arg("masters"), py::arg("param_mode"), py::arg("rounding_seed"));
+      py::arg("group_sizes"), py::arg("centered"), py::arg("use_momentum"), py::arg("grad_factor"),
+      py::arg("device_grad_factor"), py::arg("masters"), py::arg("param_mode"), py::arg("rounding_seed"));
   module.def(
       "adagrad",
       [backend](const TensorList& params, const TensorList& grads, const TensorList& state_sums,
                 const TensorList& steps, Values lr, Values lr_decay, Values weight_decay, Values eps, Flags maximize,
-                const Sizes& group_sizes, double grad_factor, const std::optional<at::Tensor>& device_grad_factor, const TensorList& masters, int64_t param_mode,
-                int64_t rounding_seed) {
+                const Sizes& group_sizes, double grad_factor, const std::optional<at::Tensor>& device_grad_factor,
+                const TensorList& masters, int64_t param_mode, int64_t rounding_seed) {
         if (params.empty()) return;
         const Operands ops =
             check_operands(backend, params, grads, {&state_sums}, steps, masters, param_mode, kDeviceOk);
         require_states(ops, backend, {true, false, false});
-        const AdagradHyperparameters hyper{std::move(lr), std::move(lr_decay), std::move(weight_decay),
-                                           std::move(eps), std::move(maximize)};
+        const AdagradHyperparameters hyper{std::move(lr), std::move(lr_decay), std::move(weight_decay), std::move(eps),
+                                           std::move(maximize)};
         kAdagrad(ops, hyper, group_sizes, grad_factor_of(grad_factor, device_grad_factor, ops, backend), rounding_seed);
       },
       ("Fused Adagrad" + doc).c_str(), py::arg("params"), py::arg("grads"), py::arg("state_sums"), py::arg("steps"),
-      py::kw_only(), py::arg("lr"), py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"),
-      py::arg("maximize"), py::arg("group_sizes"), py::arg("grad_factor"), py::arg("device_grad_factor"), py::arg("masters"), py::arg("param_mode"),
-      py::arg("rounding_seed"));
+      py::kw_only(), py::arg("lr"), py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"),
+      py::arg("group_sizes"), py::arg("grad_factor"), py::arg("device_grad_factor"), py::arg("masters"),
+      py::arg("param_mode"), py::arg("rounding_seed"));
 
   // NOTE [step plan]: the same steps over operands kept across steps; the Python class is local to each module,
   // so the CPU and the CUDA module can both be loaded.
@@ -132,26 +138,32 @@ void define_optimizers(pybind11::module_& module, const char* backend) {
   module.def(
       "adam_planned",
       [backend](StepOperands& planned, Values lr, Values beta1, Values beta2, Values weight_decay, Values eps,
-                Flags maximize, Flags decoupled, bool amsgrad, double grad_factor, const std::optional<at::Tensor>& device_grad_factor, int64_t rounding_seed) {
+                Flags maximize, Flags decoupled, bool amsgrad, double grad_factor,
+                const std::optional<at::Tensor>& device_grad_factor, int64_t rounding_seed) {
         const Operands& ops = planned.take();
         require_states(ops, backend, {true, true, amsgrad});
-        const AdamHyperparameters hyper{std::move(lr),  std::move(beta1),    std::move(beta2),    std::move(weight_decay),
-                                        std::move(eps), std::move(maximize), std::move(decoupled)};
-        kAdam(ops, hyper, planned.group_sizes(), amsgrad, grad_factor_of(grad_factor, device_grad_factor, ops, backend), rounding_seed);
+        const AdamHyperparameters hyper{std::move(lr),           std::move(beta1), std::move(beta2),
+                                        std::move(weight_decay), std::move(eps),   std::move(maximize),
+                                        std::move(decoupled)};
+        kAdam(ops, hyper, planned.group_sizes(), amsgrad, grad_factor_of(grad_factor, device_grad_factor, ops, backend),
+              rounding_seed);
       },
       "Fused Adam/AdamW step over planned operands", py::arg("operands"), py::kw_only(), py::arg("lr"),
       py::arg("beta1"), py::arg("beta2"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"),
-      py::arg("decoupled"), py::arg("amsgrad"), py::arg("grad_factor"), py::arg("device_grad_factor"), py::arg("rounding_seed"));
+      py::arg("decoupled"), py::arg("amsgrad"), py::arg("grad_factor"), py::arg("device_grad_factor"),
+      py::arg("rounding_seed"));
   module.def(
       "rmsprop_planned",
       [backend](StepOperands& planned, Values lr, Values alpha, Values eps, Values weight_decay, Values momentum,
-                Flags maximize, bool centered, double grad_factor, const std::optional<at::Tensor>& device_grad_factor, int64_t rounding_seed) {
+                Flags maximize, bool centered, double grad_factor, const std::optional<at::Tensor>& device_grad_factor,
+                int64_t rounding_seed) {
         const Operands& ops = planned.take();
         const bool use_momentum = !ops.states[2].empty();
         require_states(ops, backend, {true, centered, use_momentum});
         const RmspropHyperparameters hyper{std::move(lr),           std::move(alpha),    std::move(eps),
                                            std::move(weight_decay), std::move(momentum), std::move(maximize)};
-        kRmsprop(ops, hyper, planned.group_sizes(), centered, use_momentum, grad_factor_of(grad_factor, device_grad_factor, ops, backend), rounding_seed);
+        kRmsprop(ops, hyper, planned.group_sizes(), centered, use_momentum,
+                 grad_factor_of(grad_factor, device_grad_factor, ops, backend), rounding_seed);
       },
       "Fused RMSprop step over planned operands", py::arg("operands"), py::kw_only(), py::arg("lr"), py::arg("alpha"),
       py::arg("eps"), py::arg("weight_decay"), py::arg("momentum"), py::arg("maximize"), py::arg("centered"),
@@ -162,13 +174,14 @@ void define_optimizers(pybind11::module_& module, const char* backend) {
                 double grad_factor, const std::optional<at::Tensor>& device_grad_factor, int64_t rounding_seed) {
         const Operands& ops = planned.take();
         require_states(ops, backend, {true, false, false});
-        const AdagradHyperparameters hyper{std::move(lr), std::move(lr_decay), std::move(weight_decay),
-                                           std::move(eps), std::move(maximize)};
-        kAdagrad(ops, hyper, planned.group_sizes(), grad_factor_of(grad_factor, device_grad_factor, ops, backend), rounding_seed);
+        const AdagradHyperparameters hyper{std::move(lr), std::move(lr_decay), std::move(weight_decay), std::move(eps),
+                                           std::move(maximize)};
+        kAdagrad(ops, hyper, planned.group_sizes(), grad_factor_of(grad_factor, device_grad_factor, ops, backend),
+                 rounding_seed);
       },
       "Fused Adagrad step over planned operands", py::arg("operands"), py::kw_only(), py::arg("lr"),
-      py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"), py::arg("grad_factor"), py::arg("device_grad_factor"),
-      py::arg("rounding_seed"));
+      py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("maximize"), py::arg("grad_factor"),
+      py::arg("device_grad_factor"), py::arg("rounding_seed"));
 }
 
 }  // namespace fusedopt::binding

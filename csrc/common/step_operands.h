@@ -4,8 +4,9 @@
 // tensors that costs about 2 ms of host time, longer than the kernels of a large model take on a GPU. After a
 // regular step, fusedopt/_step_plan.py keeps each fused call's operands in a StepOperands: the params as C++
 // tensors, and the addresses of their state, masters and step counters, which live in fusedopt's own buffers and
-// do not move (operands.h). A later step then only reads every parameter and its .grad here, in C++, checks that each is present, dense, contiguous and like its parameter, and that the parameters that had
-// no grad still have none, and calls the same entry point as the regular path. Anything else (a grad appeared or
+// do not move (operands.h). A later step then only reads every parameter and its .grad here, in C++, checks that
+// each grad is present, dense, contiguous and like its parameter, and that the parameters that had no grad still
+// have none, and calls the same entry point as the regular path. Anything else (a grad appeared or
 // vanished, a dtype changed) makes gather_grads() return false, and the step takes the regular path, which
 // validates with torch.optim's messages and builds a new plan. Only the grads' addresses are kept, for the one
 // step, so zero_grad(set_to_none=True) frees them as usual (on a GPU, stream order protects the launched kernel).

@@ -87,8 +87,8 @@ void adam(const Operands& ops, const binding::AdamHyperparameters& hyper, const 
        });
 }
 
-void rmsprop(const Operands& ops, const binding::RmspropHyperparameters& hyper, const Sizes& group_sizes,
-             bool centered, bool momentum, const binding::GradFactor& grad_factor, int64_t rounding_seed) {
+void rmsprop(const Operands& ops, const binding::RmspropHyperparameters& hyper, const Sizes& group_sizes, bool centered,
+             bool momentum, const binding::GradFactor& grad_factor, int64_t rounding_seed) {
   step(ops, hyper, group_sizes, grad_factor, rounding_seed,
        [&](const LaunchLayout& layout, const RmspropScalars<double>* scalars) {
          rmsprop_step(RmspropLaunch{layout, centered, momentum, scalars});
@@ -125,6 +125,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   fusedopt::binding::define_optimizers<&fusedopt::cpu::adam, &fusedopt::cpu::rmsprop, &fusedopt::cpu::adagrad,
                                        &fusedopt::cpu::is_cpu>(m, "CPU");
   m.def("stream", &fusedopt::cpu::stream,
-        "Roofline for the benchmark: an optimizer step's loads and stores with one add per element",
-        py::arg("params"), py::arg("grads"), py::arg("states0"), py::arg("states1"), py::arg("states2"));
+        "Roofline for the benchmark: an optimizer step's loads and stores with one add per element", py::arg("params"),
+        py::arg("grads"), py::arg("states0"), py::arg("states1"), py::arg("states2"));
 }

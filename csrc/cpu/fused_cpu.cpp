@@ -296,8 +296,8 @@ struct AdagradChunk {
   using C = compute_t<P>;
 
   template <bool kWeightDecay, typename Access>
-  static FUSEDOPT_ALWAYS_INLINE void loop(const Access& param, const P* __restrict grad, S* __restrict sum,
-                                          int64_t n, const AdagradScalars<C>& s) {
+  static FUSEDOPT_ALWAYS_INLINE void loop(const Access& param, const P* __restrict grad, S* __restrict sum, int64_t n,
+                                          const AdagradScalars<C>& s) {
     for (int64_t i = 0; i < n; ++i) {
       C p = param.load(i);
       C acc = load_as<C>(sum[i]);
@@ -377,10 +377,9 @@ FUSEDOPT_CPU_CLONES void stream_chunk(const StreamLaunch& launch, const Chunk& c
 void check_layout(const LaunchLayout& layout) {
   const bool bfloat16 = layout.param_type == StorageType::kBFloat16;
   const bool low_precision = bfloat16 || layout.param_type == StorageType::kFloat16;
-  const bool mode_ok = layout.param_mode == ParamMode::kPlain ||
-                       (layout.param_mode == ParamMode::kMaster && low_precision) ||
-                       ((layout.param_mode == ParamMode::kStochastic || layout.param_mode == ParamMode::kRemainder) &&
-                        bfloat16);
+  const bool mode_ok =
+      layout.param_mode == ParamMode::kPlain || (layout.param_mode == ParamMode::kMaster && low_precision) ||
+      ((layout.param_mode == ParamMode::kStochastic || layout.param_mode == ParamMode::kRemainder) && bfloat16);
   if (!mode_ok) {
     throw std::invalid_argument(std::string("fusedopt CPU kernels: parameter mode ") +
                                 std::to_string(static_cast<int>(layout.param_mode)) + " does not apply to " +

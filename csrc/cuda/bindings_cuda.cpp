@@ -1,9 +1,10 @@
 // csrc/cuda/bindings_cuda.cpp -- Python binding of the fused CUDA kernels (module fusedopt._cuda_ext).
 //
 // The only file of the CUDA extension that includes torch. Per call it takes checked operands
-// (csrc/common/operands.h, from the Python call or a step plan), finds (or builds once) the call's device tables (NOTE [cuda multi-tensor launch] in fused_cuda.h), advances the CPU step
-// counters, uploads the per-tensor scalars and launches one kernel on the current stream. Every check runs
-// before the first write; every launch is checked.
+// (csrc/common/operands.h, from the Python call or a step plan), finds (or builds once) the call's device tables
+// (NOTE [cuda multi-tensor launch] in fused_cuda.h), advances the CPU step counters, uploads the per-tensor
+// scalars and launches one kernel on the current stream. Every check runs before the first write; every launch
+// is checked.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -159,12 +160,11 @@ void adam(const Operands& ops, const binding::AdamHyperparameters& hyper, const 
        });
 }
 
-void rmsprop(const Operands& ops, const binding::RmspropHyperparameters& hyper, const Sizes& group_sizes,
-             bool centered, bool momentum, const binding::GradFactor& grad_factor, int64_t rounding_seed) {
+void rmsprop(const Operands& ops, const binding::RmspropHyperparameters& hyper, const Sizes& group_sizes, bool centered,
+             bool momentum, const binding::GradFactor& grad_factor, int64_t rounding_seed) {
   step(ops, hyper, group_sizes, grad_factor, rounding_seed,
        [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
-         return launch_rmsprop(tables, centered, momentum, static_cast<const RmspropScalars<double>*>(scalars),
-                               stream);
+         return launch_rmsprop(tables, centered, momentum, static_cast<const RmspropScalars<double>*>(scalars), stream);
        });
 }
 
@@ -183,8 +183,8 @@ void stream(const TensorList& params, const TensorList& grads, const std::vector
   for (const TensorList& column : states) columns.push_back(&column);
   const Operands ops = binding::check_operands("CUDA", params, grads, columns, {}, {}, 0, is_cuda);
   const c10::cuda::CUDAGuard guard(ops.device);
-  C10_CUDA_CHECK(launch_stream(tables_for(ops, {}), static_cast<int>(ops.used_states().size()),
-                               at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(
+      launch_stream(tables_for(ops, {}), static_cast<int>(ops.used_states().size()), at::cuda::getCurrentCUDAStream()));
 }
 
 }  // namespace

@@ -167,8 +167,7 @@ __device__ __forceinline__ void update_chunk(const LaunchTables& tables, const T
       break;
     case ParamMode::kStochastic:
       if constexpr (std::is_same_v<P, __nv_bfloat16>) {
-        return update_chunk<P, S, kStates>(t, begin, end, update,
-                                           StochasticParam{param, tables.rounding_keys[tensor]});
+        return update_chunk<P, S, kStates>(t, begin, end, update, StochasticParam{param, tables.rounding_keys[tensor]});
       }
       break;
     case ParamMode::kRemainder:
@@ -266,7 +265,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     return update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
                                        RmspropElement<C, true, kCentered, kMomentum>{s});
   }
-  update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end, RmspropElement<C, false, kCentered, kMomentum>{s});
+  update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
+                              RmspropElement<C, false, kCentered, kMomentum>{s});
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -307,7 +307,8 @@ struct StreamElement {
 template <typename P, typename S, int kStates>
 __global__ void __launch_bounds__(kThreadsPerBlock) stream_kernel(const LaunchTables tables) {
   const ChunkBounds chunk = this_chunk(tables);
-  update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end, StreamElement<device_compute_t<P>, kStates>{});
+  update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
+                              StreamElement<device_compute_t<P>, kStates>{});
 }
 
 // ------------------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ struct TensorEntry {
   void* state[kMaxStateTensors];
   void* master;  // float32 master (ParamMode::kMaster) or int16 remainder (kRemainder), else null
   int64_t numel;
-  int32_t aligned;  // every operand starts on a 16-byte boundary: the vector path may be taken
+  int32_t aligned;     // every operand starts on a 16-byte boundary: the vector path may be taken
   int32_t decay_mode;  // fusedopt::WeightDecayMode for Adam; 0/1 (no/with L2 decay) for RMSprop and Adagrad
 };
 
@@ -42,9 +42,9 @@ struct ChunkEntry {
 };
 
 struct LaunchTables {
-  const TensorEntry* tensors;     // device pointer
-  const ChunkEntry* chunks;       // device pointer
-  const uint32_t* rounding_keys;  // device pointer, one per tensor and step (ParamMode::kStochastic), else null
+  const TensorEntry* tensors;      // device pointer
+  const ChunkEntry* chunks;        // device pointer
+  const uint32_t* rounding_keys;   // device pointer, one per tensor and step (ParamMode::kStochastic), else null
   const float* grad_factor_scale;  // device pointer: NOTE [grad factor]'s device part (1/scale x clip), or null
   int64_t num_chunks;
   StorageType param_type;

@@ -53,14 +53,14 @@ FUSEDOPT_HOST_DEVICE T max_of(T a, T b) {
 // ---------------------------------------------------------------------------------------------------------
 template <typename T>
 struct AdamScalars {
-  T grad_factor;            // see NOTE [grad factor]
-  T l2_weight_decay;        // coupled weight decay added to the gradient (kL2 only)
-  T decay_factor;           // 1 - lr * weight_decay, applied to the parameter (kDecoupled only)
-  T beta1_complement;       // 1 - beta1, the lerp weight of the first moment
-  T beta2;                  //
-  T beta2_complement;       // 1 - beta2
-  T step_size;  // lr * sqrt(1 - beta2^t) / (1 - beta1^t): both bias corrections folded into one scalar
-  T eps;        // eps * sqrt(1 - beta2^t), see NOTE [folded bias correction]
+  T grad_factor;       // see NOTE [grad factor]
+  T l2_weight_decay;   // coupled weight decay added to the gradient (kL2 only)
+  T decay_factor;      // 1 - lr * weight_decay, applied to the parameter (kDecoupled only)
+  T beta1_complement;  // 1 - beta1, the lerp weight of the first moment
+  T beta2;             //
+  T beta2_complement;  // 1 - beta2
+  T step_size;         // lr * sqrt(1 - beta2^t) / (1 - beta1^t): both bias corrections folded into one scalar
+  T eps;               // eps * sqrt(1 - beta2^t), see NOTE [folded bias correction]
 };
 
 // NOTE [folded bias correction]: torch.optim computes  p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).  Multiplying
@@ -86,8 +86,8 @@ inline AdamScalars<double> make_adam_scalars(double lr, double beta1, double bet
 
 template <typename T, typename S>
 FUSEDOPT_HOST_DEVICE AdamScalars<T> cast_scalars(const AdamScalars<S>& s) {
-  return {T(s.grad_factor), T(s.l2_weight_decay), T(s.decay_factor), T(s.beta1_complement), T(s.beta2),
-          T(s.beta2_complement), T(s.step_size), T(s.eps)};
+  return {T(s.grad_factor), T(s.l2_weight_decay),  T(s.decay_factor), T(s.beta1_complement),
+          T(s.beta2),       T(s.beta2_complement), T(s.step_size),    T(s.eps)};
 }
 
 template <typename T, WeightDecayMode kDecay, bool kAmsgrad>
