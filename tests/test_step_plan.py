@@ -4,7 +4,9 @@ at every step, bit for bit, through the events that must invalidate or bypass th
 
 from __future__ import annotations
 
+import copy
 import gc
+import pickle
 import weakref
 
 import pytest
@@ -183,3 +185,20 @@ def test_no_plan_for_clipping_or_the_reference_backend():
     as_real = fusedopt.AdamW(complex_param, backend="cpu")
     as_real.step()
     assert as_real._step_plan is None
+
+
+def test_a_planned_optimizer_deep_copies_and_pickles_without_its_plan():
+    (optimizer, params), _ = _twins("AdamW")
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+    assert optimizer._step_plan is not None
+    twin = copy.deepcopy(optimizer)
+    assert twin._step_plan is None
+    twin_params = [p for group in twin.param_groups for p in group["params"]]
+    for p in twin_params:
+        p.grad = torch.ones_like(p)
+    twin.step()  # steps its own copies, through the regular path, then plans
+    assert twin._step_plan is not None and all(float(twin.state[p]["step"]) == 3.0 for p in twin_params)
+    assert pickle.loads(pickle.dumps(optimizer))._step_plan is None
