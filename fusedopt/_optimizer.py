@@ -382,24 +382,18 @@ class FusedOptimizer(Optimizer):
         if found_inf is not None and float(found_inf) != 0.0:
             return None
         grad_scale = getattr(self, "grad_scale", None)
-        inverse_scale = None
-        if grad_scale is not None:
-            inverse_scale = torch.reciprocal(grad_scale.float()) if isinstance(grad_scale, Tensor) else 1.0 / grad_scale
+        inverse_scale = None if grad_scale is None else torch.as_tensor(grad_scale, dtype=torch.float32).reciprocal()
         if self.max_grad_norm is None:
             return 1.0 if inverse_scale is None else inverse_scale
         grads = [p.grad for _, buckets in plan for bucket in buckets for p in bucket]
         norm = clip.total_norm(grads)
         if inverse_scale is not None:
-            norm = norm * (inverse_scale.to(norm.device) if isinstance(inverse_scale, Tensor) else inverse_scale)
+            norm = norm * inverse_scale.to(norm.device)
         if self.error_if_nonfinite and not torch.isfinite(norm):
             raise RuntimeError(clip.nonfinite_norm_message(2.0))
         self.last_grad_norm = norm
         coefficient = clip.clip_coefficient(norm, self.max_grad_norm)
-        if inverse_scale is None:
-            return coefficient
-        return coefficient * (
-            inverse_scale.to(coefficient.device) if isinstance(inverse_scale, Tensor) else inverse_scale
-        )
+        return coefficient if inverse_scale is None else coefficient * inverse_scale.to(coefficient.device)
 
     # --- checkpoints ------------------------------------------------------------------------------------------
     def __setstate__(self, state: dict[str, Any]) -> None:
