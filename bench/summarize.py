@@ -36,17 +36,18 @@ def summarize(document: dict) -> str:
         lines += [
             f"## {device} {variant} {dtype} {workload} ({rows[0]['numel']:,} params in {rows[0]['tensors']} tensors)",
             "",
-            "| implementation | median ms | GB/s | % roofline | vs torch | extra MB | status |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| implementation | median ms | GB/s | % roofline | vs torch | extra MB | launches | status |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in rows:
             if r["median_ms"] is None:
-                lines.append(f"| {r['implementation']} | | | | | | {r['status']} |")
+                lines.append(f"| {r['implementation']} | | | | | | | {r['status']} |")
                 continue
             speedup = f"{baseline['median_ms'] / r['median_ms']:.2f}x" if baseline else ""
             lines.append(
                 f"| {r['implementation']} | {r['median_ms']:.3f} | {r['gb_per_s']:.1f} | "
-                f"{r['pct_of_roofline'] or 0:.1f} | {speedup} | {r['peak_extra_mb']:.1f} | {r['status']} |"
+                f"{r['pct_of_roofline'] or 0:.1f} | {speedup} | {r['peak_extra_mb']:.1f} | "
+                f"{'-' if r.get('launches') is None else r['launches']} | {r['status']} |"
             )
         lines.append("")
     return "\n".join(lines)

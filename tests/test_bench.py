@@ -75,6 +75,22 @@ def test_model_workloads_use_decay_and_no_decay_groups():
     assert implementations.decay_groups(flat) is flat
 
 
+def test_launch_count_keeps_kernels_only():
+    from types import SimpleNamespace
+
+    from fusedopt.bench.runner import count_kernels
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [
+        SimpleNamespace(device_type=cuda, name="void fusedopt::cuda::adam_kernel<float, float, false>(...)"),
+        SimpleNamespace(device_type=cuda, name="Memcpy HtoD (Pinned -> Device)"),
+        SimpleNamespace(device_type=cuda, name="Memset (Device)"),
+        SimpleNamespace(device_type=cpu, name="aten::add_"),
+        SimpleNamespace(device_type=cuda, name="void multi_tensor_apply_kernel<...>"),
+    ]
+    assert count_kernels(events) == 2
+
+
 def test_parse_size():
     assert cli.parse_size("64M") == 64 << 20 and cli.parse_size("4k") == 4096 and cli.parse_size("123") == 123
     for bad in ("", "M", "-4M", "1.5G"):

@@ -13,7 +13,7 @@ JSON_SCHEMA_VERSION = 1
 CSV_FIELDS = [
     "device", "optimizer", "variant", "dtype", "workload", "numel", "tensors", "implementation", "group", "status",
     "bytes_per_step", "reps", "median_ms", "p25_ms", "p75_ms", "params_per_s", "gb_per_s", "pct_of_roofline",
-    "peak_extra_mb",
+    "peak_extra_mb", "launches",
 ]  # fmt: skip
 
 

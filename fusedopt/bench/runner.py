@@ -63,6 +63,7 @@ class Row:
     gb_per_s: float | None = None
     pct_of_roofline: float | None = None
     peak_extra_mb: float | None = None
+    launches: int | None = None  # GPU kernels one step launches (torch.profiler); None on CPU
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -141,6 +142,23 @@ def _cuda_peak_extra_bytes(step, device) -> int:
     return torch.cuda.max_memory_allocated(device) - base
 
 
+def count_kernels(events) -> int:
+    """The GPU kernels among a profile's device events (memory copies and sets are not kernels)."""
+    return sum(
+        1
+        for e in events
+        if e.device_type == torch.autograd.DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset"))
+    )
+
+
+def _cuda_launches_per_step(step, device) -> int:
+    torch.cuda.synchronize(device)
+    with _quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize(device)
+    return count_kernels(prof.events())
+
+
 def _replicas_needed(case: Case, traffic_bytes: int) -> int:
     if case.device != "cuda":
         return 1
@@ -196,6 +214,9 @@ def run_case(case: Case, implementations: list[Implementation], reps: int, seed:
         step = steppers[row.implementation][0]
         peak = _cuda_peak_extra_bytes(step, torch.device("cuda")) if cuda else _cpu_peak_extra_bytes(step)
         row.peak_extra_mb = peak / 2**20
+        # Launches matter where there are many tensors; profiling every row would cost the GPU run its time.
+        if cuda and len(case.workload.shapes) > 1 and row.group in ("fusedopt", "torch"):
+            row.launches = _cuda_launches_per_step(step, torch.device("cuda"))
     roofline = max((r.gb_per_s for r in rows if r.group == "roofline" and r.gb_per_s), default=None)
     for row in rows:
         if roofline and row.gb_per_s:
