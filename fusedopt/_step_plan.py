@@ -53,13 +53,16 @@ class StepPlan:
                 return None
             columns = optimizer._state_columns(launch)
             common = optimizer._common_kwargs(launch, 1.0)
-            tensors = [launch.params, *columns, common["masters"]]
+            tensors = [launch.params, launch.grads, *columns, common["masters"]]
             if not all(functional._is_kernel_ready(t) for column in tensors for t in column):
                 return None
-            operands = module.StepOperands(
-                launch.params, columns, launch.column("step"), common["masters"], launch.group_sizes,
-                common["param_mode"], absent if not calls else [],
-            )  # fmt: skip
+            try:
+                operands = module.StepOperands(
+                    launch.params, columns, launch.column("step"), common["masters"], launch.group_sizes,
+                    common["param_mode"], absent if not calls else [],
+                )  # fmt: skip
+            except (RuntimeError, TypeError, ValueError):
+                return None  # a plan only saves time: the regular path takes any step it cannot
             calls.append((launch, getattr(module, f"{optimizer._kernel}_planned"), operands))
         return cls(_plan_key(optimizer), calls)
 

@@ -40,7 +40,7 @@ def _twins(name, dtype=torch.float32, **kwargs):
 def _step_both(planned, regular, grads):
     for (optimizer, params), force_regular in ((planned, False), (regular, True)):
         for p, g in zip(params, grads):
-            p.grad = None if g is None else g.clone().to(p.dtype)
+            p.grad = None if g is None else g.clone().to(p.dtype)  # clone keeps a transposed grad's strides
         if force_regular:
             optimizer._step_plan = None
         optimizer.step()
@@ -75,12 +75,15 @@ def test_plan_matches_regular_steps_through_changes(name):
         if step == 8:
             for o in (optimizer, regular[0]):
                 o.load_state_dict(o.state_dict())
-        if step == 10:
-            grads[0] = grads[0].expand(2, *grads[0].shape)[1]  # non-contiguous view: the regular path copies it
+        if step in (10, 11):  # a transposed grad: the regular path copies it, and no plan is made from it
+            grads[2] = torch.randn(3, 5, generator=generator).t()
         if step == 12:  # GradScaler's fused path: the planned step reads 1/scale on the device too
             for o in (optimizer, regular[0]):
                 o.grad_scale, o.found_inf = torch.tensor(8.0), torch.tensor(0.0)
         _step_both(planned, regular, grads)
+        if step in (10, 11):
+            assert not optimizer.param_groups[0]["params"][2].grad.is_contiguous()
+            assert optimizer._step_plan is None
         for o in (optimizer, regular[0]):
             o.__dict__.pop("grad_scale", None), o.__dict__.pop("found_inf", None)
         for s in schedulers:
