@@ -7,6 +7,8 @@
 # in $OUT/stages.txt. Afterwards, commit $OUT's files under bench/results/<date>-<device>/.
 #
 #   device run:  bash bench/gpu_check.sh          (the device tool sets $OUT)
+#   a second call for the stages the first one had no time for (each call builds what it needs):
+#                GPU_CHECK_STAGES="build triton_tune host_overhead ptxas" bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/local}
@@ -22,6 +24,10 @@ DEADLINE=$((SECONDS + ${GPU_CHECK_SECONDS:-560}))
 stage() {  # stage NAME SECONDS COMMAND...: runs one stage with a time limit, logs to $OUT/NAME.log
   local name=$1 limit=$2
   shift 2
+  if [ -n "${GPU_CHECK_STAGES:-}" ] && [[ " $GPU_CHECK_STAGES " != *" $name "* ]]; then
+    echo "$name not selected" >> "$OUT/stages.txt"
+    return
+  fi
   local left=$((DEADLINE - SECONDS))
   if [ "$left" -lt 15 ]; then
     echo "$name skipped: ${left}s left" | tee -a "$OUT/stages.txt"
