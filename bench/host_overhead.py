@@ -45,7 +45,7 @@ IMPLEMENTATIONS = {
 }
 
 
-def measure(device: str, tensors: int, numel: int, reps: int, warmup: int = 10) -> dict:
+def measure(device: str, tensors: int, numel: int, reps: int, warmup: int = 10, interleave: bool = True) -> dict:
     runs = {}
     for index, (name, make) in enumerate(IMPLEMENTATIONS.items()):
         params = _params(tensors, numel, device, seed=index)
@@ -58,8 +58,12 @@ def measure(device: str, tensors: int, numel: int, reps: int, warmup: int = 10) 
         regular = name == "fusedopt (regular path)"
         runs[name] = {"optimizer": optimizer, "regular": regular, "times": []}
     active = [run for run in runs.values() if "optimizer" in run]
-    for round_index in range(warmup + reps):
-        order = active[round_index % len(active) :] + active[: round_index % len(active)]
+    # Interleaved, each step finds the caches full of the other optimizers' tensors (as after a forward and
+    # backward pass); back to back, each finds its own (the best case).
+    rounds = [(i, active[i % len(active) :] + active[: i % len(active)]) for i in range(warmup + reps)]
+    if not interleave:
+        rounds = [(i, [run]) for run in active for i in range(warmup + reps)]
+    for round_index, order in rounds:
         for run in order:
             if run["regular"]:
                 run["optimizer"]._step_plan = None
@@ -93,13 +97,15 @@ def main() -> None:
     parser.add_argument("--tensors", type=int, default=1000)
     parser.add_argument("--numel", type=int, default=4)
     parser.add_argument("--reps", type=int, default=300)
+    parser.add_argument("--back-to-back", action="store_true", help="step each optimizer repeatedly (warm caches)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
-    results = measure(args.device, args.tensors, args.numel, args.reps)
+    results = measure(args.device, args.tensors, args.numel, args.reps, interleave=not args.back_to_back)
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu"
     print(
         f"AdamW step host time, {args.tensors} tensors of {args.numel} elements in 2 param groups, {args.device} "
-        f"({device_name}), torch {torch.__version__}, median of {args.reps} interleaved rounds"
+        f"({device_name}), torch {torch.__version__}, median of {args.reps} "
+        + ("steps back to back (warm caches)" if args.back_to_back else "interleaved rounds (cold caches)")
     )
     print(f"{'implementation':26} {'backend':10} {'median us':>10} {'IQR us':>8} {'us / 1000 tensors':>18}")
     for name, row in results.items():

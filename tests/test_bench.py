@@ -171,3 +171,19 @@ def test_an_implementation_refusing_a_case_becomes_a_row():
     )
     assert rows[0].status == "unsupported: RuntimeError: FusedAdam does not support the AMSGrad variant."
     assert rows[1].status == "ok" and rows[1].median_ms > 0
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_host_overhead_script_measures_every_implementation(interleave):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parent.parent / "bench" / "host_overhead.py"
+    spec = importlib.util.spec_from_file_location("host_overhead", path)
+    host_overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(host_overhead)
+    results = host_overhead.measure("cpu", tensors=10, numel=3, reps=3, warmup=1, interleave=interleave)
+    assert set(results) == set(host_overhead.IMPLEMENTATIONS)
+    for row in results.values():
+        assert row["status"] == "ok" and row["median_us"] > 0
+    assert results["fusedopt (step plan)"]["backend"] == "cpu"
