@@ -32,9 +32,15 @@ def _plan_key(optimizer) -> tuple:
     return (id(optimizer.state), len(optimizer.state), optimizer.max_grad_norm, groups)
 
 
+def _keyed_objects(optimizer) -> list:
+    """The objects whose ids the key holds: the plan keeps them alive, so no new object can take an id over."""
+    return [optimizer.state, *optimizer.param_groups, *(group["params"] for group in optimizer.param_groups)]
+
+
 class StepPlan:
-    def __init__(self, key: tuple, calls: list[tuple[Any, Any, Any]]) -> None:
-        self._key = key
+    def __init__(self, optimizer, calls: list[tuple[Any, Any, Any]]) -> None:
+        self._key = _plan_key(optimizer)
+        self._keyed_objects = _keyed_objects(optimizer)
         self._calls = calls  # (launch, planned function, StepOperands)
 
     @classmethod
@@ -64,7 +70,7 @@ class StepPlan:
             except (RuntimeError, TypeError, ValueError):
                 return None  # a plan only saves time: the regular path takes any step it cannot
             calls.append((launch, getattr(module, f"{optimizer._kernel}_planned"), operands))
-        return cls(_plan_key(optimizer), calls)
+        return cls(optimizer, calls)
 
     def is_current(self, optimizer) -> bool:
         return _plan_key(optimizer) == self._key

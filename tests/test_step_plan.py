@@ -205,3 +205,24 @@ def test_a_planned_optimizer_deep_copies_and_pickles_without_its_plan():
     twin.step()  # steps its own copies, through the regular path, then plans
     assert twin._step_plan is not None and all(float(twin.state[p]["step"]) == 3.0 for p in twin_params)
     assert pickle.loads(pickle.dumps(optimizer))._step_plan is None
+
+
+def test_a_replaced_params_list_is_noticed():
+    """A group's params list replaced by a new list of the same length (other parameters): the plan keeps the old
+    list alive, so the new one cannot reuse its id and pass for it."""
+    (optimizer, params), _ = _twins("AdamW")
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+    fresh = [torch.nn.Parameter(p.detach().clone()) for p in optimizer.param_groups[0]["params"]]
+    old_values = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
+    old_params = optimizer.param_groups[0]["params"]
+    optimizer.param_groups[0]["params"] = fresh
+    del old_params
+    gc.collect()
+    for p in fresh:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert all(not torch.equal(p, q) for p, q in zip(fresh, old_values))  # the new params moved
+    assert all(float(optimizer.state[p]["step"]) == 1.0 for p in fresh)
