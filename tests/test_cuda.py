@@ -160,3 +160,26 @@ def test_gpu_param_modes_match_reference(backend, name, mode, generator):
     run_steps([(fused, params), (reference, twins)], STEPS, generator)
     for i, (p, q) in enumerate(zip(params, twins)):
         assert_matches(p, q, f"param {i}")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_grad_scale_and_clip_read_on_the_device(backend, generator):
+    """GradScaler's 1/scale and the max_grad_norm coefficient reach the kernels as a device element (NOTE [grad
+    factor]); the result matches the reference, and a step with found_inf set changes nothing."""
+    params = _cuda(make_params(torch.float32, generator, GPU_SHAPES))
+    twins = clone_params(params)
+    fused = fusedopt.AdamW(_groups("AdamW", params), backend=backend, max_grad_norm=0.5)
+    reference = fusedopt.AdamW(_groups("AdamW", twins), backend="reference", max_grad_norm=0.5)
+    for step in range(4):
+        grads = [torch.randn(p.shape, generator=generator).cuda() * 8 for p in params]
+        for optimizer, ps in ((fused, params), (reference, twins)):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            optimizer.grad_scale = torch.tensor(8.0, device="cuda")
+            optimizer.found_inf = torch.tensor(1.0 if step == 2 else 0.0, device="cuda")
+            before = [p.detach().clone() for p in ps]
+            optimizer.step()
+            if step == 2:
+                assert all(torch.equal(p, b) for p, b in zip(ps, before)), "a found_inf step changed a param"
+        for i, (p, q) in enumerate(zip(params, twins)):
+            assert_matches(p, q, f"param {i} after step {step}")
