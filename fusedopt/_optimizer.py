@@ -48,7 +48,6 @@ class LaunchGroup:
         self.group_sizes = [len(bucket) for _, bucket in parts]
         self.params = [p for _, bucket in parts for p in bucket]
         self.states = [optimizer.state[p] for p in self.params]
-        self.parts = parts
 
     @property
     def grads(self) -> list[Tensor]:

@@ -133,8 +133,7 @@ void define_optimizers(pybind11::module_& module, const char* backend) {
            py::arg("params"), py::arg("columns"), py::arg("steps"), py::arg("masters"), py::arg("group_sizes"),
            py::arg("param_mode"), py::arg("absent"))
       .def("gather_grads", &StepOperands::gather_grads,
-           "Reads every parameter and its grad; False when the regular step must run instead")
-      .def("release_grads", &StepOperands::release_grads);
+           "Reads every parameter and its grad; False when the regular step must run instead");
   module.def(
       "adam_planned",
       [backend](StepOperands& planned, Values lr, Values beta1, Values beta2, Values weight_decay, Values eps,

@@ -65,9 +65,6 @@ class StepOperands {
     return true;
   }
 
-  // Forgets the gathered grads (a step that did not run them).
-  void release_grads() { gathered_ = false; }
-
   // The operands of this step's call, once per successful gather_grads().
   const Operands& take() {
     TORCH_CHECK(gathered_, "fusedopt: a planned step needs gather_grads() to have returned true first");
