@@ -48,15 +48,16 @@ class StepPlan:
         """The plan of a regular step's calls (LaunchGroup, backend), or None when it cannot have one."""
         if not launches or optimizer.max_grad_norm is not None:
             return None
+        # The cheap refusal first: a backend without planned calls (triton, reference) needs no walk over params.
+        modules = [getattr(backend, "planned_module", lambda: None)() for _, backend in launches]
+        if None in modules:
+            return None
         planned = {id(p) for launch, _ in launches for p in launch.params}
         absent = [p for group in optimizer.param_groups for p in group["params"] if id(p) not in planned]
         if not all(functional._is_kernel_ready(p) for p in absent):
             return None
         calls = []
-        for launch, backend in launches:
-            module = getattr(backend, "planned_module", lambda: None)()
-            if module is None:
-                return None
+        for (launch, _), module in zip(launches, modules):
             columns = optimizer._state_columns(launch)
             common = optimizer._common_kwargs(launch, 1.0)
             tensors = [launch.params, launch.grads, *columns, common["masters"]]
@@ -77,18 +78,14 @@ class StepPlan:
 
     def run(self, optimizer, grad_factor) -> bool:
         """One step over the planned operands; False, with nothing modified, when a grad does not fit the plan."""
-        operands = [call[2] for call in self._calls]
-        try:
-            if not all(o.gather_grads() for o in operands):
-                return False
-            for launch, function, ops in self._calls:
-                function(
-                    ops,
-                    **optimizer._hyperparameters(launch),
-                    **functional.grad_factor_kwargs(grad_factor, launch.params),
-                    rounding_seed=optimizer.rounding_seed,
-                )
-            return True
-        finally:
-            for o in operands:
-                o.release_grads()
+        # Every call's grads are checked before the first call runs; each gather allows one planned call.
+        if not all(ops.gather_grads() for _, _, ops in self._calls):
+            return False
+        for launch, function, ops in self._calls:
+            function(
+                ops,
+                **optimizer._hyperparameters(launch),
+                **functional.grad_factor_kwargs(grad_factor, launch.params),
+                rounding_seed=optimizer.rounding_seed,
+            )
+        return True
