@@ -123,6 +123,26 @@ def operand(address_table, t, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
+def program_operands(
+    param_table, grad_table, master_table, keys, numels, block_tensor, block_start, scalars, grad_factor_scale,
+    ROW: tl.constexpr, SCALED: tl.constexpr, PARAM: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """What every optimizer kernel's program starts from: its tensor t, typed pointers to the parameter, its master
+    and its gradient, its stochastic rounding key, its row of scalars and the grad factor read from it (NOTE [grad
+    factor]), and the block's offsets, mask and whether the block is full (no mask needed)."""
+    t, start, numel = block_of_program(block_tensor, block_start, numels, BLOCK)
+    param = operand(param_table, t, PARAM, ALIGNED)
+    master = operand(master_table, t, MASTER, ALIGNED)
+    key = tl.load(keys + t)
+    grad = operand(grad_table, t, PARAM, ALIGNED)
+    row = scalars + t * ROW
+    grad_factor = grad_factor_of(tl.load(row), grad_factor_scale, SCALED)
+    offsets = start + tl.arange(0, BLOCK).to(tl.int64)
+    return t, param, master, key, grad, row, grad_factor, offsets, offsets < numel, start + BLOCK <= numel
+
+
+@triton.jit
 def load(pointer, offsets, mask, MASKED: tl.constexpr, COMPUTE: tl.constexpr):
     if MASKED:
         value = tl.load(pointer + offsets, mask=mask, other=0.0)

@@ -48,21 +48,16 @@ def _adagrad_kernel(
     PARAM_MODE: tl.constexpr,
     MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t, start, numel = common.block_of_program(block_tensor, block_start, numels, BLOCK)
-    param = common.operand(param_table, t, PARAM, ALIGNED)
-    master = common.operand(master_table, t, MASTER, ALIGNED)
-    key = tl.load(keys + t)
-    grad = common.operand(grad_table, t, PARAM, ALIGNED)
+    t, param, master, key, grad, row, grad_factor, offsets, mask, full = common.program_operands(
+        param_table, grad_table, master_table, keys, numels, block_tensor, block_start, scalars, grad_factor_scale,
+        ROW, SCALED, PARAM, MASTER, ALIGNED, BLOCK,
+    )  # fmt: skip
     state_sums = common.operand(sum_table, t, STATE, ALIGNED)
-    row = scalars + t * ROW
-    grad_factor = common.grad_factor_of(tl.load(row + 0), grad_factor_scale, SCALED)
     weight_decay = tl.load(row + 1)
     clr = tl.load(row + 2)
     eps = tl.load(row + 3)
     decays = tl.load(row + 4) != 0
-    offsets = start + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offsets < numel
-    if start + BLOCK <= numel:
+    if full:
         _adagrad_block(param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
                        decays, COMPUTE, PARAM_MODE, False)  # fmt: skip
     else:

@@ -76,16 +76,13 @@ def _adam_kernel(
     AMSGRAD: tl.constexpr,
     PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t, start, numel = common.block_of_program(block_tensor, block_start, numels, BLOCK)
-    param = common.operand(param_table, t, PARAM, ALIGNED)
-    master = common.operand(master_table, t, MASTER, ALIGNED)
-    key = tl.load(keys + t)
-    grad = common.operand(grad_table, t, PARAM, ALIGNED)
+    t, param, master, key, grad, row, grad_factor, offsets, mask, full = common.program_operands(
+        param_table, grad_table, master_table, keys, numels, block_tensor, block_start, scalars, grad_factor_scale,
+        ROW, SCALED, PARAM, MASTER, ALIGNED, BLOCK,
+    )  # fmt: skip
     exp_avg = common.operand(exp_avg_table, t, STATE, ALIGNED)
     exp_avg_sq = common.operand(exp_avg_sq_table, t, STATE, ALIGNED)
     max_exp_avg_sq = common.operand(max_exp_avg_sq_table, t, STATE, ALIGNED)
-    row = scalars + t * ROW
-    grad_factor = common.grad_factor_of(tl.load(row + 0), grad_factor_scale, SCALED)
     l2_weight_decay = tl.load(row + 1)
     decay_factor = tl.load(row + 2)
     beta1_complement = tl.load(row + 3)
@@ -94,9 +91,7 @@ def _adam_kernel(
     step_size = tl.load(row + 6)
     eps = tl.load(row + 7)
     decay_mode = tl.load(row + 8).to(tl.int32)
-    offsets = start + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offsets < numel
-    if start + BLOCK <= numel:
+    if full:
         _adam_block(
             param, master, key, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor,
             l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, decay_mode,

@@ -78,16 +78,13 @@ def _rmsprop_kernel(
     MOMENTUM: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t, start, numel = common.block_of_program(block_tensor, block_start, numels, BLOCK)
-    param = common.operand(param_table, t, PARAM, ALIGNED)
-    master = common.operand(master_table, t, MASTER, ALIGNED)
-    key = tl.load(keys + t)
-    grad = common.operand(grad_table, t, PARAM, ALIGNED)
+    t, param, master, key, grad, row, grad_factor, offsets, mask, full = common.program_operands(
+        param_table, grad_table, master_table, keys, numels, block_tensor, block_start, scalars, grad_factor_scale,
+        ROW, SCALED, PARAM, MASTER, ALIGNED, BLOCK,
+    )  # fmt: skip
     square_avgs = common.operand(square_avg_table, t, STATE, ALIGNED)
     grad_avgs = common.operand(grad_avg_table, t, STATE, ALIGNED)
     momentum_buffers = common.operand(momentum_buffer_table, t, STATE, ALIGNED)
-    row = scalars + t * ROW
-    grad_factor = common.grad_factor_of(tl.load(row + 0), grad_factor_scale, SCALED)
     weight_decay = tl.load(row + 1)
     alpha = tl.load(row + 2)
     alpha_complement = tl.load(row + 3)
@@ -95,9 +92,7 @@ def _rmsprop_kernel(
     momentum = tl.load(row + 5)
     lr = tl.load(row + 6)
     decays = tl.load(row + 7) != 0
-    offsets = start + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offsets < numel
-    if start + BLOCK <= numel:
+    if full:
         _rmsprop_block(
             param, master, key, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask, grad_factor,
             weight_decay, alpha, alpha_complement, eps, momentum, lr, decays, COMPUTE, CENTERED, MOMENTUM,
