@@ -82,11 +82,6 @@ def check_torch_only_flags(capturable: bool, differentiable: bool, foreach: bool
         raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
 
-def _scalar_dtype() -> torch.dtype:
-    # torch.optim's rule for the dtype of state["step"] (torch/optim/optimizer.py:_get_scalar_dtype).
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-
-
 class FusedOptimizer(Optimizer):
     #: Exception message for sparse gradients, worded as torch.optim words it for this optimizer.
     sparse_grad_message: ClassVar[str]
@@ -159,7 +154,8 @@ class FusedOptimizer(Optimizer):
 
     def _update(self, launch: LaunchGroup, backend: backends.Backend, grad_factor: float | Tensor) -> None:
         """One fused call updating `launch.params` (all with grads and state) with their groups' settings,
-        multiplying every gradient by `grad_factor` as it is read (NOTE [grad factor])."""
+        multiplying every gradient by `grad_factor` as it is read (NOTE [grad factor]), and changing nothing where
+        GradScaler's found_inf is set."""
         getattr(functional, self._kernel)(
             launch.params,
             launch.grads,
@@ -167,6 +163,7 @@ class FusedOptimizer(Optimizer):
             launch.column("step"),
             **self._hyperparameters(launch),
             backend=backend,
+            found_inf=getattr(self, "found_inf", None),
             **self._common_kwargs(launch, grad_factor),
         )
 
@@ -293,10 +290,12 @@ class FusedOptimizer(Optimizer):
 
     def _ensure_state(self, group: dict[str, Any], params: list[Tensor]) -> None:
         """Creates the missing state of `params` (one bucket) in new flat buffers, as torch.optim would lazily."""
+        device = local_tensor(params[0]).device
+        backend = self._backend_for(device)
         for p in params:
             state = self.state[p]
             if "step" not in state:
-                state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+                state["step"] = backends.step_counter(backend, device)
         for name, fill in self._state_layout(group):
             missing = [p for p in params if name not in self.state[p]]
             if missing:
@@ -327,7 +326,7 @@ class FusedOptimizer(Optimizer):
         if step_plan is not None and step_plan.is_current(self):
             # NOTE [step plan]: the grads are checked in C++; a step the plan cannot take runs the regular path.
             grad_factor = self._grad_factor([])
-            if grad_factor is None or step_plan.run(self, grad_factor):
+            if grad_factor is None or step_plan.run(self, grad_factor, getattr(self, "found_inf", None)):
                 return loss
         self._step_plan = None
         plan = self._plan_step()
@@ -374,12 +373,14 @@ class FusedOptimizer(Optimizer):
     def _grad_factor(self, plan: list[tuple[dict[str, Any], list[list[Tensor]]]]) -> float | Tensor | None:
         """The factor every gradient is multiplied by as it is read (NOTE [grad factor]): GradScaler's 1/scale
         times the clip coefficient of max_grad_norm, as a tensor on the grads' device that the kernels read there
-        (no host synchronisation), or 1.0 when there is neither. None when GradScaler found an inf or NaN: the
-        step changes nothing, as torch.optim's fused kernels do. Reading found_inf is the one host read left
-        (step counters live on the host), and error_if_nonfinite=True reads the norm, as torch does."""
+        (no host synchronisation), or 1.0 when there is neither. GradScaler's found_inf goes to the kernels too,
+        which then change nothing, step counters included (NOTE [device steps]), as torch.optim's fused kernels
+        do. Only error_if_nonfinite=True reads the norm on the host, as torch does; it then reads found_inf first
+        and returns None when it is set (the step changes nothing)."""
         found_inf = getattr(self, "found_inf", None)
-        if found_inf is not None and float(found_inf) != 0.0:
-            return None
+        if found_inf is not None and self.max_grad_norm is not None and self.error_if_nonfinite:
+            if float(found_inf) != 0.0:
+                return None
         grad_scale = getattr(self, "grad_scale", None)
         inverse_scale = None if grad_scale is None else torch.as_tensor(grad_scale, dtype=torch.float32).reciprocal()
         if self.max_grad_norm is None:
@@ -423,13 +424,15 @@ class FusedOptimizer(Optimizer):
 
     def _adopt_loaded_state(self, originals: dict[Tensor, dict[str, Any]]) -> None:
         """Moves loaded state into flat buffers (NOTE [flat state]) of the group's state dtype, copying from the
-        checkpoint's tensors (`originals`), and step counters onto the CPU."""
+        checkpoint's tensors (`originals`), and step counters to where the backend keeps them (NOTE [device
+        steps])."""
         for group in self.param_groups:
             with_state = [p for p in group["params"] if self.state.get(p)]
             for p in with_state:
                 step = self.state[p].get("step")
                 if step is not None:
-                    self.state[p]["step"] = torch.tensor(scalar(step), dtype=_scalar_dtype())
+                    device = local_tensor(p).device
+                    self.state[p]["step"] = backends.step_counter(self._backend_for(device), device, scalar(step))
             for bucket in bucket_by_device_and_dtype(with_state).values():
                 names = dict.fromkeys(
                     name

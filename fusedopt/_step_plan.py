@@ -76,7 +76,7 @@ class StepPlan:
     def is_current(self, optimizer) -> bool:
         return _plan_key(optimizer) == self._key
 
-    def run(self, optimizer, grad_factor) -> bool:
+    def run(self, optimizer, grad_factor, found_inf) -> bool:
         """One step over the planned operands; False, with nothing modified, when a grad does not fit the plan."""
         # Every call's grads are checked before the first call runs; each gather allows one planned call.
         if not all(ops.gather_grads() for _, _, ops in self._calls):
@@ -85,7 +85,7 @@ class StepPlan:
             function(
                 ops,
                 **optimizer._hyperparameters(launch),
-                **functional.grad_factor_kwargs(grad_factor, launch.params),
+                **functional.grad_factor_kwargs(grad_factor, launch.params, found_inf),
                 rounding_seed=optimizer.rounding_seed,
             )
         return True

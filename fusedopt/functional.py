@@ -16,7 +16,13 @@ per group. Without it, the hyperparameters are single values for all tensors, as
 stochastically rounded, or through float32 masters (fusedopt/_rounding.py). `grad_factor` (a float, or a
 one-element tensor that stays on the device and is read by the kernel) multiplies every
 gradient as the kernel reads it (GradScaler's 1/scale times the clip coefficient):
-NOTE [grad factor] in csrc/include/fusedopt/update_rules.h.
+NOTE [grad factor] in csrc/include/fusedopt/update_rules.h. `found_inf` (GradScaler's one-element tensor), when
+given, makes the call change nothing, step counters included, where it is nonzero, like torch's fused kernels.
+
+`state_steps` are torch.optim's step counters: one-element float32 tensors on the params' device for the GPU
+backends (cuda, triton; as torch's fused optimizers keep them), whose kernels read and advance them without the
+host ever waiting (NOTE [device steps] in csrc/cuda/fused_cuda.h); CPU tensors for the cpu and reference
+backends. `step_counters_on(backend, device)` says which.
 """
 
 from __future__ import annotations
@@ -95,17 +101,23 @@ def _per_group(params: Sequence[Tensor], group_sizes: Sequence[int] | None, **hy
     return per_group
 
 
-def grad_factor_kwargs(grad_factor: float | Tensor, params: Sequence[Tensor]) -> dict:
+def _one_float32_on(value: Tensor, name: str, params: Sequence[Tensor]) -> Tensor:
+    if value.numel() != 1:
+        raise ValueError(f"a tensor {name} must have one element, got {value.numel()}")
+    device = local_tensor(params[0]).device if params else value.device
+    return value.detach().reshape(1).to(device=device, dtype=torch.float32, non_blocking=True)
+
+
+def grad_factor_kwargs(grad_factor: float | Tensor, params: Sequence[Tensor], found_inf: Tensor | None = None) -> dict:
     """The backends' form of NOTE [grad factor]: a host float, and a float32 one-element tensor on the params'
     device when the factor is a tensor (GradScaler's 1/scale, the clip coefficient), which the kernels read there
-    so that the host never waits for it."""
+    so that the host never waits for it; and GradScaler's found_inf the same way (nonzero: the call changes
+    nothing, step counters included; NOTE [device steps])."""
+    found_inf = None if found_inf is None else _one_float32_on(found_inf, "found_inf", params)
     if not isinstance(grad_factor, Tensor):
-        return {"grad_factor": float(grad_factor), "device_grad_factor": None}
-    if grad_factor.numel() != 1:
-        raise ValueError(f"a tensor grad_factor must have one element, got {grad_factor.numel()}")
-    device = local_tensor(params[0]).device if params else grad_factor.device
-    on_device = grad_factor.detach().reshape(1).to(device=device, dtype=torch.float32, non_blocking=True)
-    return {"grad_factor": 1.0, "device_grad_factor": on_device}
+        return {"grad_factor": float(grad_factor), "device_grad_factor": None, "found_inf": found_inf}
+    on_device = _one_float32_on(grad_factor, "grad_factor", params)
+    return {"grad_factor": 1.0, "device_grad_factor": on_device, "found_inf": found_inf}
 
 
 def _backend_for(backend: str | backends.Backend, params: Sequence[Tensor]) -> backends.Backend:
@@ -133,6 +145,7 @@ def adam(
     maximize: PerGroup[bool],
     decoupled: PerGroup[bool],
     grad_factor: float | Tensor = 1.0,
+    found_inf: Tensor | None = None,
     masters: Sequence[Tensor] = (),
     param_mode: int = 0,
     rounding_seed: int = 0,
@@ -155,7 +168,7 @@ def adam(
         list(state_steps),
         **hyperparameters,
         amsgrad=amsgrad,
-        **grad_factor_kwargs(grad_factor, params),
+        **grad_factor_kwargs(grad_factor, params, found_inf),
         masters=ops.writable_list(masters),
         param_mode=param_mode,
         rounding_seed=rounding_seed,
@@ -180,6 +193,7 @@ def rmsprop(
     centered: bool,
     maximize: PerGroup[bool],
     grad_factor: float | Tensor = 1.0,
+    found_inf: Tensor | None = None,
     masters: Sequence[Tensor] = (),
     param_mode: int = 0,
     rounding_seed: int = 0,
@@ -207,7 +221,7 @@ def rmsprop(
         **hyperparameters,
         centered=centered,
         use_momentum=True in use_momentum,
-        **grad_factor_kwargs(grad_factor, params),
+        **grad_factor_kwargs(grad_factor, params, found_inf),
         masters=ops.writable_list(masters),
         param_mode=param_mode,
         rounding_seed=rounding_seed,
@@ -228,6 +242,7 @@ def adagrad(
     eps: PerGroup[float],
     maximize: PerGroup[bool],
     grad_factor: float | Tensor = 1.0,
+    found_inf: Tensor | None = None,
     masters: Sequence[Tensor] = (),
     param_mode: int = 0,
     rounding_seed: int = 0,
@@ -246,7 +261,7 @@ def adagrad(
         ops.writable_list(state_sums),
         list(state_steps),
         **hyperparameters,
-        **grad_factor_kwargs(grad_factor, params),
+        **grad_factor_kwargs(grad_factor, params, found_inf),
         masters=ops.writable_list(masters),
         param_mode=param_mode,
         rounding_seed=rounding_seed,

@@ -67,7 +67,7 @@ def main() -> None:
         # StepOperands checks the device when it is made; the planned entry's keywords are read from its signature.
         expect_device_error(lambda: ext.StepOperands(leaves, columns, steps, [], [1, 1], 0, []))
         signature = getattr(ext, f"{kernel}_planned").__doc__.splitlines()[0]
-        for name in [*hyper, "grad_factor", "device_grad_factor", "rounding_seed"]:
+        for name in [*hyper, "grad_factor", "device_grad_factor", "found_inf", "rounding_seed"]:
             assert f"{name}:" in signature, f"{kernel}_planned does not take {name}: {signature}"
     stream_states = _tensors.state_views(params, 0.0)
     expect_device_error(lambda: backend.stream(params, ones, [stream_states]))

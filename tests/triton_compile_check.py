@@ -19,7 +19,14 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler import compile as triton_compile
 
-POINTER_ARGS = {"block_tensor": "*i32", "scalars": "*{compute}", "grad_factor_scale": "*fp32"}
+ARG_TYPES = {
+    "block_tensor": "*i32",
+    "scalars": "*fp64",
+    "grad_factor_scale": "*fp32",
+    "found_inf": "*fp32",
+    "finished": "*i32",
+    "num_tensors": "i32",
+}
 # A 16-byte global access: four 32-bit or two 64-bit lanes.
 SIXTEEN_BYTES = r"{op}\.global(?:\.\w+)*\.(?:v4\.[bfu]32|v2\.[bfu]64)"
 DTYPE_NAMES = {tl.float32: "fp32", tl.float64: "fp64", tl.bfloat16: "bf16", tl.float16: "fp16", tl.int16: "i16"}
@@ -29,15 +36,18 @@ PLAIN = dict(PARAM_MODE=0, MASTER=tl.float32)
 
 
 def variants():
-    adam = importlib.import_module("fusedopt.triton_kernels.adam")._adam_kernel
-    rmsprop = importlib.import_module("fusedopt.triton_kernels.rmsprop")._rmsprop_kernel
-    adagrad = importlib.import_module("fusedopt.triton_kernels.adagrad")._adagrad_kernel
+    modules = {
+        name: importlib.import_module(f"fusedopt.triton_kernels.{name}") for name in ("adam", "rmsprop", "adagrad")
+    }
+    adam, rmsprop, adagrad = (getattr(modules[name], f"_{name}_kernel") for name in ("adam", "rmsprop", "adagrad"))
     stream = importlib.import_module("fusedopt.triton_kernels.stream")._stream_kernel
     pairs = [(tl.float32, tl.float32), (tl.float64, tl.float64), (tl.bfloat16, tl.bfloat16), (tl.float16, tl.float16)]
     # Weight decay modes are per-tensor runtime values (groups with and without decay share a launch), so every
     # variant below holds all of them.
-    # SCALED reads NOTE [grad factor]'s device part (GradScaler, max_grad_norm); half the variants have it.
-    rows = dict(adam=dict(ROW=9, SCALED=True), rmsprop=dict(ROW=8, SCALED=False), adagrad=dict(ROW=5, SCALED=True))
+    # SCALED reads NOTE [grad factor]'s device part (GradScaler, max_grad_norm), FOUND_INF GradScaler's found_inf
+    # (NOTE [device steps]); half the variants have them.
+    flags = dict(adam=True, rmsprop=False, adagrad=True)
+    rows = {name: dict(ROW=modules[name]._ROW, SCALED=flags[name], FOUND_INF=flags[name]) for name in modules}
     for param, state in pairs:
         compute = tl.float64 if param == tl.float64 else tl.float32
         base = dict(PARAM=param, STATE=state, COMPUTE=compute, ALIGNED=True, BLOCK=common.BLOCK, **PLAIN)
@@ -59,13 +69,12 @@ def variants():
 
 
 def compile_variant(kernel, constexprs: dict, capability: int) -> dict:
-    compute = DTYPE_NAMES[constexprs.get("COMPUTE", tl.float32)]
     signature = {}
     for name in kernel.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
         else:
-            signature[name] = POINTER_ARGS.get(name, "*i64").format(compute=compute)
+            signature[name] = ARG_TYPES.get(name, "*i64")
     constants = {(kernel.arg_names.index(n),): v for n, v in constexprs.items()}
     compiled = triton_compile(
         ASTSource(fn=kernel, signature=signature, constexprs=constants),

@@ -9,13 +9,18 @@ tensor's tail. Offsets are int64, so tensors over 2^31 elements work. Tables dep
 so they are cached and rebuilt only when an operand moves; learning rate, step and sizes are runtime data,
 never constexpr, so changing them never recompiles.
 
+NOTE [device steps] (csrc/cuda/fused_cuda.h) holds here too: step counters are float32 elements beside the params,
+which the kernel reads (count + 1 makes the bias corrections, in float64) and the program that finishes last
+advances, by nothing when GradScaler's found_inf is set, in which case no program writes anything. The host never
+reads a counter or found_inf, so a step never waits for the GPU.
+
 Installed as fusedopt.triton_kernels (the top-level name `triton_kernels` belongs to upstream Triton).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -124,22 +129,54 @@ def operand(address_table, t, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 
 @triton.jit
 def program_operands(
-    param_table, grad_table, master_table, keys, numels, block_tensor, block_start, scalars, grad_factor_scale,
-    ROW: tl.constexpr, SCALED: tl.constexpr, PARAM: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr,
-    BLOCK: tl.constexpr,
+    param_table, grad_table, master_table, step_table, numels, block_tensor, block_start, scalars,
+    grad_factor_scale, ROW: tl.constexpr, SCALED: tl.constexpr, COMPUTE: tl.constexpr, PARAM: tl.constexpr,
+    MASTER: tl.constexpr, PARAM_MODE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """What every optimizer kernel's program starts from: its tensor t, typed pointers to the parameter, its master
-    and its gradient, its stochastic rounding key, its row of scalars and the grad factor read from it (NOTE [grad
-    factor]), and the block's offsets, mask and whether the block is full (no mask needed)."""
+    and its gradient, its row of float64 scalars (ROW_HEADER, then the optimizer's) and the grad factor read from
+    it (NOTE [grad factor]), the tensor's new step count (float64, NOTE [device steps]) and stochastic rounding
+    key, and the block's offsets, mask and whether the block is full (no mask needed)."""
     t, start, numel = block_of_program(block_tensor, block_start, numels, BLOCK)
     param = operand(param_table, t, PARAM, ALIGNED)
     master = operand(master_table, t, MASTER, ALIGNED)
-    key = tl.load(keys + t)
     grad = operand(grad_table, t, PARAM, ALIGNED)
+    step = tl.load(operand(step_table, t, tl.float32, False)).to(tl.float64) + 1.0
     row = scalars + t * ROW
-    grad_factor = grad_factor_of(tl.load(row), grad_factor_scale, SCALED)
+    grad_factor = grad_factor_of(tl.load(row).to(COMPUTE), grad_factor_scale, SCALED)
+    key = 0
+    if PARAM_MODE == 1:
+        seed_low = tl.load(row + 1).to(tl.int64)
+        seed_high = tl.load(row + 2).to(tl.int64)
+        key = rounding_key(seed_low, seed_high, step.to(tl.int64), t)
     offsets = start + tl.arange(0, BLOCK).to(tl.int64)
-    return t, param, master, key, grad, row, grad_factor, offsets, offsets < numel, start + BLOCK <= numel
+    return t, param, master, grad, row, step, key, grad_factor, offsets, offsets < numel, start + BLOCK <= numel
+
+
+@triton.jit
+def step_runs(found_inf, FOUND_INF: tl.constexpr):
+    """False when GradScaler found an inf or NaN in this step's grads: then nothing is written (NOTE [device
+    steps])."""
+    if FOUND_INF:
+        return tl.load(found_inf) == 0
+    else:
+        return tl.full((), 1, tl.int1)
+
+
+@triton.jit
+def finish_launch(step_table, num_tensors, finished, runs, BLOCK: tl.constexpr):
+    """NOTE [device steps]: the program that finishes last adds one to every step counter of the launch (nothing
+    when the step does not run) and resets the ticket. Every program read its counter before it takes its ticket
+    (the barrier orders all its threads' reads before the atomic, which releases them)."""
+    tl.debug_barrier()
+    ticket = tl.atomic_add(finished, 1)
+    if ticket == tl.num_programs(0) - 1:
+        for first in range(0, num_tensors, BLOCK):
+            index = first + tl.arange(0, BLOCK)
+            mask = index < num_tensors
+            counters = tl.load(step_table + index, mask=mask, other=0).to(tl.pointer_type(tl.float32))
+            tl.store(counters, tl.load(counters, mask=mask) + runs.to(tl.float32), mask=mask)
+        tl.atomic_xchg(finished, 0)
 
 
 @triton.jit
@@ -175,6 +212,13 @@ def mix32(x):
 def rounding_bits(key, index):
     """NOTE [stochastic rounding]: the random bits of element `index` (int64) of the tensor with `key`."""
     return mix32((index & 0xFFFFFFFF) ^ mix32((key + (index >> 32)) & 0xFFFFFFFF))
+
+
+@triton.jit
+def rounding_key(seed_low, seed_high, step, t):
+    """The key of tensor t at step `step` (fusedopt::rounding_key), from int64 values holding uint32 numbers."""
+    inner = mix32((seed_high + mix32((step & 0xFFFFFFFF) ^ mix32(t & 0xFFFFFFFF))) & 0xFFFFFFFF)
+    return mix32(seed_low ^ inner)
 
 
 @triton.jit
@@ -221,14 +265,23 @@ def _store_raw(pointer, offsets, mask, value, MASKED: tl.constexpr):
 
 # --- host side --------------------------------------------------------------------------------------------------
 class LaunchTable:
-    """The device-side table of one bucket (NOTE [multi-tensor launch])."""
+    """The device-side table of one bucket (NOTE [multi-tensor launch]). `steps`, when given, are the bucket's step
+    counters: their addresses are the last row (they take no part in the alignment promise), and the table gets
+    the ticket of NOTE [device steps] (zero between launches)."""
 
-    def __init__(self, operands: Sequence[Sequence[torch.Tensor]], device: torch.device) -> None:
+    def __init__(
+        self, operands: Sequence[Sequence[torch.Tensor]], device: torch.device, steps: Sequence[torch.Tensor] = ()
+    ) -> None:
         numels = [t.numel() for t in operands[0]]
         addresses = [[t.data_ptr() for t in column] for column in operands]
         self.aligned = all(a % _ALIGN_BYTES == 0 for column in addresses for a in column)
+        if steps:
+            addresses.append([t.data_ptr() for t in steps])
         self.addresses = torch.tensor(addresses, dtype=torch.int64).to(device)
+        self.num_tensors = len(numels)
         counts = torch.tensor([-(-n // BLOCK) for n in numels], dtype=torch.int64)
+        if int(counts.sum()) == 0:
+            counts[0] = 1  # one program (over nothing) still advances the step counters of empty tensors
         self.num_blocks = int(counts.sum())
         block_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), counts)
         first_block = torch.cumsum(counts, 0) - counts
@@ -236,18 +289,22 @@ class LaunchTable:
         self.block_tensor = block_tensor.to(device)
         self.block_start = (block_index * BLOCK).to(device)
         self.numels = torch.tensor(numels, dtype=torch.int64).to(device)
+        self.finished = torch.zeros(1, dtype=torch.int32, device=device)
 
 
 _tables: OrderedDict[tuple, LaunchTable] = OrderedDict()
 
 
-def launch_table(operands: Sequence[Sequence[torch.Tensor]], device: torch.device) -> LaunchTable:
-    """The cached table for these exact operands (same addresses and sizes), built on first use."""
+def launch_table(
+    operands: Sequence[Sequence[torch.Tensor]], device: torch.device, steps: Sequence[torch.Tensor] = ()
+) -> LaunchTable:
+    """The cached table for these exact operands and step counters (same addresses and sizes), built on first
+    use."""
     key = (device, tuple(tuple(t.data_ptr() for t in column) for column in operands))
-    key += (tuple(t.numel() for t in operands[0]),)
+    key += (tuple(t.numel() for t in operands[0]), tuple(t.data_ptr() for t in steps))
     table = _tables.get(key)
     if table is None:
-        table = LaunchTable(operands, device)
+        table = LaunchTable(operands, device, steps)
         _tables[key] = table
         if len(_tables) > _TABLE_CACHE_SIZE:
             _tables.popitem(last=False)
@@ -256,10 +313,17 @@ def launch_table(operands: Sequence[Sequence[torch.Tensor]], device: torch.devic
     return table
 
 
-def advance_steps(state_steps: Sequence[torch.Tensor]) -> list[float]:
-    """Adds one to every step counter, as torch.optim does before using it, and returns the new values."""
-    torch._foreach_add_(list(state_steps), 1)
-    return [float(s) for s in state_steps]
+def check_steps(params: Sequence[torch.Tensor], state_steps: Sequence[torch.Tensor]) -> None:
+    """NOTE [device steps]: one float32 element per param, on the params' device."""
+    if len(state_steps) != len(params):
+        raise ValueError(f"fusedopt Triton backend: {len(params)} params but {len(state_steps)} step counters")
+    device = params[0].device
+    for i, step in enumerate(state_steps):
+        if step.dtype != torch.float32 or step.numel() != 1 or step.device != device:
+            raise ValueError(
+                f"fusedopt Triton backend: steps[{i}] must be a one-element float32 tensor on {device} "
+                f"(NOTE [device steps]), got {step.dtype} on {step.device}"
+            )
 
 
 def check_operands(params: Sequence[torch.Tensor], *columns: Sequence[torch.Tensor]) -> tuple[torch.dtype, torch.dtype]:
@@ -286,10 +350,8 @@ def check_operands(params: Sequence[torch.Tensor], *columns: Sequence[torch.Tens
 MASTER_DTYPES = {2: tl.float32, 3: tl.int16}
 
 
-def param_mode_operands(params, masters, param_mode: int, steps: Sequence[float], seed: int, device: torch.device):
-    """The master column (or none), the per-tensor rounding keys and the master pointer type of a launch."""
-    from fusedopt import _rounding
-
+def master_operands(params, masters, param_mode: int):
+    """The master column of a launch (or none) and the master pointer type."""
     if param_mode in MASTER_DTYPES:
         expected = torch.float32 if param_mode == 2 else torch.int16
         if len(masters) != len(params):
@@ -299,62 +361,51 @@ def param_mode_operands(params, masters, param_mode: int, steps: Sequence[float]
                 raise ValueError(
                     f"fusedopt Triton backend: masters[{i}] must be a contiguous {expected} tensor like its param"
                 )
-        columns = [list(masters)]
-    else:
-        columns = []
-    keys = [_rounding.rounding_key(seed, int(t), i) if param_mode == 1 else 0 for i, t in enumerate(steps)]
-    return columns, torch.tensor(keys, dtype=torch.int64).to(device), MASTER_DTYPES.get(param_mode, tl.float32)
+        return [list(masters)], MASTER_DTYPES[param_mode]
+    return [], tl.float32
 
 
-def scalars_tensor(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Per-launch or per-tensor scalars as a device tensor of the compute dtype (float64 math keeps its
-    precision, unlike scalar kernel arguments, which Triton passes as float32)."""
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+#: The first entries of every scalars row: the grad factor (NOTE [grad factor], maximize's sign included) and the
+#: two 32-bit halves of the stochastic rounding seed; the optimizer's own entries follow.
+ROW_HEADER = 3
 
 
 @dataclass
 class Launch:
-    """What every optimizer launch shares once its operands are checked and its step counters advanced."""
+    """What every optimizer launch shares once its operands and step counters are checked."""
 
-    steps: list[float]  # the new step count of every tensor
     table: LaunchTable
-    keys: torch.Tensor  # per-tensor stochastic rounding keys
+    master_row: torch.Tensor  # the masters' addresses (PARAM_MODE 2, 3), else any row
     device: torch.device
-    compute: torch.dtype
-    constexprs: dict  # PARAM, STATE, COMPUTE, PARAM_MODE, MASTER, ALIGNED, BLOCK, SCALED
+    constexprs: dict  # PARAM, STATE, COMPUTE, PARAM_MODE, MASTER, ALIGNED, BLOCK, SCALED, FOUND_INF
     group_sizes: Sequence[int]  # tensors per param group (NOTE [param groups in one launch])
+    rounding_seed: int
     device_grad_factor: torch.Tensor | None  # NOTE [grad factor]'s device part, read by the kernel (SCALED)
+    found_inf: torch.Tensor | None  # GradScaler's found_inf, read by the kernel (FOUND_INF)
 
     @property
     def grid(self) -> tuple[int]:
         return (self.table.num_blocks,)
 
-    @property
-    def table_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.table.numels, self.table.block_tensor, self.table.block_start
+    def scalars(self, group_rows: Sequence[Sequence[float]]) -> torch.Tensor:
+        """Every tensor's float64 row of scalars, flattened into one device tensor, from one row per param group
+        ([grad factor, the optimizer's entries...]; NOTE [param groups in one launch] in
+        csrc/common/binding_utils.h). float64 keeps the bias corrections exact; the kernels cast the rest."""
+        seed = [float(self.rounding_seed & 0xFFFFFFFF), float((self.rounding_seed >> 32) & 0xFFFFFFFF)]
+        rows = torch.tensor([[row[0], *seed, *row[1:]] for row in group_rows], dtype=torch.float64)
+        rows = rows.repeat_interleave(torch.tensor(list(self.group_sizes), dtype=torch.int64), dim=0)
+        return rows.to(self.device, non_blocking=True)
 
-    def scalars(self, values: Sequence[float]) -> torch.Tensor:
-        return scalars_tensor(values, self.compute, self.device)
-
-    def per_tensor_scalars(self, make_row: Callable[[int, float], list[float]]) -> torch.Tensor:
-        """Every tensor's row of scalars, flattened into one device tensor: make_row(group, step) for its param
-        group and new step (NOTE [param groups in one launch] in csrc/common/binding_utils.h), computed once per
-        distinct (group, step)."""
-        rows: dict[tuple[int, float], list[float]] = {}
-        values: list[float] = []
-        first = 0
-        for group, size in enumerate(self.group_sizes):
-            for step in self.steps[first : first + size]:
-                row = rows.get((group, step))
-                if row is None:
-                    row = rows[(group, step)] = make_row(group, step)
-                values += row
-            first += size
-        return self.scalars(values)
-
-    def grad_factor_scale(self, placeholder: torch.Tensor) -> torch.Tensor:
-        """The kernel's grad_factor_scale argument: the device factor, or any tensor when SCALED is off."""
-        return placeholder if self.device_grad_factor is None else self.device_grad_factor
+    def launch_args(self, scalars: torch.Tensor) -> tuple:
+        """The arguments every optimizer kernel ends with: the step row, the table, the scalars, the device grad
+        factor and found_inf (any tensor stands in for an absent one: SCALED and FOUND_INF say which are real)."""
+        table = self.table
+        return (
+            table.addresses[-1], table.numels, table.block_tensor, table.block_start, table.num_tensors,
+            table.finished, scalars,
+            scalars if self.device_grad_factor is None else self.device_grad_factor,
+            scalars if self.found_inf is None else self.found_inf,
+        )  # fmt: skip
 
 
 def prepare(
@@ -365,20 +416,25 @@ def prepare(
     rounding_seed: int,
     group_sizes: Sequence[int],
     device_grad_factor: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
 ) -> Launch:
-    """Checks the operands (columns[0] are the params, columns[1] the grads, the rest state) and the group sizes,
-    advances the step counters and finds the launch table, masters included."""
+    """Checks the operands (columns[0] are the params, columns[1] the grads, the rest state), the step counters
+    and the group sizes, and finds the launch table, masters included. Modifies nothing."""
     params = columns[0]
     if any(size < 0 for size in group_sizes) or sum(group_sizes) != len(params):
         raise ValueError(f"fusedopt Triton backend: group_sizes {list(group_sizes)} do not add up to {len(params)}")
     param_dtype, state_dtype = check_operands(params, *[c for i, c in enumerate(columns) if i != 1])
-    steps = advance_steps(state_steps)
+    check_steps(params, state_steps)
     device, compute = params[0].device, compute_dtype(param_dtype)
-    master_columns, keys, master_dtype = param_mode_operands(params, masters, param_mode, steps, rounding_seed, device)
-    table = launch_table(list(columns) + master_columns, device)
+    for name, value in (("device_grad_factor", device_grad_factor), ("found_inf", found_inf)):
+        if value is not None and (value.dtype != torch.float32 or value.numel() != 1 or value.device != device):
+            raise ValueError(f"fusedopt Triton backend: {name} must be a one-element float32 tensor on {device}")
+    master_columns, master_dtype = master_operands(params, masters, param_mode)
+    table = launch_table(list(columns) + master_columns, device, state_steps)
     constexprs = dict(
         PARAM=TORCH_TO_TRITON[param_dtype], STATE=TORCH_TO_TRITON[state_dtype], COMPUTE=TORCH_TO_TRITON[compute],
         PARAM_MODE=param_mode, MASTER=master_dtype, ALIGNED=table.aligned, BLOCK=BLOCK,
-        SCALED=device_grad_factor is not None,
+        SCALED=device_grad_factor is not None, FOUND_INF=found_inf is not None,
     )  # fmt: skip
-    return Launch(steps, table, keys, device, compute, constexprs, group_sizes, device_grad_factor)
+    master_row = table.addresses[len(columns) if master_columns else 0]
+    return Launch(table, master_row, device, constexprs, group_sizes, rounding_seed, device_grad_factor, found_inf)

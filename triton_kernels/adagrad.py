@@ -36,42 +36,49 @@ def _adagrad_block(
     common.store(state_sums, offsets, mask, state_sum, MASKED)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tensors"])
 def _adagrad_kernel(
     param_table, grad_table, sum_table,  # int64 address rows
     master_table,  # float32 masters or int16 remainders (PARAM_MODE 2, 3)
-    keys,  # per-tensor stochastic rounding keys (PARAM_MODE 1)
+    step_table,  # float32 step counters (NOTE [device steps])
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
-    scalars,  # a row per tensor, in COMPUTE: its group's hyperparameters and its decayed lr
+    num_tensors, finished,  # NOTE [device steps]: the tensors whose counters advance; the ticket
+    scalars,  # a float64 row per tensor: common.ROW_HEADER, then its group's hyperparameters
     grad_factor_scale,  # NOTE [grad factor]: the device part (SCALED), a float32 element
-    ROW: tl.constexpr, SCALED: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
-    PARAM_MODE: tl.constexpr,
-    MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    found_inf,  # GradScaler's found_inf (FOUND_INF), a float32 element
+    ROW: tl.constexpr, SCALED: tl.constexpr, FOUND_INF: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr,
+    COMPUTE: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t, param, master, key, grad, row, grad_factor, offsets, mask, full = common.program_operands(
-        param_table, grad_table, master_table, keys, numels, block_tensor, block_start, scalars, grad_factor_scale,
-        ROW, SCALED, PARAM, MASTER, ALIGNED, BLOCK,
+    t, param, master, grad, row, step, key, grad_factor, offsets, mask, full = common.program_operands(
+        param_table, grad_table, master_table, step_table, numels, block_tensor, block_start, scalars,
+        grad_factor_scale, ROW, SCALED, COMPUTE, PARAM, MASTER, PARAM_MODE, ALIGNED, BLOCK,
     )  # fmt: skip
-    state_sums = common.operand(sum_table, t, STATE, ALIGNED)
-    weight_decay = tl.load(row + 1)
-    clr = tl.load(row + 2)
-    eps = tl.load(row + 3)
-    decays = tl.load(row + 4) != 0
-    if full:
-        _adagrad_block(param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
-                       decays, COMPUTE, PARAM_MODE, False)  # fmt: skip
-    else:
-        _adagrad_block(param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
-                       decays, COMPUTE, PARAM_MODE, True)  # fmt: skip
+    runs = common.step_runs(found_inf, FOUND_INF)
+    if runs:
+        state_sums = common.operand(sum_table, t, STATE, ALIGNED)
+        h = row + common.ROW_HEADER
+        weight_decay = tl.load(h).to(COMPUTE)
+        # fusedopt::scalars_at_step in float64: the learning rate decayed with the step count.
+        clr = (tl.load(h + 1) / (1.0 + (step - 1.0) * tl.load(h + 2))).to(COMPUTE)
+        eps = tl.load(h + 3).to(COMPUTE)
+        decays = tl.load(h + 4) != 0
+        if full:
+            _adagrad_block(param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
+                           decays, COMPUTE, PARAM_MODE, False)  # fmt: skip
+        else:
+            _adagrad_block(param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
+                           decays, COMPUTE, PARAM_MODE, True)  # fmt: skip
+    common.finish_launch(step_table, num_tensors, finished, runs, BLOCK)
 
 
-_ROW = 5  # entries of a scalars row
+_ROW = common.ROW_HEADER + 5  # entries of a scalars row
 
 
-def _scalars_row(lr, lr_decay, weight_decay, eps, maximize, step, grad_factor) -> list[float]:
-    """fusedopt::make_adagrad_scalars (csrc/include/fusedopt/update_rules.h), plus whether to decay."""
+def _group_row(lr, lr_decay, weight_decay, eps, maximize, grad_factor) -> list[float]:
+    """fusedopt::make_adagrad_hyper (csrc/include/fusedopt/update_rules.h), plus whether to decay."""
     grad_factor = -grad_factor if maximize else grad_factor
-    return [grad_factor, weight_decay, lr / (1 + (step - 1) * lr_decay), eps, float(weight_decay != 0)]
+    return [grad_factor, weight_decay, lr, lr_decay, eps, float(weight_decay != 0)]
 
 
 def adagrad(
@@ -88,6 +95,7 @@ def adagrad(
     group_sizes: list[int],
     grad_factor: float,
     device_grad_factor: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
     masters: Sequence[torch.Tensor],
     param_mode: int,
     rounding_seed: int,
@@ -96,17 +104,14 @@ def adagrad(
     signature; see fusedopt/functional.py)."""
     if not params:
         return
-    columns = [params, grads, state_sums]
-    launch = common.prepare(columns, state_steps, masters, param_mode, rounding_seed, group_sizes, device_grad_factor)
-    if launch.table.num_blocks == 0:
-        return
+    launch = common.prepare(
+        [params, grads, state_sums], state_steps, masters, param_mode, rounding_seed, group_sizes,
+        device_grad_factor, found_inf,
+    )  # fmt: skip
     hyper = (lr, lr_decay, weight_decay, eps, maximize)
-    scalars = launch.per_tensor_scalars(
-        lambda g, step: _scalars_row(*(values[g] for values in hyper), step, grad_factor)
-    )
+    scalars = launch.scalars([_group_row(*group, grad_factor) for group in zip(*hyper)])
     rows = launch.table.addresses
     _adagrad_kernel[launch.grid](
-        rows[0], rows[1], rows[2], rows[-1], launch.keys, *launch.table_args, scalars,
-        launch.grad_factor_scale(scalars), ROW=_ROW,
+        rows[0], rows[1], rows[2], launch.master_row, *launch.launch_args(scalars), ROW=_ROW,
         **launch.constexprs, num_warps=common.NUM_WARPS,
     )  # fmt: skip

@@ -64,53 +64,66 @@ def _adam_block(
         common.store(max_exp_avg_sq, offsets, mask, v_max, MASKED)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tensors"])
 def _adam_kernel(
     param_table, grad_table, exp_avg_table, exp_avg_sq_table, max_exp_avg_sq_table,  # int64 rows of addresses
     master_table,  # float32 masters or int16 remainders (PARAM_MODE 2, 3)
-    keys,  # per-tensor stochastic rounding keys (PARAM_MODE 1)
+    step_table,  # float32 step counters (NOTE [device steps])
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
-    scalars,  # a row per tensor, in COMPUTE: its group's hyperparameters and its own bias corrections
+    num_tensors, finished,  # NOTE [device steps]: the tensors whose counters advance; the ticket
+    scalars,  # a float64 row per tensor: common.ROW_HEADER, then its group's hyperparameters
     grad_factor_scale,  # NOTE [grad factor]: the device part (SCALED), a float32 element
-    ROW: tl.constexpr, SCALED: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
-    AMSGRAD: tl.constexpr,
-    PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    found_inf,  # GradScaler's found_inf (FOUND_INF), a float32 element
+    ROW: tl.constexpr, SCALED: tl.constexpr, FOUND_INF: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr,
+    COMPUTE: tl.constexpr, AMSGRAD: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr,
+    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t, param, master, key, grad, row, grad_factor, offsets, mask, full = common.program_operands(
-        param_table, grad_table, master_table, keys, numels, block_tensor, block_start, scalars, grad_factor_scale,
-        ROW, SCALED, PARAM, MASTER, ALIGNED, BLOCK,
+    t, param, master, grad, row, step, key, grad_factor, offsets, mask, full = common.program_operands(
+        param_table, grad_table, master_table, step_table, numels, block_tensor, block_start, scalars,
+        grad_factor_scale, ROW, SCALED, COMPUTE, PARAM, MASTER, PARAM_MODE, ALIGNED, BLOCK,
     )  # fmt: skip
-    exp_avg = common.operand(exp_avg_table, t, STATE, ALIGNED)
-    exp_avg_sq = common.operand(exp_avg_sq_table, t, STATE, ALIGNED)
-    max_exp_avg_sq = common.operand(max_exp_avg_sq_table, t, STATE, ALIGNED)
-    l2_weight_decay = tl.load(row + 1)
-    decay_factor = tl.load(row + 2)
-    beta1_complement = tl.load(row + 3)
-    beta2 = tl.load(row + 4)
-    beta2_complement = tl.load(row + 5)
-    step_size = tl.load(row + 6)
-    eps = tl.load(row + 7)
-    decay_mode = tl.load(row + 8).to(tl.int32)
-    if full:
-        _adam_block(
-            param, master, key, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor,
-            l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, decay_mode,
-            COMPUTE, AMSGRAD, PARAM_MODE, False,
-        )  # fmt: skip
-    else:
-        _adam_block(
-            param, master, key, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor,
-            l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, decay_mode,
-            COMPUTE, AMSGRAD, PARAM_MODE, True,
-        )  # fmt: skip
+    runs = common.step_runs(found_inf, FOUND_INF)
+    if runs:
+        exp_avg = common.operand(exp_avg_table, t, STATE, ALIGNED)
+        exp_avg_sq = common.operand(exp_avg_sq_table, t, STATE, ALIGNED)
+        max_exp_avg_sq = common.operand(max_exp_avg_sq_table, t, STATE, ALIGNED)
+        h = row + common.ROW_HEADER
+        l2_weight_decay = tl.load(h).to(COMPUTE)
+        decay_factor = tl.load(h + 1).to(COMPUTE)
+        beta1_complement = tl.load(h + 2).to(COMPUTE)
+        beta2 = tl.load(h + 3).to(COMPUTE)
+        beta2_complement = tl.load(h + 4).to(COMPUTE)
+        decay_mode = tl.load(h + 9).to(tl.int32)
+        # fusedopt::scalars_at_step in float64: beta^step as exp(step * log(beta)), log(beta) from the host.
+        bias_correction1 = 1.0 - tl.exp(step * tl.load(h + 7))
+        bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step * tl.load(h + 8)))
+        step_size = (tl.load(h + 5) * bias_correction2_sqrt / bias_correction1).to(COMPUTE)
+        eps = (tl.load(h + 6) * bias_correction2_sqrt).to(COMPUTE)
+        if full:
+            _adam_block(
+                param, master, key, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor,
+                l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, decay_mode,
+                COMPUTE, AMSGRAD, PARAM_MODE, False,
+            )  # fmt: skip
+        else:
+            _adam_block(
+                param, master, key, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, offsets, mask, grad_factor,
+                l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, decay_mode,
+                COMPUTE, AMSGRAD, PARAM_MODE, True,
+            )  # fmt: skip
+    common.finish_launch(step_table, num_tensors, finished, runs, BLOCK)
 
 
-_ROW = 9  # entries of a scalars row
+_ROW = common.ROW_HEADER + 10  # entries of a scalars row
 
 
-def _scalars_row(lr, beta1, beta2, weight_decay, eps, maximize, decoupled, step, grad_factor) -> list[float]:
-    """fusedopt::make_adam_scalars (csrc/include/fusedopt/update_rules.h), plus the weight decay mode."""
-    bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+def _log(beta: float) -> float:
+    return math.log(beta) if beta > 0 else -math.inf  # exp(step * -inf) = 0 = 0**step
+
+
+def _group_row(lr, beta1, beta2, weight_decay, eps, maximize, decoupled, grad_factor) -> list[float]:
+    """fusedopt::make_adam_hyper (csrc/include/fusedopt/update_rules.h): what fusedopt::scalars_at_step needs,
+    as the kernel computes it, plus the weight decay mode."""
     mode = DECAY_NONE if weight_decay == 0 else (DECAY_DECOUPLED if decoupled else DECAY_L2)
     return [
         -grad_factor if maximize else grad_factor,
@@ -119,8 +132,10 @@ def _scalars_row(lr, beta1, beta2, weight_decay, eps, maximize, decoupled, step,
         1 - beta1,
         beta2,
         1 - beta2,
-        lr * bias_correction2_sqrt / (1 - beta1**step),
-        eps * bias_correction2_sqrt,
+        lr,
+        eps,
+        _log(beta1),
+        _log(beta2),
         float(mode),
     ]
 
@@ -144,6 +159,7 @@ def adam(
     amsgrad: bool,
     grad_factor: float,
     device_grad_factor: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
     masters: Sequence[torch.Tensor],
     param_mode: int,
     rounding_seed: int,
@@ -153,16 +169,13 @@ def adam(
     if not params:
         return
     columns = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    launch = common.prepare(columns, state_steps, masters, param_mode, rounding_seed, group_sizes, device_grad_factor)
-    if launch.table.num_blocks == 0:
-        return
-    hyper = (lr, beta1, beta2, weight_decay, eps, maximize, decoupled)
-    scalars = launch.per_tensor_scalars(
-        lambda g, step: _scalars_row(*(values[g] for values in hyper), step, grad_factor)
+    launch = common.prepare(
+        columns, state_steps, masters, param_mode, rounding_seed, group_sizes, device_grad_factor, found_inf
     )
+    hyper = (lr, beta1, beta2, weight_decay, eps, maximize, decoupled)
+    scalars = launch.scalars([_group_row(*group, grad_factor) for group in zip(*hyper)])
     rows = launch.table.addresses
     _adam_kernel[launch.grid](
-        rows[0], rows[1], rows[2], rows[3], rows[4] if amsgrad else rows[3], rows[-1], launch.keys,
-        *launch.table_args, scalars, launch.grad_factor_scale(scalars), ROW=_ROW, AMSGRAD=amsgrad,
-        **launch.constexprs, num_warps=common.NUM_WARPS,
+        rows[0], rows[1], rows[2], rows[3], rows[4] if amsgrad else rows[3], launch.master_row,
+        *launch.launch_args(scalars), ROW=_ROW, AMSGRAD=amsgrad, **launch.constexprs, num_warps=common.NUM_WARPS,
     )  # fmt: skip

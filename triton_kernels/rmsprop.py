@@ -65,52 +65,57 @@ def _rmsprop_block(
         common.store(momentum_buffers, offsets, mask, momentum_buffer, MASKED)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tensors"])
 def _rmsprop_kernel(
     param_table, grad_table, square_avg_table, grad_avg_table, momentum_buffer_table,  # int64 address rows
     master_table,  # float32 masters or int16 remainders (PARAM_MODE 2, 3)
-    keys,  # per-tensor stochastic rounding keys (PARAM_MODE 1)
+    step_table,  # float32 step counters (NOTE [device steps])
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
-    scalars,  # a row per tensor, in COMPUTE: its group's hyperparameters
+    num_tensors, finished,  # NOTE [device steps]: the tensors whose counters advance; the ticket
+    scalars,  # a float64 row per tensor: common.ROW_HEADER, then its group's hyperparameters
     grad_factor_scale,  # NOTE [grad factor]: the device part (SCALED), a float32 element
-    ROW: tl.constexpr, SCALED: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr, COMPUTE: tl.constexpr,
-    CENTERED: tl.constexpr,
-    MOMENTUM: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr,
-    BLOCK: tl.constexpr,
+    found_inf,  # GradScaler's found_inf (FOUND_INF), a float32 element
+    ROW: tl.constexpr, SCALED: tl.constexpr, FOUND_INF: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr,
+    COMPUTE: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, PARAM_MODE: tl.constexpr,
+    MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t, param, master, key, grad, row, grad_factor, offsets, mask, full = common.program_operands(
-        param_table, grad_table, master_table, keys, numels, block_tensor, block_start, scalars, grad_factor_scale,
-        ROW, SCALED, PARAM, MASTER, ALIGNED, BLOCK,
+    t, param, master, grad, row, step, key, grad_factor, offsets, mask, full = common.program_operands(
+        param_table, grad_table, master_table, step_table, numels, block_tensor, block_start, scalars,
+        grad_factor_scale, ROW, SCALED, COMPUTE, PARAM, MASTER, PARAM_MODE, ALIGNED, BLOCK,
     )  # fmt: skip
-    square_avgs = common.operand(square_avg_table, t, STATE, ALIGNED)
-    grad_avgs = common.operand(grad_avg_table, t, STATE, ALIGNED)
-    momentum_buffers = common.operand(momentum_buffer_table, t, STATE, ALIGNED)
-    weight_decay = tl.load(row + 1)
-    alpha = tl.load(row + 2)
-    alpha_complement = tl.load(row + 3)
-    eps = tl.load(row + 4)
-    momentum = tl.load(row + 5)
-    lr = tl.load(row + 6)
-    decays = tl.load(row + 7) != 0
-    if full:
-        _rmsprop_block(
-            param, master, key, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask, grad_factor,
-            weight_decay, alpha, alpha_complement, eps, momentum, lr, decays, COMPUTE, CENTERED, MOMENTUM,
-            PARAM_MODE, False,
-        )  # fmt: skip
-    else:
-        _rmsprop_block(
-            param, master, key, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask, grad_factor,
-            weight_decay, alpha, alpha_complement, eps, momentum, lr, decays, COMPUTE, CENTERED, MOMENTUM,
-            PARAM_MODE, True,
-        )  # fmt: skip
+    runs = common.step_runs(found_inf, FOUND_INF)
+    if runs:
+        square_avgs = common.operand(square_avg_table, t, STATE, ALIGNED)
+        grad_avgs = common.operand(grad_avg_table, t, STATE, ALIGNED)
+        momentum_buffers = common.operand(momentum_buffer_table, t, STATE, ALIGNED)
+        h = row + common.ROW_HEADER
+        weight_decay = tl.load(h).to(COMPUTE)
+        alpha = tl.load(h + 1).to(COMPUTE)
+        alpha_complement = tl.load(h + 2).to(COMPUTE)
+        eps = tl.load(h + 3).to(COMPUTE)
+        momentum = tl.load(h + 4).to(COMPUTE)
+        lr = tl.load(h + 5).to(COMPUTE)
+        decays = tl.load(h + 6) != 0
+        if full:
+            _rmsprop_block(
+                param, master, key, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask, grad_factor,
+                weight_decay, alpha, alpha_complement, eps, momentum, lr, decays, COMPUTE, CENTERED, MOMENTUM,
+                PARAM_MODE, False,
+            )  # fmt: skip
+        else:
+            _rmsprop_block(
+                param, master, key, grad, square_avgs, grad_avgs, momentum_buffers, offsets, mask, grad_factor,
+                weight_decay, alpha, alpha_complement, eps, momentum, lr, decays, COMPUTE, CENTERED, MOMENTUM,
+                PARAM_MODE, True,
+            )  # fmt: skip
+    common.finish_launch(step_table, num_tensors, finished, runs, BLOCK)
 
 
-_ROW = 8  # entries of a scalars row
+_ROW = common.ROW_HEADER + 7  # entries of a scalars row
 
 
-def _scalars_row(lr, alpha, eps, weight_decay, momentum, maximize, grad_factor) -> list[float]:
-    """fusedopt::make_rmsprop_scalars (csrc/include/fusedopt/update_rules.h), plus whether to decay."""
+def _group_row(lr, alpha, eps, weight_decay, momentum, maximize, grad_factor) -> list[float]:
+    """fusedopt::make_rmsprop_hyper (csrc/include/fusedopt/update_rules.h), plus whether to decay."""
     grad_factor = -grad_factor if maximize else grad_factor
     return [grad_factor, weight_decay, alpha, 1 - alpha, eps, momentum, lr, float(weight_decay != 0)]
 
@@ -134,6 +139,7 @@ def rmsprop(
     use_momentum: bool,
     grad_factor: float,
     device_grad_factor: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
     masters: Sequence[torch.Tensor],
     param_mode: int,
     rounding_seed: int,
@@ -145,16 +151,15 @@ def rmsprop(
     columns = (
         [params, grads, square_avgs] + ([grad_avgs] if centered else []) + ([momentum_buffers] if use_momentum else [])
     )
-    launch = common.prepare(columns, state_steps, masters, param_mode, rounding_seed, group_sizes, device_grad_factor)
-    if launch.table.num_blocks == 0:
-        return
+    launch = common.prepare(
+        columns, state_steps, masters, param_mode, rounding_seed, group_sizes, device_grad_factor, found_inf
+    )
     hyper = (lr, alpha, eps, weight_decay, momentum, maximize)
-    scalars = launch.per_tensor_scalars(lambda g, step: _scalars_row(*(values[g] for values in hyper), grad_factor))
+    scalars = launch.scalars([_group_row(*group, grad_factor) for group in zip(*hyper)])
     rows = list(launch.table.addresses)
     grad_avg_row = rows[3] if centered else rows[2]
     momentum_row = rows[3 + int(centered)] if use_momentum else rows[2]
     _rmsprop_kernel[launch.grid](
-        rows[0], rows[1], rows[2], grad_avg_row, momentum_row, rows[-1], launch.keys, *launch.table_args, scalars,
-        launch.grad_factor_scale(scalars),
+        rows[0], rows[1], rows[2], grad_avg_row, momentum_row, launch.master_row, *launch.launch_args(scalars),
         ROW=_ROW, CENTERED=centered, MOMENTUM=use_momentum, **launch.constexprs, num_warps=common.NUM_WARPS,
     )  # fmt: skip

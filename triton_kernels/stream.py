@@ -49,8 +49,6 @@ def stream(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], states
     columns = [params, grads, *states]
     param_dtype, state_dtype = common.check_operands(params, *[c for i, c in enumerate(columns) if i != 1])
     table = common.launch_table(columns, params[0].device)
-    if table.num_blocks == 0:
-        return
     rows = list(table.addresses)
     padded = rows[2:] + [rows[0]] * (3 - len(states))
     _stream_kernel[(table.num_blocks,)](

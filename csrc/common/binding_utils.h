@@ -133,41 +133,48 @@ std::vector<int32_t> decay_modes(const GroupIndex& groups, const Hyper& h, size_
   return modes;
 }
 
-// Each tensor's scalars, from its group's hyperparameters and its new step count. Adam's bias corrections are
-// computed once per run of tensors with the same group and step (normally once per group).
-inline std::vector<AdamScalars<double>> per_tensor_scalars(const GroupIndex& groups, const AdamHyperparameters& h,
-                                                           const std::vector<double>& steps, double grad_factor) {
-  std::vector<AdamScalars<double>> scalars(steps.size());
-  for (size_t i = 0; i < steps.size(); ++i) {
+// Each tensor's hyperparameters (its group's, with the launch's host grad factor folded in), as the kernels take
+// them (fusedopt/update_rules.h).
+inline std::vector<AdamHyper> per_tensor_hyper(const GroupIndex& groups, const AdamHyperparameters& h, size_t n,
+                                               double grad_factor) {
+  std::vector<AdamHyper> hyper(n);
+  for (size_t i = 0; i < n; ++i) {
     const int32_t g = groups[i];
-    if (i > 0 && groups[i - 1] == g && steps[i - 1] == steps[i]) {
-      scalars[i] = scalars[i - 1];
-    } else {
-      scalars[i] = make_adam_scalars(h.lr[g], h.beta1[g], h.beta2[g], h.eps[g], h.weight_decay[g], h.maximize[g],
-                                     steps[i], grad_factor);
-    }
+    hyper[i] =
+        make_adam_hyper(h.lr[g], h.beta1[g], h.beta2[g], h.eps[g], h.weight_decay[g], h.maximize[g], grad_factor);
   }
-  return scalars;
+  return hyper;
 }
 
-inline std::vector<RmspropScalars<double>> per_tensor_scalars(const GroupIndex& groups, const RmspropHyperparameters& h,
-                                                              const std::vector<double>& steps, double grad_factor) {
-  std::vector<RmspropScalars<double>> scalars(steps.size());
-  for (size_t i = 0; i < steps.size(); ++i) {
+inline std::vector<RmspropHyper> per_tensor_hyper(const GroupIndex& groups, const RmspropHyperparameters& h, size_t n,
+                                                  double grad_factor) {
+  std::vector<RmspropHyper> hyper(n);
+  for (size_t i = 0; i < n; ++i) {
     const int32_t g = groups[i];
-    scalars[i] = make_rmsprop_scalars(h.lr[g], h.alpha[g], h.eps[g], h.weight_decay[g], h.momentum[g], h.maximize[g],
-                                      grad_factor);
+    hyper[i] =
+        make_rmsprop_hyper(h.lr[g], h.alpha[g], h.eps[g], h.weight_decay[g], h.momentum[g], h.maximize[g], grad_factor);
   }
-  return scalars;
+  return hyper;
 }
 
-inline std::vector<AdagradScalars<double>> per_tensor_scalars(const GroupIndex& groups, const AdagradHyperparameters& h,
-                                                              const std::vector<double>& steps, double grad_factor) {
-  std::vector<AdagradScalars<double>> scalars(steps.size());
-  for (size_t i = 0; i < steps.size(); ++i) {
+inline std::vector<AdagradHyper> per_tensor_hyper(const GroupIndex& groups, const AdagradHyperparameters& h, size_t n,
+                                                  double grad_factor) {
+  std::vector<AdagradHyper> hyper(n);
+  for (size_t i = 0; i < n; ++i) {
     const int32_t g = groups[i];
-    scalars[i] =
-        make_adagrad_scalars(h.lr[g], h.lr_decay[g], h.eps[g], h.weight_decay[g], h.maximize[g], steps[i], grad_factor);
+    hyper[i] = make_adagrad_hyper(h.lr[g], h.lr_decay[g], h.eps[g], h.weight_decay[g], h.maximize[g], grad_factor);
+  }
+  return hyper;
+}
+
+// Each tensor's scalars at its new step count (host-side step counters: the CPU backend), computed once per run
+// of tensors with the same group and step (normally once per group).
+template <typename Hyper>
+auto per_tensor_scalars(const GroupIndex& groups, const std::vector<Hyper>& hyper, const std::vector<double>& steps) {
+  std::vector<decltype(scalars_at_step(hyper[0], 0.0))> scalars(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const bool same_as_previous = i > 0 && groups[i - 1] == groups[i] && steps[i - 1] == steps[i];
+    scalars[i] = same_as_previous ? scalars[i - 1] : scalars_at_step(hyper[i], steps[i]);
   }
   return scalars;
 }

@@ -24,19 +24,29 @@ namespace fusedopt::binding {
 constexpr size_t kMaxStateColumns = 3;
 
 // NOTE [grad factor] of a call: a host value (maximize's sign is applied later, per group) times, when `device` is
-// set, a float32 value in the params' memory (CPU, or GPU memory the kernels read).
+// set, a float32 value in the params' memory (CPU, or GPU memory the kernels read). `found_inf`, when set, is
+// GradScaler's float32 flag in the same memory: nonzero means the call changes nothing, step counters included.
 struct GradFactor {
   double host = 1.0;
   const float* device = nullptr;
+  const float* found_inf = nullptr;
 };
 
-// The step counters of a call (torch.optim's state["step"]: one-element float32 or float64 CPU tensors).
+// Where a backend keeps the step counters (torch.optim's state["step"]) it takes.
+enum class StepPlace {
+  kHost,    // one-element float32 or float64 CPU tensors, advanced by the binding (the CPU backend)
+  kDevice,  // one-element float32 tensors beside the params, read and advanced by the kernel (NOTE [device steps])
+};
+
+// The step counters of a call.
 struct StepCounters {
   std::vector<void*> values;
   std::vector<bool> is_double;
+  StepPlace place = StepPlace::kHost;
 
-  // Adds one to every counter (as torch.optim does before using it) and returns the new values.
+  // Adds one to every host counter (as torch.optim does before using it) and returns the new values.
   std::vector<double> advance() const {
+    TORCH_CHECK(place == StepPlace::kHost, "fusedopt: device step counters are advanced by the kernel");
     std::vector<double> steps(values.size());
     for (size_t i = 0; i < values.size(); ++i) {
       steps[i] = is_double[i] ? (*static_cast<double*>(values[i]) += 1.0)
@@ -72,12 +82,15 @@ struct Operands {
 // Checks a call's tensors and returns their addresses; nothing is modified. Every tensor must be contiguous, on the
 // params' device (which `device_ok` must accept), and have its parameter's element count; grads have the params'
 // dtype, all state one dtype that the kernels pair with it, masters float32 (kMaster) or int16 (kRemainder).
-// `states` may hold null for an unused slot; `steps` may be empty when the call has no counters (the roofline).
+// `states` may hold null for an unused slot; `steps` may be empty when the call has no counters (the roofline), and
+// must be where `step_place` says.
 inline Operands check_operands(const char* backend, const TensorList& params, const TensorList& grads,
                                const std::vector<const TensorList*>& states, const TensorList& steps,
-                               const TensorList& masters, int64_t param_mode, bool (*device_ok)(const at::Device&)) {
+                               const TensorList& masters, int64_t param_mode, bool (*device_ok)(const at::Device&),
+                               StepPlace step_place) {
   const size_t n = params.size();
   Operands out;
+  out.steps.place = step_place;
   TORCH_CHECK(n > 0, "fusedopt ", backend, " backend: no params");
   TORCH_CHECK(grads.size() == n, "fusedopt ", backend, " backend: got ", n, " params but ", grads.size(), " grads");
   TORCH_CHECK(states.size() <= kMaxStateColumns, "fusedopt ", backend, " backend: too many state lists");
@@ -141,9 +154,16 @@ inline Operands check_operands(const char* backend, const TensorList& params, co
     if (needs_masters) out.masters.push_back(address(masters[i], param, master_dtype, "masters", i));
     if (!steps.empty()) {
       const at::Tensor& step = steps[i];
-      TORCH_CHECK(step.device().is_cpu() && step.numel() == 1 &&
-                      (step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble),
-                  "fusedopt ", backend, " backend: steps[", i, "] must be a one-element float32 or float64 CPU tensor");
+      if (step_place == StepPlace::kHost) {
+        TORCH_CHECK(step.device().is_cpu() && step.numel() == 1 &&
+                        (step.scalar_type() == at::kFloat || step.scalar_type() == at::kDouble),
+                    "fusedopt ", backend, " backend: steps[", i,
+                    "] must be a one-element float32 or float64 CPU tensor");
+      } else {
+        TORCH_CHECK(step.device() == out.device && step.numel() == 1 && step.scalar_type() == at::kFloat, "fusedopt ",
+                    backend, " backend: steps[", i, "] must be a one-element float32 tensor on ", out.device,
+                    " (NOTE [device steps]), got ", step.scalar_type(), " on ", step.device());
+      }
       out.steps.values.push_back(step.data_ptr());
       out.steps.is_double.push_back(step.scalar_type() == at::kDouble);
     }

@@ -28,7 +28,7 @@ class StepOperands {
   // now: the plan is made right after a regular step over exactly these tensors, and checked once more here.
   StepOperands(const char* backend, TensorList params, const std::vector<TensorList>& columns, const TensorList& steps,
                const TensorList& masters, std::vector<int64_t> group_sizes, int64_t param_mode, TensorList absent,
-               bool (*device_ok)(const at::Device&))
+               bool (*device_ok)(const at::Device&), StepPlace step_place)
       : params_(std::move(params)), group_sizes_(std::move(group_sizes)), absent_(std::move(absent)) {
     TensorList grads;
     for (size_t i = 0; i < params_.size(); ++i) {
@@ -38,7 +38,7 @@ class StepOperands {
     std::vector<const TensorList*> states;
     for (const TensorList& column : columns) states.push_back(&column);
     TORCH_CHECK(!steps.empty(), "fusedopt StepOperands: no step counters");
-    operands_ = check_operands(backend, params_, grads, states, steps, masters, param_mode, device_ok);
+    operands_ = check_operands(backend, params_, grads, states, steps, masters, param_mode, device_ok, step_place);
     dtype_ = params_[0].scalar_type();
   }
 

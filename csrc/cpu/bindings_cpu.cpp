@@ -54,8 +54,9 @@ std::vector<TensorSlot> make_slots(const Operands& ops, LaunchLayout& layout) {
 }
 
 // One optimizer step over checked operands: checks the group hyperparameters (nothing is modified before the last
-// check), advances the step counters, fills the per-tensor scalars, decay modes and rounding keys (NOTE [stochastic
-// rounding]: one key per tensor and step), and runs `run(layout, scalars)` without the GIL.
+// check), returns without a change when GradScaler's found_inf (CPU memory) is set, advances the step counters, fills
+// the per-tensor scalars, decay modes and rounding keys (NOTE [stochastic rounding]: one key per tensor and step), and
+// runs `run(layout, scalars)` without the GIL.
 template <typename Hyper, typename Run>
 void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, const binding::GradFactor& grad_factor,
           int64_t rounding_seed, const Run& run) {
@@ -63,6 +64,7 @@ void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, con
   binding::check_per_group(groups, hyper);
   LaunchLayout layout{};
   auto slots = make_slots(ops, layout);
+  if (grad_factor.found_inf != nullptr && *grad_factor.found_inf != 0.0f) return;
   const std::vector<double> step_values = ops.steps.advance();
   const std::vector<int32_t> decay_modes = binding::decay_modes(groups, hyper, ops.size());
   for (size_t i = 0; i < slots.size(); ++i) {
@@ -74,7 +76,8 @@ void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, con
   }
   // CPU memory: the device part of the grad factor is read here, once.
   const double factor = grad_factor.host * (grad_factor.device ? double{*grad_factor.device} : 1.0);
-  const auto scalars = binding::per_tensor_scalars(groups, hyper, step_values, factor);
+  const auto scalars =
+      binding::per_tensor_scalars(groups, binding::per_tensor_hyper(groups, hyper, ops.size(), factor), step_values);
   pybind11::gil_scoped_release no_gil;
   run(layout, scalars.data());
 }
@@ -108,7 +111,8 @@ void stream(const TensorList& params, const TensorList& grads, const TensorList&
   if (params.empty()) return;
   TORCH_CHECK(!states1.empty() <= !states0.empty() && !states2.empty() <= !states1.empty(),
               "fusedopt CPU backend: fill state lists in order");
-  const Operands ops = binding::check_operands("CPU", params, grads, {&states0, &states1, &states2}, {}, {}, 0, is_cpu);
+  const Operands ops = binding::check_operands("CPU", params, grads, {&states0, &states1, &states2}, {}, {}, 0, is_cpu,
+                                               binding::StepPlace::kHost);
   StreamLaunch launch{};
   const auto slots = make_slots(ops, launch.layout);
   launch.num_states = static_cast<int>(ops.used_states().size());
@@ -123,7 +127,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
   m.doc() = "fusedopt fused CPU optimizer kernels (OpenMP + SIMD)";
   fusedopt::binding::define_optimizers<&fusedopt::cpu::adam, &fusedopt::cpu::rmsprop, &fusedopt::cpu::adagrad,
-                                       &fusedopt::cpu::is_cpu>(m, "CPU");
+                                       &fusedopt::cpu::is_cpu, fusedopt::binding::StepPlace::kHost>(m, "CPU");
   m.def("stream", &fusedopt::cpu::stream,
         "Roofline for the benchmark: an optimizer step's loads and stores with one add per element", py::arg("params"),
         py::arg("grads"), py::arg("states0"), py::arg("states1"), py::arg("states2"));

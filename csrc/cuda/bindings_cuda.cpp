@@ -2,9 +2,9 @@
 //
 // The only file of the CUDA extension that includes torch. Per call it takes checked operands
 // (csrc/common/operands.h, from the Python call or a step plan), finds (or builds once) the call's device tables
-// (NOTE [cuda multi-tensor launch] in fused_cuda.h), advances the CPU step counters, uploads the per-tensor
-// scalars and launches one kernel on the current stream. Every check runs before the first write; every launch
-// is checked.
+// (NOTE [cuda multi-tensor launch] in fused_cuda.h), uploads the per-tensor hyperparameters and launches one kernel
+// on the current stream, which also advances the step counters on the device (NOTE [device steps]). Every check runs
+// before the first write; every launch is checked.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -39,7 +39,7 @@ struct KeyHash {
 };
 
 struct CachedTables {
-  at::Tensor device_bytes;  // TensorEntry[num_tensors] followed by ChunkEntry[num_chunks]
+  at::Tensor device_bytes;  // TensorEntry[num_tensors], ChunkEntry[num_chunks], then the finished-CTA ticket
   LaunchTables tables;
 };
 
@@ -66,9 +66,12 @@ LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_m
               " weight decay modes for ", n, " params");
   const auto states = ops.used_states();
   const bool has_masters = !ops.masters.empty();
+  const bool has_steps = !ops.steps.values.empty();
+  TORCH_CHECK(!has_steps || ops.steps.place == binding::StepPlace::kDevice,
+              "fusedopt CUDA backend: step counters must live on the device");
   std::vector<int64_t> key = {ops.device.index(), static_cast<int64_t>(ops.param_type),
-                              static_cast<int64_t>(ops.state_type), static_cast<int64_t>(ops.param_mode)};
-  key.reserve(4 + n * (5 + states.size()));
+                              static_cast<int64_t>(ops.state_type), static_cast<int64_t>(ops.param_mode), has_steps};
+  key.reserve(5 + n * (6 + states.size()));
   for (size_t i = 0; i < n; ++i) {
     key.push_back(ops.numels[i]);
     key.push_back(decay_modes.empty() ? 0 : decay_modes[i]);
@@ -76,6 +79,7 @@ LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_m
     key.push_back(reinterpret_cast<int64_t>(ops.grads[i]));
     for (const auto* column : states) key.push_back(reinterpret_cast<int64_t>((*column)[i]));
     if (has_masters) key.push_back(reinterpret_cast<int64_t>(ops.masters[i]));
+    if (has_steps) key.push_back(reinterpret_cast<int64_t>(ops.steps.values[i]));
   }
   auto& cache = table_cache();
   auto found = cache.find(key);
@@ -95,6 +99,7 @@ LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_m
     }
     entry.master = has_masters ? ops.masters[i] : nullptr;
     if (entry.master) all_aligned = all_aligned && aligned(entry.master);
+    entry.step = has_steps ? static_cast<float*>(ops.steps.values[i]) : nullptr;
     entry.numel = ops.numels[i];
     entry.aligned = all_aligned;
     entry.decay_mode = decay_modes.empty() ? 0 : decay_modes[i];
@@ -102,8 +107,11 @@ LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_m
       chunks.push_back({start, static_cast<int64_t>(i)});
     }
   }
+  // A launch of empty tensors still runs one CTA (over nothing), which advances their step counters.
+  if (chunks.empty()) chunks.push_back({0, 0});
   TORCH_CHECK(chunks.size() < (size_t{1} << 31), "fusedopt CUDA backend: too many chunks for one launch");
-  std::vector<uint8_t> bytes(entries.size() * sizeof(TensorEntry) + chunks.size() * sizeof(ChunkEntry));
+  const size_t ticket_offset = entries.size() * sizeof(TensorEntry) + chunks.size() * sizeof(ChunkEntry);
+  std::vector<uint8_t> bytes(ticket_offset + sizeof(unsigned int), 0);  // the ticket starts at zero
   std::memcpy(bytes.data(), entries.data(), entries.size() * sizeof(TensorEntry));
   std::memcpy(bytes.data() + entries.size() * sizeof(TensorEntry), chunks.data(), chunks.size() * sizeof(ChunkEntry));
   CachedTables cached;
@@ -111,68 +119,61 @@ LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_m
   const auto* base = static_cast<const uint8_t*>(cached.device_bytes.data_ptr());
   cached.tables.tensors = reinterpret_cast<const TensorEntry*>(base);
   cached.tables.chunks = reinterpret_cast<const ChunkEntry*>(base + entries.size() * sizeof(TensorEntry));
+  cached.tables.finished_ctas =
+      reinterpret_cast<unsigned int*>(static_cast<uint8_t*>(cached.device_bytes.data_ptr()) + ticket_offset);
+  cached.tables.num_tensors = static_cast<int64_t>(n);
   cached.tables.num_chunks = static_cast<int64_t>(chunks.size());
   cached.tables.param_type = ops.param_type;
   cached.tables.state_type = ops.state_type;
   cached.tables.param_mode = ops.param_mode;
-  cached.tables.rounding_keys = nullptr;
   cached.tables.grad_factor_scale = nullptr;
+  cached.tables.found_inf = nullptr;
+  cached.tables.rounding_seed = 0;
   if (cache.size() >= kMaxCachedTables) cache.clear();
   return cache.emplace(std::move(key), std::move(cached)).first->second.tables;
 }
 
-// NOTE [stochastic rounding]: uploads one key per tensor for this step; returns the buffer to keep alive.
-at::Tensor attach_rounding_keys(LaunchTables& tables, const std::vector<double>& steps, int64_t seed,
-                                const at::Device& device) {
-  if (tables.param_mode != ParamMode::kStochastic) return at::Tensor();
-  std::vector<uint32_t> keys(steps.size());
-  for (size_t i = 0; i < steps.size(); ++i) {
-    keys[i] = rounding_key(static_cast<uint64_t>(seed), static_cast<uint64_t>(steps[i]), i);
-  }
-  at::Tensor device_keys = upload(keys, device);
-  tables.rounding_keys = static_cast<const uint32_t*>(device_keys.data_ptr());
-  return device_keys;
-}
-
 // One optimizer step over checked operands: checks the group hyperparameters (nothing is modified before the last
-// check), advances the step counters, uploads the per-tensor scalars and launches `launch(tables, scalars)` on
-// the current stream.
+// check), uploads each tensor's hyperparameters and launches `launch(tables, hyper)` on the current stream. The
+// kernel reads the step counters, GradScaler's found_inf and the device grad factor on the device, and advances
+// the counters (NOTE [device steps]): nothing here waits for the GPU.
 template <typename Hyper, typename Launch>
 void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, const binding::GradFactor& grad_factor,
           int64_t rounding_seed, const Launch& launch) {
   const c10::cuda::CUDAGuard guard(ops.device);
   const binding::GroupIndex groups(group_sizes, ops.size(), "CUDA");
   binding::check_per_group(groups, hyper);
+  TORCH_CHECK(ops.steps.values.size() == ops.size(), "fusedopt CUDA backend: every param needs a step counter");
   LaunchTables tables = tables_for(ops, binding::decay_modes(groups, hyper, ops.size()));
-  const std::vector<double> step_values = ops.steps.advance();
-  const at::Tensor keys = attach_rounding_keys(tables, step_values, rounding_seed, ops.device);
-  tables.grad_factor_scale = grad_factor.device;  // read by the kernels, on the device
-  const at::Tensor scalars =
-      upload(binding::per_tensor_scalars(groups, hyper, step_values, grad_factor.host), ops.device);
-  C10_CUDA_CHECK(launch(tables, scalars.data_ptr(), at::cuda::getCurrentCUDAStream()));
+  tables.grad_factor_scale = grad_factor.device;
+  tables.found_inf = grad_factor.found_inf;
+  tables.rounding_seed = static_cast<uint64_t>(rounding_seed);
+  const at::Tensor per_tensor =
+      upload(binding::per_tensor_hyper(groups, hyper, ops.size(), grad_factor.host), ops.device);
+  C10_CUDA_CHECK(launch(tables, per_tensor.data_ptr(), at::cuda::getCurrentCUDAStream()));
 }
 
 void adam(const Operands& ops, const binding::AdamHyperparameters& hyper, const Sizes& group_sizes, bool amsgrad,
           const binding::GradFactor& grad_factor, int64_t rounding_seed) {
   step(ops, hyper, group_sizes, grad_factor, rounding_seed,
-       [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
-         return launch_adam(tables, amsgrad, static_cast<const AdamScalars<double>*>(scalars), stream);
+       [&](const LaunchTables& tables, const void* hyper, cudaStream_t stream) {
+         return launch_adam(tables, amsgrad, static_cast<const AdamHyper*>(hyper), stream);
        });
 }
 
 void rmsprop(const Operands& ops, const binding::RmspropHyperparameters& hyper, const Sizes& group_sizes, bool centered,
              bool momentum, const binding::GradFactor& grad_factor, int64_t rounding_seed) {
   step(ops, hyper, group_sizes, grad_factor, rounding_seed,
-       [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
-         return launch_rmsprop(tables, centered, momentum, static_cast<const RmspropScalars<double>*>(scalars), stream);
+       [&](const LaunchTables& tables, const void* hyper, cudaStream_t stream) {
+         return launch_rmsprop(tables, centered, momentum, static_cast<const RmspropHyper*>(hyper), stream);
        });
 }
 
 void adagrad(const Operands& ops, const binding::AdagradHyperparameters& hyper, const Sizes& group_sizes,
              const binding::GradFactor& grad_factor, int64_t rounding_seed) {
   step(ops, hyper, group_sizes, grad_factor, rounding_seed,
-       [&](const LaunchTables& tables, const void* scalars, cudaStream_t stream) {
-         return launch_adagrad(tables, static_cast<const AdagradScalars<double>*>(scalars), stream);
+       [&](const LaunchTables& tables, const void* hyper, cudaStream_t stream) {
+         return launch_adagrad(tables, static_cast<const AdagradHyper*>(hyper), stream);
        });
 }
 
@@ -181,7 +182,8 @@ void stream(const TensorList& params, const TensorList& grads, const std::vector
   TORCH_CHECK(states.size() <= kMaxStateTensors, "fusedopt CUDA backend: at most 3 state lists");
   std::vector<const TensorList*> columns;
   for (const TensorList& column : states) columns.push_back(&column);
-  const Operands ops = binding::check_operands("CUDA", params, grads, columns, {}, {}, 0, is_cuda);
+  const Operands ops =
+      binding::check_operands("CUDA", params, grads, columns, {}, {}, 0, is_cuda, binding::StepPlace::kDevice);
   const c10::cuda::CUDAGuard guard(ops.device);
   C10_CUDA_CHECK(
       launch_stream(tables_for(ops, {}), static_cast<int>(ops.used_states().size()), at::cuda::getCurrentCUDAStream()));
@@ -194,7 +196,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
   m.doc() = "fusedopt fused CUDA optimizer kernels (one launch per device, dtype and state layout)";
   fusedopt::binding::define_optimizers<&fusedopt::cuda::adam, &fusedopt::cuda::rmsprop, &fusedopt::cuda::adagrad,
-                                       &fusedopt::cuda::is_cuda>(m, "CUDA");
+                                       &fusedopt::cuda::is_cuda, fusedopt::binding::StepPlace::kDevice>(m, "CUDA");
   m.def("stream", &fusedopt::cuda::stream, "Roofline: a step's loads and stores with one add per element",
         py::arg("params"), py::arg("grads"), py::arg("states"));
 }

@@ -3,7 +3,8 @@
 // Memory-bound done right: every CTA updates one chunk of one tensor; each thread moves 16-byte vectors of
 // param, grad and every state (all loads of an iteration are independent, so several are in flight), computes
 // with the shared math of fusedopt/update_rules.h in float (double for float64), rounds once when storing, and
-// finishes a tensor's unaligned or ragged end with scalar accesses. Indices are 64-bit throughout.
+// finishes a tensor's unaligned or ragged end with scalar accesses. Indices are 64-bit throughout. The step
+// counters are read and advanced here too (NOTE [device steps] in fused_cuda.h).
 // Build (CI, no GPU): nvcc -std=c++17 -arch=sm_90 -Icsrc/include -Xptxas -v -c csrc/cuda/fused_cuda.cu
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -152,9 +153,10 @@ __device__ __forceinline__ void update_chunk(const TensorEntry& t, int64_t begin
   }
 }
 
-// Calls update_chunk with the access of the launch's parameter mode (checked on the host to suit P).
+// Calls update_chunk with the access of the launch's parameter mode (checked on the host to suit P); `key` is the
+// tensor's stochastic rounding key for this step.
 template <typename P, typename S, int kStates, typename Update>
-__device__ __forceinline__ void update_chunk(const LaunchTables& tables, const TensorEntry& t, int64_t tensor,
+__device__ __forceinline__ void update_chunk(const LaunchTables& tables, const TensorEntry& t, uint32_t key,
                                              int64_t begin, int64_t end, const Update& update) {
   P* param = static_cast<P*>(t.param);
   switch (tables.param_mode) {
@@ -167,7 +169,7 @@ __device__ __forceinline__ void update_chunk(const LaunchTables& tables, const T
       break;
     case ParamMode::kStochastic:
       if constexpr (std::is_same_v<P, __nv_bfloat16>) {
-        return update_chunk<P, S, kStates>(t, begin, end, update, StochasticParam{param, tables.rounding_keys[tensor]});
+        return update_chunk<P, S, kStates>(t, begin, end, update, StochasticParam{param, key});
       }
       break;
     case ParamMode::kRemainder:
@@ -203,6 +205,44 @@ __device__ __forceinline__ ChunkBounds this_chunk(const LaunchTables& tables) {
   return {tensor, chunk.start, end, chunk.tensor};
 }
 
+// NOTE [device steps]: GradScaler found an inf or NaN in this step's grads.
+__device__ __forceinline__ bool step_skipped(const LaunchTables& tables) {
+  return tables.found_inf != nullptr && *tables.found_inf != 0.0f;
+}
+
+// NOTE [device steps]: the CTA that finishes last advances every step counter of the launch. Each CTA read its
+// counter before its ticket (the __syncthreads below orders every thread's read before thread 0 takes it), so the
+// counters change only once no CTA of the launch can read them any more.
+__device__ __forceinline__ void finish_launch(const LaunchTables& tables) {
+  __shared__ bool is_last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    is_last = atomicAdd(tables.finished_ctas, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!is_last) return;
+  if (!step_skipped(tables)) {
+    for (int64_t i = threadIdx.x; i < tables.num_tensors; i += blockDim.x) *tables.tensors[i].step += 1.0f;
+  }
+  if (threadIdx.x == 0) *tables.finished_ctas = 0u;
+}
+
+// One CTA of an optimizer step: unless found_inf is set, `update(chunk, scalars, key)` with the scalars of the
+// tensor's new step count (its hyperparameters and the counter, NOTE [device steps]), then the launch's end.
+template <typename C, typename Hyper, typename Update>
+__device__ __forceinline__ void step_chunk(const LaunchTables& tables, const Hyper* __restrict__ hyper,
+                                           const Update& update) {
+  const ChunkBounds chunk = this_chunk(tables);
+  if (!step_skipped(tables)) {
+    const double step = static_cast<double>(*chunk.tensor.step) + 1.0;
+    const auto scalars = with_device_factor(cast_scalars<C>(scalars_at_step(hyper[chunk.index], step)), tables);
+    const uint32_t key = rounding_key(tables.rounding_seed, static_cast<uint64_t>(step), chunk.index);
+    update(chunk, scalars, key);
+  }
+  finish_launch(tables);
+}
+
 // ------------------------------------------------------------------------------------------------------------
 // Adam / AdamW
 // ------------------------------------------------------------------------------------------------------------
@@ -219,22 +259,22 @@ struct AdamElement {
 
 template <typename P, typename S, bool kAmsgrad>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    adam_kernel(const LaunchTables tables, const AdamScalars<double>* __restrict__ scalars) {
+    adam_kernel(const LaunchTables tables, const AdamHyper* __restrict__ hyper) {
   using C = device_compute_t<P>;
   constexpr int kStates = kAmsgrad ? 3 : 2;
-  const ChunkBounds chunk = this_chunk(tables);
-  const AdamScalars<C> s = with_device_factor(cast_scalars<C>(scalars[chunk.index]), tables);
-  switch (static_cast<WeightDecayMode>(chunk.tensor.decay_mode)) {
-    case WeightDecayMode::kNone:
-      return update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
-                                         AdamElement<C, WeightDecayMode::kNone, kAmsgrad>{s});
-    case WeightDecayMode::kL2:
-      return update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
-                                         AdamElement<C, WeightDecayMode::kL2, kAmsgrad>{s});
-    case WeightDecayMode::kDecoupled:
-      return update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
-                                         AdamElement<C, WeightDecayMode::kDecoupled, kAmsgrad>{s});
-  }
+  step_chunk<C>(tables, hyper, [&](const ChunkBounds& chunk, const AdamScalars<C>& s, uint32_t key) {
+    switch (static_cast<WeightDecayMode>(chunk.tensor.decay_mode)) {
+      case WeightDecayMode::kNone:
+        return update_chunk<P, S, kStates>(tables, chunk.tensor, key, chunk.begin, chunk.end,
+                                           AdamElement<C, WeightDecayMode::kNone, kAmsgrad>{s});
+      case WeightDecayMode::kL2:
+        return update_chunk<P, S, kStates>(tables, chunk.tensor, key, chunk.begin, chunk.end,
+                                           AdamElement<C, WeightDecayMode::kL2, kAmsgrad>{s});
+      case WeightDecayMode::kDecoupled:
+        return update_chunk<P, S, kStates>(tables, chunk.tensor, key, chunk.begin, chunk.end,
+                                           AdamElement<C, WeightDecayMode::kDecoupled, kAmsgrad>{s});
+    }
+  });
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -256,17 +296,17 @@ struct RmspropElement {
 
 template <typename P, typename S, bool kCentered, bool kMomentum>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    rmsprop_kernel(const LaunchTables tables, const RmspropScalars<double>* __restrict__ scalars) {
+    rmsprop_kernel(const LaunchTables tables, const RmspropHyper* __restrict__ hyper) {
   using C = device_compute_t<P>;
   constexpr int kStates = 1 + kCentered + kMomentum;
-  const ChunkBounds chunk = this_chunk(tables);
-  const RmspropScalars<C> s = with_device_factor(cast_scalars<C>(scalars[chunk.index]), tables);
-  if (chunk.tensor.decay_mode != 0) {
-    return update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
-                                       RmspropElement<C, true, kCentered, kMomentum>{s});
-  }
-  update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
-                              RmspropElement<C, false, kCentered, kMomentum>{s});
+  step_chunk<C>(tables, hyper, [&](const ChunkBounds& chunk, const RmspropScalars<C>& s, uint32_t key) {
+    if (chunk.tensor.decay_mode != 0) {
+      return update_chunk<P, S, kStates>(tables, chunk.tensor, key, chunk.begin, chunk.end,
+                                         RmspropElement<C, true, kCentered, kMomentum>{s});
+    }
+    update_chunk<P, S, kStates>(tables, chunk.tensor, key, chunk.begin, chunk.end,
+                                RmspropElement<C, false, kCentered, kMomentum>{s});
+  });
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -282,14 +322,14 @@ struct AdagradElement {
 
 template <typename P, typename S>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    adagrad_kernel(const LaunchTables tables, const AdagradScalars<double>* __restrict__ scalars) {
+    adagrad_kernel(const LaunchTables tables, const AdagradHyper* __restrict__ hyper) {
   using C = device_compute_t<P>;
-  const ChunkBounds chunk = this_chunk(tables);
-  const AdagradScalars<C> s = with_device_factor(cast_scalars<C>(scalars[chunk.index]), tables);
-  if (chunk.tensor.decay_mode != 0) {
-    return update_chunk<P, S, 1>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end, AdagradElement<C, true>{s});
-  }
-  update_chunk<P, S, 1>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end, AdagradElement<C, false>{s});
+  step_chunk<C>(tables, hyper, [&](const ChunkBounds& chunk, const AdagradScalars<C>& s, uint32_t key) {
+    if (chunk.tensor.decay_mode != 0) {
+      return update_chunk<P, S, 1>(tables, chunk.tensor, key, chunk.begin, chunk.end, AdagradElement<C, true>{s});
+    }
+    update_chunk<P, S, 1>(tables, chunk.tensor, key, chunk.begin, chunk.end, AdagradElement<C, false>{s});
+  });
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -307,7 +347,7 @@ struct StreamElement {
 template <typename P, typename S, int kStates>
 __global__ void __launch_bounds__(kThreadsPerBlock) stream_kernel(const LaunchTables tables) {
   const ChunkBounds chunk = this_chunk(tables);
-  update_chunk<P, S, kStates>(tables, chunk.tensor, chunk.index, chunk.begin, chunk.end,
+  update_chunk<P, S, kStates>(tables, chunk.tensor, 0u, chunk.begin, chunk.end,
                               StreamElement<device_compute_t<P>, kStates>{});
 }
 
@@ -336,7 +376,7 @@ dim3 grid_of(const LaunchTables& tables) { return dim3(static_cast<unsigned int>
 
 template <typename P, typename S>
 struct LaunchAdam {
-  static cudaError_t run(const LaunchTables& t, bool amsgrad, const AdamScalars<double>* s, cudaStream_t stream) {
+  static cudaError_t run(const LaunchTables& t, bool amsgrad, const AdamHyper* s, cudaStream_t stream) {
     if (amsgrad) {
       adam_kernel<P, S, true><<<grid_of(t), kThreadsPerBlock, 0, stream>>>(t, s);
     } else {
@@ -348,7 +388,7 @@ struct LaunchAdam {
 
 template <typename P, typename S>
 struct LaunchRmsprop {
-  static cudaError_t run(const LaunchTables& t, bool centered, bool momentum, const RmspropScalars<double>* s,
+  static cudaError_t run(const LaunchTables& t, bool centered, bool momentum, const RmspropHyper* s,
                          cudaStream_t stream) {
     if (centered && momentum) {
       rmsprop_kernel<P, S, true, true><<<grid_of(t), kThreadsPerBlock, 0, stream>>>(t, s);
@@ -365,7 +405,7 @@ struct LaunchRmsprop {
 
 template <typename P, typename S>
 struct LaunchAdagrad {
-  static cudaError_t run(const LaunchTables& t, const AdagradScalars<double>* s, cudaStream_t stream) {
+  static cudaError_t run(const LaunchTables& t, const AdagradHyper* s, cudaStream_t stream) {
     adagrad_kernel<P, S><<<grid_of(t), kThreadsPerBlock, 0, stream>>>(t, s);
     return cudaGetLastError();
   }
@@ -394,22 +434,18 @@ struct LaunchStream {
 
 }  // namespace
 
-cudaError_t launch_adam(const LaunchTables& tables, bool amsgrad, const AdamScalars<double>* scalars,
-                        cudaStream_t stream) {
-  if (tables.num_chunks == 0) return cudaSuccess;
-  return dispatch_storage<LaunchAdam>(tables.param_type, tables.state_type, tables, amsgrad, scalars, stream);
+cudaError_t launch_adam(const LaunchTables& tables, bool amsgrad, const AdamHyper* hyper, cudaStream_t stream) {
+  return dispatch_storage<LaunchAdam>(tables.param_type, tables.state_type, tables, amsgrad, hyper, stream);
 }
 
-cudaError_t launch_rmsprop(const LaunchTables& tables, bool centered, bool momentum,
-                           const RmspropScalars<double>* scalars, cudaStream_t stream) {
-  if (tables.num_chunks == 0) return cudaSuccess;
-  return dispatch_storage<LaunchRmsprop>(tables.param_type, tables.state_type, tables, centered, momentum, scalars,
+cudaError_t launch_rmsprop(const LaunchTables& tables, bool centered, bool momentum, const RmspropHyper* hyper,
+                           cudaStream_t stream) {
+  return dispatch_storage<LaunchRmsprop>(tables.param_type, tables.state_type, tables, centered, momentum, hyper,
                                          stream);
 }
 
-cudaError_t launch_adagrad(const LaunchTables& tables, const AdagradScalars<double>* scalars, cudaStream_t stream) {
-  if (tables.num_chunks == 0) return cudaSuccess;
-  return dispatch_storage<LaunchAdagrad>(tables.param_type, tables.state_type, tables, scalars, stream);
+cudaError_t launch_adagrad(const LaunchTables& tables, const AdagradHyper* hyper, cudaStream_t stream) {
+  return dispatch_storage<LaunchAdagrad>(tables.param_type, tables.state_type, tables, hyper, stream);
 }
 
 cudaError_t launch_stream(const LaunchTables& tables, int num_states, cudaStream_t stream) {

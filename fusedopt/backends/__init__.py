@@ -22,6 +22,9 @@ BACKEND_NAMES = ("auto", "cuda", "triton", "cpu", "reference")
 
 class Backend(Protocol):
     name: str
+    #: NOTE [device steps] (csrc/cuda/fused_cuda.h): the kernels read and advance float32 step counters on the
+    #: params' device, and take GradScaler's found_inf there; otherwise step counters are CPU tensors.
+    device_steps: bool
 
     def unavailable_reason(self, device: torch.device) -> str | None:
         """None when this backend can update tensors on `device`, else why not."""
@@ -89,6 +92,20 @@ def resolve(requested: str, device: torch.device) -> Backend:
             return backend
         reasons.append(f"{name}: {reason}")
     raise RuntimeError(f"fusedopt has no backend for {device.type} tensors: " + "; ".join(reasons))
+
+
+def scalar_dtype() -> torch.dtype:
+    # torch.optim's rule for the dtype of a CPU state["step"] (torch/optim/optimizer.py:_get_scalar_dtype).
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def step_counter(backend: Backend, device: torch.device, value: float = 0.0) -> torch.Tensor:
+    """A new step counter for a parameter on `device` updated by `backend`: a float32 element on that device
+    (NOTE [device steps]; torch's fused optimizers keep theirs the same way), or a CPU tensor of torch.optim's
+    scalar dtype."""
+    if backend.device_steps:
+        return torch.tensor(value, dtype=torch.float32, device=device)
+    return torch.tensor(value, dtype=scalar_dtype())
 
 
 def available_backends(device: torch.device | str = "cpu") -> dict[str, str | None]:

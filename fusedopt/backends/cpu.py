@@ -11,6 +11,7 @@ from fusedopt.backends._extension_backend import ExtensionBackend
 
 class CpuBackend(ExtensionBackend):
     name = "cpu"
+    device_steps = False
 
     def unavailable_reason(self, device: torch.device) -> str | None:
         if device.type != "cpu":

@@ -11,6 +11,7 @@ from fusedopt.backends._extension_backend import ExtensionBackend
 
 class CudaBackend(ExtensionBackend):
     name = "cuda"
+    device_steps = True
 
     def unavailable_reason(self, device: torch.device) -> str | None:
         if device.type != "cuda":

@@ -19,6 +19,9 @@ def _per_group(function: Callable[..., None]) -> Callable[..., None]:
         # Hyperparameters come as lists (one value per group), the launch's options as single values.
         per_group = {name: kw.pop(name) for name in list(kw) if isinstance(kw[name], list)}
         kw.pop("use_momentum", None)  # implied by the momentum of each group
+        found_inf = kw.pop("found_inf", None)
+        if found_inf is not None and float(found_inf) != 0.0:
+            return  # GradScaler found an inf or NaN: the step changes nothing, step counters included
         device_factor = kw.pop("device_grad_factor", None)
         if device_factor is not None:  # the reference may wait for the device: it is the definition, not fast
             kw["grad_factor"] *= float(device_factor)
@@ -40,6 +43,7 @@ def _per_group(function: Callable[..., None]) -> Callable[..., None]:
 
 class ReferenceBackend:
     name = "reference"
+    device_steps = False  # the reference reads its CPU step counters on the host
 
     def unavailable_reason(self, device: torch.device) -> str | None:
         return None

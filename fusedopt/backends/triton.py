@@ -32,6 +32,7 @@ def _interpreting() -> bool:
 
 class TritonBackend(ExtensionBackend):
     name = "triton"
+    device_steps = True
 
     def unavailable_reason(self, device: torch.device) -> str | None:
         if device.type == "cpu" and not _interpreting():

@@ -41,8 +41,9 @@ FUSEDOPT_ROUNDING_INLINE uint32_t mix32(uint32_t x) {
   return x;
 }
 
-// The key of one tensor for one step; computed on the host once per tensor and step.
-inline uint32_t rounding_key(uint64_t seed, uint64_t step, uint64_t tensor_index) {
+// The key of one tensor for one step; computed once per tensor and step (on the GPU once per CTA, from the step
+// counter in device memory).
+FUSEDOPT_ROUNDING_INLINE uint32_t rounding_key(uint64_t seed, uint64_t step, uint64_t tensor_index) {
   const uint32_t low = static_cast<uint32_t>(seed), high = static_cast<uint32_t>(seed >> 32);
   return mix32(low ^ mix32(high + mix32(static_cast<uint32_t>(step) ^ mix32(static_cast<uint32_t>(tensor_index)))));
 }

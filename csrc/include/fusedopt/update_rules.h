@@ -7,8 +7,9 @@
 // Numeric spec: torch.optim's documented single-tensor algorithms (torch/optim/{adam,rmsprop,adagrad}.py).
 // Every function takes values already converted to the compute type T (float for float32/bfloat16/float16
 // storage, double for float64) and updates them in place; loading and storing are the caller's job.
-// Per-step scalars (bias corrections, decayed learning rates) are computed once per tensor on the host in
-// double, see `make_adam_scalars` and friends below, never per element.
+// Per-step scalars (bias corrections, decayed learning rates) are computed in double once per tensor, never per
+// element: by `scalars_at_step` from a param group's hyperparameters and the tensor's new step count, on the host
+// (CPU backend) or once per CTA from the step counter in device memory (CUDA, NOTE [device steps]).
 #pragma once
 
 #include <cmath>
@@ -69,18 +70,32 @@ struct AdamScalars {
 // cheaper: sqrt and division are the slowest vector instructions, and on a CPU with two memory channels per
 // core the loop is bound by them as much as by DRAM. The results differ from torch.optim's in the last bits.
 
-inline AdamScalars<double> make_adam_scalars(double lr, double beta1, double beta2, double eps, double weight_decay,
-                                             bool maximize, double step, double grad_factor) {
+// A param group's Adam hyperparameters as the kernels take them: every tensor of a launch has one (NOTE [param
+// groups in one launch] in csrc/common/binding_utils.h); grad_factor already carries maximize's sign.
+struct AdamHyper {
+  double grad_factor, lr, beta1, beta2, eps, weight_decay;
+};
+
+inline AdamHyper make_adam_hyper(double lr, double beta1, double beta2, double eps, double weight_decay, bool maximize,
+                                 double grad_factor) {
+  return {make_grad_factor(maximize, grad_factor), lr, beta1, beta2, eps, weight_decay};
+}
+
+// The scalars of step `step` (the new count, 1 at the first step). Host and device: pow and sqrt in double, as
+// torch's fused kernels compute the bias corrections.
+FUSEDOPT_HOST_DEVICE AdamScalars<double> scalars_at_step(const AdamHyper& h, double step) {
+  using std::pow;
+  using std::sqrt;
   AdamScalars<double> s;
-  s.grad_factor = make_grad_factor(maximize, grad_factor);
-  s.l2_weight_decay = weight_decay;
-  s.decay_factor = 1.0 - lr * weight_decay;
-  s.beta1_complement = 1.0 - beta1;
-  s.beta2 = beta2;
-  s.beta2_complement = 1.0 - beta2;
-  const double bias_correction2_sqrt = std::sqrt(1.0 - std::pow(beta2, step));
-  s.step_size = lr * bias_correction2_sqrt / (1.0 - std::pow(beta1, step));
-  s.eps = eps * bias_correction2_sqrt;
+  s.grad_factor = h.grad_factor;
+  s.l2_weight_decay = h.weight_decay;
+  s.decay_factor = 1.0 - h.lr * h.weight_decay;
+  s.beta1_complement = 1.0 - h.beta1;
+  s.beta2 = h.beta2;
+  s.beta2_complement = 1.0 - h.beta2;
+  const double bias_correction2_sqrt = sqrt(1.0 - pow(h.beta2, step));
+  s.step_size = h.lr * bias_correction2_sqrt / (1.0 - pow(h.beta1, step));
+  s.eps = h.eps * bias_correction2_sqrt;
   return s;
 }
 
@@ -123,10 +138,15 @@ struct RmspropScalars {
   T lr;
 };
 
-inline RmspropScalars<double> make_rmsprop_scalars(double lr, double alpha, double eps, double weight_decay,
-                                                   double momentum, bool maximize, double grad_factor) {
+// RMSprop's scalars do not depend on the step: a group's hyperparameters are its scalars.
+using RmspropHyper = RmspropScalars<double>;
+
+inline RmspropHyper make_rmsprop_hyper(double lr, double alpha, double eps, double weight_decay, double momentum,
+                                       bool maximize, double grad_factor) {
   return {make_grad_factor(maximize, grad_factor), weight_decay, alpha, 1.0 - alpha, eps, momentum, lr};
 }
+
+FUSEDOPT_HOST_DEVICE RmspropScalars<double> scalars_at_step(const RmspropHyper& h, double /*step*/) { return h; }
 
 template <typename T, typename S>
 FUSEDOPT_HOST_DEVICE RmspropScalars<T> cast_scalars(const RmspropScalars<S>& s) {
@@ -166,9 +186,17 @@ struct AdagradScalars {
   T eps;
 };
 
-inline AdagradScalars<double> make_adagrad_scalars(double lr, double lr_decay, double eps, double weight_decay,
-                                                   bool maximize, double step, double grad_factor) {
-  return {make_grad_factor(maximize, grad_factor), weight_decay, lr / (1.0 + (step - 1.0) * lr_decay), eps};
+struct AdagradHyper {
+  double grad_factor, lr, lr_decay, eps, weight_decay;
+};
+
+inline AdagradHyper make_adagrad_hyper(double lr, double lr_decay, double eps, double weight_decay, bool maximize,
+                                       double grad_factor) {
+  return {make_grad_factor(maximize, grad_factor), lr, lr_decay, eps, weight_decay};
+}
+
+FUSEDOPT_HOST_DEVICE AdagradScalars<double> scalars_at_step(const AdagradHyper& h, double step) {
+  return {h.grad_factor, h.weight_decay, h.lr / (1.0 + (step - 1.0) * h.lr_decay), h.eps};
 }
 
 template <typename T, typename S>
