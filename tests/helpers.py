@@ -132,7 +132,8 @@ def run_steps(optimizers_and_params, steps: int, generator: torch.Generator, ski
 
 
 def assert_states_close(fused, reference, compare=assert_close_detailed) -> None:
-    """The two optimizers' state_dicts hold the same keys, shapes, dtypes and (within tolerance) values."""
+    """The two optimizers' state_dicts hold the same keys, shapes, dtypes and (within tolerance) values; step
+    counters equal counts, wherever each optimizer keeps them (NOTE [device steps])."""
     fused_state, reference_state = fused.state_dict()["state"], reference.state_dict()["state"]
     assert fused_state.keys() == reference_state.keys()
     for index, expected in reference_state.items():
@@ -140,4 +141,7 @@ def assert_states_close(fused, reference, compare=assert_close_detailed) -> None
         assert actual.keys() == expected.keys(), f"state of param {index}"
         for key, value in expected.items():
             assert actual[key].shape == value.shape and actual[key].dtype == value.dtype, f"state[{index}][{key}]"
-            compare(actual[key], value, f"state[{index}][{key}]")
+            if key == "step":
+                assert float(actual[key]) == float(value), f"state[{index}][step]"
+            else:
+                compare(actual[key], value, f"state[{index}][{key}]")

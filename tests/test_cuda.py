@@ -95,7 +95,7 @@ def test_gpu_views_in_poisoned_buffers(backend, state_dtype, generator):
         expected = {k: [t.clone() for t in ts] for k, ts in layout.items()}
         kwargs = dict(lr=1e-2, beta1=0.9, beta2=0.999, weight_decay=0.1, eps=1e-8, amsgrad=False, maximize=False)
         for target, impl in ((layout, backend), (expected, "reference")):
-            steps = [torch.tensor(2.0) for _ in sizes]
+            steps = [torch.tensor(2.0, device="cuda") for _ in sizes]
             functional.adam(target["p"], target["g"], target["m"], target["v"], [], steps, decoupled=True,
                             backend=impl, **kwargs)  # fmt: skip
         for k in "pmv":
@@ -183,3 +183,38 @@ def test_gpu_grad_scale_and_clip_read_on_the_device(backend, generator):
                 assert all(torch.equal(p, b) for p, b in zip(ps, before)), "a found_inf step changed a param"
         for i, (p, q) in enumerate(zip(params, twins)):
             assert_matches(p, q, f"param {i} after step {step}")
+
+
+@pytest.mark.parametrize("name", ["AdamW", "RMSprop", "Adagrad"])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_steps_never_wait_for_the_gpu(backend, name, generator):
+    """NOTE [device steps]: with GradScaler's scale and found_inf set, a step (regular, and planned where the
+    backend plans) makes no synchronising CUDA call: torch's sync debug mode raises on any. Step counters stay
+    float32 on the device, the step with found_inf set changes nothing, and the result matches the reference."""
+    params = _cuda(make_params(torch.float32, generator, GPU_SHAPES))
+    twins = clone_params(params)
+    fused = FUSED_CLASSES[name](_groups(name, params), backend=backend)
+    reference = FUSED_CLASSES[name](_groups(name, twins), backend="reference")
+    for step in range(5):
+        grads = [torch.randn(p.shape, generator=generator).cuda() * 4 for p in params]
+        for optimizer, ps in ((fused, params), (reference, twins)):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            optimizer.grad_scale = torch.tensor(4.0, device="cuda")
+            optimizer.found_inf = torch.tensor(1.0 if step == 3 else 0.0, device="cuda")
+        before = [p.detach().clone() for p in params]
+        torch.cuda.synchronize()
+        if step > 0:  # the first step builds and uploads the launch tables once
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            fused.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        reference.step()
+        if step == 3:
+            assert all(torch.equal(p, b) for p, b in zip(params, before)), "a found_inf step changed a param"
+    for i, (p, q) in enumerate(zip(params, twins)):
+        counter = fused.state[p]["step"]
+        assert counter.device == p.device and counter.dtype == torch.float32 and float(counter) == 4.0
+        assert_matches(p, q, f"param {i}")
+    assert_states_close(fused, reference, compare=assert_matches)
