@@ -55,6 +55,7 @@ class GroupIndex {
   }
 
   int32_t operator[](size_t tensor) const { return group_of_[tensor]; }
+  size_t num_groups() const { return num_groups_; }
 
   // Checks that a hyperparameter has one value per group.
   template <typename T>
@@ -133,37 +134,31 @@ std::vector<int32_t> decay_modes(const GroupIndex& groups, const Hyper& h, size_
   return modes;
 }
 
-// Each tensor's hyperparameters (its group's, with the launch's host grad factor folded in), as the kernels take
-// them (fusedopt/update_rules.h).
-inline std::vector<AdamHyper> per_tensor_hyper(const GroupIndex& groups, const AdamHyperparameters& h, size_t n,
-                                               double grad_factor) {
-  std::vector<AdamHyper> hyper(n);
-  for (size_t i = 0; i < n; ++i) {
-    const int32_t g = groups[i];
-    hyper[i] =
-        make_adam_hyper(h.lr[g], h.beta1[g], h.beta2[g], h.eps[g], h.weight_decay[g], h.maximize[g], grad_factor);
-  }
-  return hyper;
+// A group's hyperparameters (with the launch's host grad factor folded in) as the kernels take them
+// (fusedopt/update_rules.h).
+inline AdamHyper group_hyper(const AdamHyperparameters& h, int32_t g, double grad_factor) {
+  return make_adam_hyper(h.lr[g], h.beta1[g], h.beta2[g], h.eps[g], h.weight_decay[g], h.maximize[g], grad_factor);
 }
 
-inline std::vector<RmspropHyper> per_tensor_hyper(const GroupIndex& groups, const RmspropHyperparameters& h, size_t n,
-                                                  double grad_factor) {
-  std::vector<RmspropHyper> hyper(n);
-  for (size_t i = 0; i < n; ++i) {
-    const int32_t g = groups[i];
-    hyper[i] =
-        make_rmsprop_hyper(h.lr[g], h.alpha[g], h.eps[g], h.weight_decay[g], h.momentum[g], h.maximize[g], grad_factor);
-  }
-  return hyper;
+inline RmspropHyper group_hyper(const RmspropHyperparameters& h, int32_t g, double grad_factor) {
+  return make_rmsprop_hyper(h.lr[g], h.alpha[g], h.eps[g], h.weight_decay[g], h.momentum[g], h.maximize[g],
+                            grad_factor);
 }
 
-inline std::vector<AdagradHyper> per_tensor_hyper(const GroupIndex& groups, const AdagradHyperparameters& h, size_t n,
-                                                  double grad_factor) {
-  std::vector<AdagradHyper> hyper(n);
-  for (size_t i = 0; i < n; ++i) {
-    const int32_t g = groups[i];
-    hyper[i] = make_adagrad_hyper(h.lr[g], h.lr_decay[g], h.eps[g], h.weight_decay[g], h.maximize[g], grad_factor);
-  }
+inline AdagradHyper group_hyper(const AdagradHyperparameters& h, int32_t g, double grad_factor) {
+  return make_adagrad_hyper(h.lr[g], h.lr_decay[g], h.eps[g], h.weight_decay[g], h.maximize[g], grad_factor);
+}
+
+// Each tensor's hyperparameters: its group's, made once per group.
+template <typename Hyperparameters>
+auto per_tensor_hyper(const GroupIndex& groups, const Hyperparameters& h, size_t n, double grad_factor) {
+  using Hyper = decltype(group_hyper(h, 0, grad_factor));
+  std::vector<Hyper> per_group;
+  per_group.reserve(groups.num_groups());
+  for (size_t g = 0; g < groups.num_groups(); ++g)
+    per_group.push_back(group_hyper(h, static_cast<int32_t>(g), grad_factor));
+  std::vector<Hyper> hyper(n);
+  for (size_t i = 0; i < n; ++i) hyper[i] = per_group[groups[i]];
   return hyper;
 }
 
