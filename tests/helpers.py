@@ -120,11 +120,14 @@ def build_pair(name, kwargs, dtype, backend, generator, shapes=SHAPES):
     return fused, params, reference, twins
 
 
-def run_steps(optimizers_and_params, steps: int, generator: torch.Generator, skip_index: int = 2):
-    """Steps every optimizer with the same random grads; parameter `skip_index` never has a grad."""
+def run_steps(
+    optimizers_and_params, steps: int, generator: torch.Generator, skip_index: int = 2, noncontiguous_index: int = 4
+):
+    """Steps every optimizer with the same random grads; parameter `skip_index` never has a grad, and parameter
+    `noncontiguous_index` (None: none) gets strided ones."""
     for _ in range(steps):
         reference_params = optimizers_and_params[0][1]
-        grads = random_grads(reference_params, generator, noncontiguous_index=4)
+        grads = random_grads(reference_params, generator, noncontiguous_index=noncontiguous_index)
         for optimizer, params in optimizers_and_params:
             for i, (p, g) in enumerate(zip(params, grads)):
                 p.grad = None if i == skip_index else strided_copy(g, p.dtype)

@@ -60,14 +60,16 @@ def test_gpu_backend_matches_reference(backend, case, dtype, generator):
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_gpu_backend_matches_torch_fused(backend, case, generator):
     """float32 against torch.optim's fused CUDA kernels where torch has them (Adam/AdamW; for-loop otherwise:
-    torch's fused Adagrad runs on CPU only and it has no fused RMSprop)."""
+    torch's fused Adagrad runs on CPU only and it has no fused RMSprop). torch's fused kernels assume every grad
+    has its parameter's strides (torch 2.13's CPU kernel silently computes wrong values for a transposed param or
+    a strided grad), so this comparison uses contiguous ones; the reference comparisons cover the others."""
     name, kwargs = case
-    params = _cuda(make_params(torch.float32, generator, GPU_SHAPES))
+    params = _cuda(make_params(torch.float32, generator, GPU_SHAPES)[:-1])  # without the transposed param
     twins = clone_params(params)
     fused = FUSED_CLASSES[name](_groups(name, params), backend=backend, **kwargs)
     flags = dict(fused=True) if name in ("Adam", "AdamW") else dict(foreach=False)
     reference = TORCH_CLASSES[name](_groups(name, twins), **flags, **kwargs)
-    run_steps([(fused, params), (reference, twins)], STEPS, generator)
+    run_steps([(fused, params), (reference, twins)], STEPS, generator, noncontiguous_index=None)
     for i, (p, q) in enumerate(zip(params, twins)):
         assert_close_detailed(p, q, f"param {i}")
 
