@@ -43,7 +43,7 @@ stage() {  # stage NAME SECONDS COMMAND...: runs one stage with a time limit, lo
 
 stage info 30 $PY -m fusedopt info
 stage build 240 $PY -c "from fusedopt import _extensions as e; e.cuda_extension(); e.cpu_extension(); print('built')"
-stage gpu_tests 200 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda.py tests/test_triton.py \
+stage gpu_tests 200 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda.py tests/test_gpu_backends.py tests/test_triton.py \
   --junitxml="$OUT/gpu_tests.xml"
 stage bench 200 $PY -m fusedopt.bench --device cuda --optimizer adamw --dtype float32,bfloat16 --variants default \
   --impl fusedopt,torch,apex,deepspeed,bitsandbytes,torchao,roofline \
