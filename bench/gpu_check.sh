@@ -8,7 +8,7 @@
 #
 #   device run:  bash bench/gpu_check.sh          (the device tool sets $OUT)
 #   a second call for the stages the first one had no time for (each call builds what it needs):
-#                GPU_CHECK_STAGES="build triton_tune host_overhead ptxas" bash bench/gpu_check.sh
+#                GPU_CHECK_STAGES="build gpu_tests_triton host_overhead triton_tune ptxas" bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/local}
@@ -43,13 +43,18 @@ stage() {  # stage NAME SECONDS COMMAND...: runs one stage with a time limit, lo
 
 stage info 30 $PY -m fusedopt info
 stage build 240 $PY -c "from fusedopt import _extensions as e; e.cuda_extension(); e.cpu_extension(); print('built')"
-stage gpu_tests 200 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda.py tests/test_gpu_backends.py tests/test_triton.py \
-  --junitxml="$OUT/gpu_tests.xml"
+# The CUDA backend's tests first (no JIT), the benchmark next, the Triton tests (which compile every kernel
+# variant they use) after it: a call that runs out of time still has the numbers.
+GPU_TESTS="tests/test_cuda.py tests/test_gpu_backends.py tests/test_triton.py"
+stage gpu_tests_cuda 120 $PY -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS -k "not triton" \
+  --junitxml="$OUT/gpu_tests_cuda.xml"
 stage bench 200 $PY -m fusedopt.bench --device cuda --optimizer adamw --dtype float32,bfloat16 --variants default \
   --impl fusedopt,torch,apex,deepspeed,bitsandbytes,torchao,roofline \
   --size 1M,16M,64M,256M,gpt2-small,small-2000x4K-256K --reps 20 --no-progress \
   --json "$OUT/bench.json" --csv "$OUT/bench.csv" --plot "$OUT/bench.png"
 stage summary 30 $PY bench/summarize.py "$OUT/bench.json"
+stage gpu_tests_triton 200 $PY -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS -k triton \
+  --junitxml="$OUT/gpu_tests_triton.xml"
 stage host_overhead 40 $PY bench/host_overhead.py --device cuda --reps 200 --json "$OUT/host_overhead.json"
 stage triton_tune 90 $PY bench/triton_tune.py --out "$OUT" --reps 10
 stage ptxas 60 bash scripts/check_cuda_compile.sh "$OUT/ptxas"
