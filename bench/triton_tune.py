@@ -1,5 +1,5 @@
 """Measures the Triton kernels' block size and warp count on the device at hand: the "measured table" that
-triton_kernels/_common.py's BLOCK and NUM_WARPS should come from (autotuning at run time is not an option: a
+triton_kernels/_launch.py's BLOCK and NUM_WARPS should come from (autotuning at run time is not an option: a
 tuning run would apply the in-place update several times to data it cannot restore).
 
     python bench/triton_tune.py --out DIR                       # on a GPU: 256M parameters, CUDA events
@@ -46,7 +46,7 @@ def _time(step, reps: int, device: str) -> float:
 
 
 def tune(numel: int, reps: int, device: str) -> list[dict]:
-    common = importlib.import_module("fusedopt.triton_kernels._common")
+    multi_tensor = importlib.import_module("fusedopt.triton_kernels._launch")
     stream = importlib.import_module("fusedopt.triton_kernels.stream").stream
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -57,8 +57,8 @@ def tune(numel: int, reps: int, device: str) -> list[dict]:
         size = torch.empty((), dtype=dtype).element_size()
         for block in BLOCKS:
             for warps in WARPS:
-                common.BLOCK, common.NUM_WARPS = block, warps
-                common._tables.clear()  # tables are laid out per BLOCK
+                multi_tensor.BLOCK, multi_tensor.NUM_WARPS = block, warps
+                multi_tensor._tables.clear()  # tables are laid out per BLOCK
                 seconds = _time(optimizer.step, reps, device)
                 roofline = _time(lambda: stream([param], [param.grad], [[s] for s in states]), reps, device)
                 bytes_moved = numel * 7 * size

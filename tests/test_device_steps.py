@@ -149,7 +149,7 @@ def test_empty_params_still_count_steps(backend, name):
 def test_launch_ticket_is_reset_after_every_launch(backend):
     """The ticket that finds the last program (NOTE [device steps]) is zero again after each launch, skipped or
     not, so the next launch counts from zero."""
-    from fusedopt.triton_kernels import _common
+    from fusedopt.triton_kernels import _launch
 
     params = [torch.nn.Parameter(torch.randn(n)) for n in (5000, 3, 9000)]
     optimizer = fusedopt.Adam(params, backend=backend)
@@ -158,6 +158,6 @@ def test_launch_ticket_is_reset_after_every_launch(backend):
             p.grad = torch.randn_like(p)
         optimizer.found_inf = torch.tensor(1.0 if step == 1 else 0.0)
         optimizer.step()
-    tables = list(_common._tables.values())
+    tables = list(_launch._tables.values())
     assert tables and all(int(table.finished) == 0 for table in tables)
     assert [float(optimizer.state[p]["step"]) for p in params] == [2.0] * 3

@@ -104,7 +104,7 @@ def test_one_launch_for_many_tensors(generator, monkeypatch):
 
 def test_launch_table_uses_64_bit_offsets_and_is_cached():
     """Block starts past 2^31 elements are exact (int64); a table is reused until an operand moves."""
-    from fusedopt.triton_kernels import _common as common
+    from fusedopt.triton_kernels import _launch as multi_tensor
 
     class FakeTensor:  # stands in for a 2^31 + 5 element tensor that would not fit in this machine's memory
         def __init__(self, address, numel):
@@ -118,16 +118,16 @@ def test_launch_table_uses_64_bit_offsets_and_is_cached():
 
     huge = 2**31 + 5
     columns = [[FakeTensor(1 << 40, huge), FakeTensor(1 << 41, 3)], [FakeTensor(1 << 42, huge), FakeTensor(64, 3)]]
-    table = common.launch_table(columns, torch.device("cpu"))
-    blocks = -(-huge // common.BLOCK)
+    table = multi_tensor.launch_table(columns, torch.device("cpu"))
+    blocks = -(-huge // multi_tensor.BLOCK)
     assert table.num_blocks == blocks + 1
     assert table.block_start.dtype == torch.int64
-    assert int(table.block_start[blocks - 1]) == (blocks - 1) * common.BLOCK >= 2**31  # past int32
+    assert int(table.block_start[blocks - 1]) == (blocks - 1) * multi_tensor.BLOCK >= 2**31  # past int32
     assert table.block_tensor.tolist()[-2:] == [0, 1] and int(table.block_start[-1]) == 0
     assert table.aligned
-    assert common.launch_table(columns, torch.device("cpu")) is table
+    assert multi_tensor.launch_table(columns, torch.device("cpu")) is table
     moved = [columns[0], [columns[1][0], FakeTensor(72, 3)]]
-    rebuilt = common.launch_table(moved, torch.device("cpu"))
+    rebuilt = multi_tensor.launch_table(moved, torch.device("cpu"))
     assert rebuilt is not table and not rebuilt.aligned  # address 72 is not 16-byte aligned
 
 

@@ -14,7 +14,7 @@ import re
 import sys
 
 import triton.language as tl
-from fusedopt.triton_kernels import _common as common
+from fusedopt.triton_kernels import _launch as multi_tensor
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler import compile as triton_compile
@@ -50,22 +50,22 @@ def variants():
     rows = {name: dict(ROW=modules[name]._ROW, SCALED=flags[name], FOUND_INF=flags[name]) for name in modules}
     for param, state in pairs:
         compute = tl.float64 if param == tl.float64 else tl.float32
-        base = dict(PARAM=param, STATE=state, COMPUTE=compute, ALIGNED=True, BLOCK=common.BLOCK, **PLAIN)
+        base = dict(PARAM=param, STATE=state, COMPUTE=compute, ALIGNED=True, BLOCK=multi_tensor.BLOCK, **PLAIN)
         yield adam, dict(base, AMSGRAD=True, **rows["adam"])
         yield rmsprop, dict(base, CENTERED=True, MOMENTUM=True, **rows["rmsprop"])
         yield adagrad, dict(base, **rows["adagrad"])
-    base = dict(PARAM=tl.float32, STATE=tl.float32, COMPUTE=tl.float32, ALIGNED=True, BLOCK=common.BLOCK, **PLAIN)
+    base = dict(PARAM=tl.float32, STATE=tl.float32, COMPUTE=tl.float32, ALIGNED=True, BLOCK=multi_tensor.BLOCK, **PLAIN)
     yield adam, dict(base, AMSGRAD=False, **rows["adam"])
     yield rmsprop, dict(base, CENTERED=False, MOMENTUM=False, **rows["rmsprop"])
     yield adam, dict(base, AMSGRAD=False, ALIGNED=False, **rows["adam"])
     # Parameter modes of bfloat16 parameters: stochastic rounding, float32 master, int16 remainder.
-    low = dict(PARAM=tl.bfloat16, STATE=tl.float32, COMPUTE=tl.float32, ALIGNED=True, BLOCK=common.BLOCK)
+    low = dict(PARAM=tl.bfloat16, STATE=tl.float32, COMPUTE=tl.float32, ALIGNED=True, BLOCK=multi_tensor.BLOCK)
     for param_mode, master in ((1, tl.float32), (2, tl.float32), (3, tl.int16)):
         modes = dict(PARAM_MODE=param_mode, MASTER=master)
         yield adam, dict(low, AMSGRAD=False, **modes, **rows["adam"])
         yield adagrad, dict(low, **modes, **rows["adagrad"])
         yield rmsprop, dict(low, CENTERED=False, MOMENTUM=True, **modes, **rows["rmsprop"])
-    yield stream, dict(PARAM=tl.float32, STATE=tl.float32, NUM_STATES=2, ALIGNED=True, BLOCK=common.BLOCK)
+    yield stream, dict(PARAM=tl.float32, STATE=tl.float32, NUM_STATES=2, ALIGNED=True, BLOCK=multi_tensor.BLOCK)
 
 
 def compile_variant(kernel, constexprs: dict, capability: int) -> dict:
@@ -79,7 +79,7 @@ def compile_variant(kernel, constexprs: dict, capability: int) -> dict:
     compiled = triton_compile(
         ASTSource(fn=kernel, signature=signature, constexprs=constants),
         target=GPUTarget("cuda", capability, 32),
-        options={"num_warps": common.NUM_WARPS},
+        options={"num_warps": multi_tensor.NUM_WARPS},
     )
     ptx = compiled.asm["ptx"]
     return {

@@ -1,4 +1,4 @@
-"""Adagrad as one Triton launch for all param groups of a device and dtype (NOTE [multi-tensor launch] in _common.py).
+"""Adagrad as one Triton launch for all param groups of a device and dtype (NOTE [multi-tensor launch] in _launch.py).
 
 `adagrad_update` mirrors fusedopt::adagrad_update of csrc/include/fusedopt/update_rules.h line for line.
 """
@@ -10,7 +10,9 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
-from fusedopt.triton_kernels import _common as common
+from fusedopt.triton_kernels import _launch as multi_tensor
+from fusedopt.triton_kernels import _numerics as numerics
+from fusedopt.triton_kernels import _param_modes as param_modes
 
 
 @triton.jit
@@ -19,7 +21,7 @@ def adagrad_update(p, g, state_sum, grad_factor, weight_decay, clr, eps, decays)
     if decays:  # a runtime value: groups with and without weight decay share a launch
         g = g + weight_decay * p
     state_sum = state_sum + g * g
-    p = p - clr * common.ieee_div(g, common.ieee_sqrt(state_sum) + eps)
+    p = p - clr * numerics.ieee_div(g, numerics.ieee_sqrt(state_sum) + eps)
     return p, state_sum
 
 
@@ -28,12 +30,12 @@ def _adagrad_block(
     param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps, decays,
     COMPUTE: tl.constexpr, PARAM_MODE: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
-    p = common.load_param(param, master, offsets, mask, MASKED, COMPUTE, PARAM_MODE)
-    g = common.load(grad, offsets, mask, MASKED, COMPUTE)
-    state_sum = common.load(state_sums, offsets, mask, MASKED, COMPUTE)
+    p = param_modes.load_param(param, master, offsets, mask, MASKED, COMPUTE, PARAM_MODE)
+    g = numerics.load(grad, offsets, mask, MASKED, COMPUTE)
+    state_sum = numerics.load(state_sums, offsets, mask, MASKED, COMPUTE)
     p, state_sum = adagrad_update(p, g, state_sum, grad_factor, weight_decay, clr, eps, decays)
-    common.store_param(param, master, offsets, mask, p, key, MASKED, PARAM_MODE)
-    common.store(state_sums, offsets, mask, state_sum, MASKED)
+    param_modes.store_param(param, master, offsets, mask, p, key, MASKED, PARAM_MODE)
+    numerics.store(state_sums, offsets, mask, state_sum, MASKED)
 
 
 @triton.jit(do_not_specialize=["num_tensors"])
@@ -43,21 +45,21 @@ def _adagrad_kernel(
     step_table,  # float32 step counters (NOTE [device steps])
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
     num_tensors, finished,  # NOTE [device steps]: the tensors whose counters advance; the ticket
-    scalars,  # a float64 row per tensor: common.ROW_HEADER, then its group's hyperparameters
+    scalars,  # a float64 row per tensor: multi_tensor.ROW_HEADER, then its group's hyperparameters
     grad_factor_scale,  # NOTE [grad factor]: the device part (SCALED), a float32 element
     found_inf,  # GradScaler's found_inf (FOUND_INF), a float32 element
     ROW: tl.constexpr, SCALED: tl.constexpr, FOUND_INF: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr,
     COMPUTE: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t, param, master, grad, row, step, key, grad_factor, offsets, mask, full = common.program_operands(
+    t, param, master, grad, row, step, key, grad_factor, offsets, mask, full = multi_tensor.program_operands(
         param_table, grad_table, master_table, step_table, numels, block_tensor, block_start, scalars,
         grad_factor_scale, ROW, SCALED, COMPUTE, PARAM, MASTER, PARAM_MODE, ALIGNED, BLOCK,
     )  # fmt: skip
-    runs = common.step_runs(found_inf, FOUND_INF)
+    runs = multi_tensor.step_runs(found_inf, FOUND_INF)
     if runs:
-        state_sums = common.operand(sum_table, t, STATE, ALIGNED)
-        h = row + common.ROW_HEADER
+        state_sums = multi_tensor.operand(sum_table, t, STATE, ALIGNED)
+        h = row + multi_tensor.ROW_HEADER
         weight_decay = tl.load(h).to(COMPUTE)
         # fusedopt::scalars_at_step in float64: the learning rate decayed with the step count.
         clr = (tl.load(h + 1) / (1.0 + (step - 1.0) * tl.load(h + 2))).to(COMPUTE)
@@ -69,10 +71,10 @@ def _adagrad_kernel(
         else:
             _adagrad_block(param, master, key, grad, state_sums, offsets, mask, grad_factor, weight_decay, clr, eps,
                            decays, COMPUTE, PARAM_MODE, True)  # fmt: skip
-    common.finish_launch(step_table, num_tensors, finished, runs, BLOCK)
+    multi_tensor.finish_launch(step_table, num_tensors, finished, runs, BLOCK)
 
 
-_ROW = common.ROW_HEADER + 5  # entries of a scalars row
+_ROW = multi_tensor.ROW_HEADER + 5  # entries of a scalars row
 
 
 def _group_row(lr, lr_decay, weight_decay, eps, maximize, grad_factor) -> list[float]:
@@ -104,7 +106,7 @@ def adagrad(
     signature; see fusedopt/functional.py)."""
     if not params:
         return
-    launch = common.prepare(
+    launch = multi_tensor.prepare(
         [params, grads, state_sums], state_steps, masters, param_mode, rounding_seed, group_sizes,
         device_grad_factor, found_inf,
     )  # fmt: skip
@@ -113,5 +115,5 @@ def adagrad(
     rows = launch.table.addresses
     _adagrad_kernel[launch.grid](
         rows[0], rows[1], rows[2], launch.master_row, *launch.launch_args(scalars), ROW=_ROW,
-        **launch.constexprs, num_warps=common.NUM_WARPS,
+        **launch.constexprs, num_warps=multi_tensor.NUM_WARPS,
     )  # fmt: skip

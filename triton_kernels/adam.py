@@ -1,5 +1,5 @@
 """Adam/AdamW as one Triton launch for all param groups of a device and dtype (NOTE [multi-tensor launch] in
-_common.py).
+_launch.py).
 
 `adam_update` mirrors fusedopt::adam_update of csrc/include/fusedopt/update_rules.h line for line, including
 NOTE [folded bias correction]; tests/test_triton.py checks both against the same reference.
@@ -13,7 +13,9 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
-from fusedopt.triton_kernels import _common as common
+from fusedopt.triton_kernels import _launch as multi_tensor
+from fusedopt.triton_kernels import _numerics as numerics
+from fusedopt.triton_kernels import _param_modes as param_modes
 
 # Weight decay modes, as fusedopt::WeightDecayMode; each tensor's mode is the last entry of its scalars row.
 DECAY_NONE, DECAY_L2, DECAY_DECOUPLED = 0, 1, 2
@@ -30,13 +32,13 @@ def adam_update(
         p = p * decay_factor
     elif decay_mode == 1:  # DECAY_L2
         g = g + l2_weight_decay * p
-    m = common.lerp(m, g, beta1_complement)
+    m = numerics.lerp(m, g, beta1_complement)
     v = v * beta2 + beta2_complement * g * g
     second_moment = v
     if AMSGRAD:
-        v_max = common.nan_max(v_max, v)
+        v_max = numerics.nan_max(v_max, v)
         second_moment = v_max
-    p = p - step_size * common.ieee_div(m, common.ieee_sqrt(second_moment) + eps)
+    p = p - step_size * numerics.ieee_div(m, numerics.ieee_sqrt(second_moment) + eps)
     return p, m, v, v_max
 
 
@@ -46,22 +48,22 @@ def _adam_block(
     grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, decay_mode,
     COMPUTE: tl.constexpr, AMSGRAD: tl.constexpr, PARAM_MODE: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
-    p = common.load_param(param, master, offsets, mask, MASKED, COMPUTE, PARAM_MODE)
-    g = common.load(grad, offsets, mask, MASKED, COMPUTE)
-    m = common.load(exp_avg, offsets, mask, MASKED, COMPUTE)
-    v = common.load(exp_avg_sq, offsets, mask, MASKED, COMPUTE)
+    p = param_modes.load_param(param, master, offsets, mask, MASKED, COMPUTE, PARAM_MODE)
+    g = numerics.load(grad, offsets, mask, MASKED, COMPUTE)
+    m = numerics.load(exp_avg, offsets, mask, MASKED, COMPUTE)
+    v = numerics.load(exp_avg_sq, offsets, mask, MASKED, COMPUTE)
     v_max = v
     if AMSGRAD:
-        v_max = common.load(max_exp_avg_sq, offsets, mask, MASKED, COMPUTE)
+        v_max = numerics.load(max_exp_avg_sq, offsets, mask, MASKED, COMPUTE)
     p, m, v, v_max = adam_update(
         p, g, m, v, v_max, grad_factor, l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement,
         step_size, eps, decay_mode, AMSGRAD,
     )  # fmt: skip
-    common.store_param(param, master, offsets, mask, p, key, MASKED, PARAM_MODE)
-    common.store(exp_avg, offsets, mask, m, MASKED)
-    common.store(exp_avg_sq, offsets, mask, v, MASKED)
+    param_modes.store_param(param, master, offsets, mask, p, key, MASKED, PARAM_MODE)
+    numerics.store(exp_avg, offsets, mask, m, MASKED)
+    numerics.store(exp_avg_sq, offsets, mask, v, MASKED)
     if AMSGRAD:
-        common.store(max_exp_avg_sq, offsets, mask, v_max, MASKED)
+        numerics.store(max_exp_avg_sq, offsets, mask, v_max, MASKED)
 
 
 @triton.jit(do_not_specialize=["num_tensors"])
@@ -71,23 +73,23 @@ def _adam_kernel(
     step_table,  # float32 step counters (NOTE [device steps])
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
     num_tensors, finished,  # NOTE [device steps]: the tensors whose counters advance; the ticket
-    scalars,  # a float64 row per tensor: common.ROW_HEADER, then its group's hyperparameters
+    scalars,  # a float64 row per tensor: multi_tensor.ROW_HEADER, then its group's hyperparameters
     grad_factor_scale,  # NOTE [grad factor]: the device part (SCALED), a float32 element
     found_inf,  # GradScaler's found_inf (FOUND_INF), a float32 element
     ROW: tl.constexpr, SCALED: tl.constexpr, FOUND_INF: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr,
     COMPUTE: tl.constexpr, AMSGRAD: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr,
     ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t, param, master, grad, row, step, key, grad_factor, offsets, mask, full = common.program_operands(
+    t, param, master, grad, row, step, key, grad_factor, offsets, mask, full = multi_tensor.program_operands(
         param_table, grad_table, master_table, step_table, numels, block_tensor, block_start, scalars,
         grad_factor_scale, ROW, SCALED, COMPUTE, PARAM, MASTER, PARAM_MODE, ALIGNED, BLOCK,
     )  # fmt: skip
-    runs = common.step_runs(found_inf, FOUND_INF)
+    runs = multi_tensor.step_runs(found_inf, FOUND_INF)
     if runs:
-        exp_avg = common.operand(exp_avg_table, t, STATE, ALIGNED)
-        exp_avg_sq = common.operand(exp_avg_sq_table, t, STATE, ALIGNED)
-        max_exp_avg_sq = common.operand(max_exp_avg_sq_table, t, STATE, ALIGNED)
-        h = row + common.ROW_HEADER
+        exp_avg = multi_tensor.operand(exp_avg_table, t, STATE, ALIGNED)
+        exp_avg_sq = multi_tensor.operand(exp_avg_sq_table, t, STATE, ALIGNED)
+        max_exp_avg_sq = multi_tensor.operand(max_exp_avg_sq_table, t, STATE, ALIGNED)
+        h = row + multi_tensor.ROW_HEADER
         l2_weight_decay = tl.load(h).to(COMPUTE)
         decay_factor = tl.load(h + 1).to(COMPUTE)
         beta1_complement = tl.load(h + 2).to(COMPUTE)
@@ -111,10 +113,10 @@ def _adam_kernel(
                 l2_weight_decay, decay_factor, beta1_complement, beta2, beta2_complement, step_size, eps, decay_mode,
                 COMPUTE, AMSGRAD, PARAM_MODE, True,
             )  # fmt: skip
-    common.finish_launch(step_table, num_tensors, finished, runs, BLOCK)
+    multi_tensor.finish_launch(step_table, num_tensors, finished, runs, BLOCK)
 
 
-_ROW = common.ROW_HEADER + 10  # entries of a scalars row
+_ROW = multi_tensor.ROW_HEADER + 10  # entries of a scalars row
 
 
 def _log(beta: float) -> float:
@@ -169,7 +171,7 @@ def adam(
     if not params:
         return
     columns = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    launch = common.prepare(
+    launch = multi_tensor.prepare(
         columns, state_steps, masters, param_mode, rounding_seed, group_sizes, device_grad_factor, found_inf
     )
     hyper = (lr, beta1, beta2, weight_decay, eps, maximize, decoupled)
@@ -177,5 +179,5 @@ def adam(
     rows = launch.table.addresses
     _adam_kernel[launch.grid](
         rows[0], rows[1], rows[2], rows[3], rows[4] if amsgrad else rows[3], launch.master_row,
-        *launch.launch_args(scalars), ROW=_ROW, AMSGRAD=amsgrad, **launch.constexprs, num_warps=common.NUM_WARPS,
+        *launch.launch_args(scalars), ROW=_ROW, AMSGRAD=amsgrad, **launch.constexprs, num_warps=multi_tensor.NUM_WARPS,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""RMSprop as one Triton launch for all param groups of a device and dtype (NOTE [multi-tensor launch] in _common.py).
+"""RMSprop as one Triton launch for all param groups of a device and dtype (NOTE [multi-tensor launch] in _launch.py).
 
 `rmsprop_update` mirrors fusedopt::rmsprop_update of csrc/include/fusedopt/update_rules.h line for line.
 """
@@ -10,7 +10,9 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
-from fusedopt.triton_kernels import _common as common
+from fusedopt.triton_kernels import _launch as multi_tensor
+from fusedopt.triton_kernels import _numerics as numerics
+from fusedopt.triton_kernels import _param_modes as param_modes
 
 
 @triton.jit
@@ -24,16 +26,16 @@ def rmsprop_update(
         g = g + weight_decay * p
     square_avg = square_avg * alpha + alpha_complement * g * g
     if CENTERED:
-        grad_avg = common.lerp(grad_avg, g, alpha_complement)
-        avg = common.ieee_sqrt(square_avg - grad_avg * grad_avg)
+        grad_avg = numerics.lerp(grad_avg, g, alpha_complement)
+        avg = numerics.ieee_sqrt(square_avg - grad_avg * grad_avg)
     else:
-        avg = common.ieee_sqrt(square_avg)
+        avg = numerics.ieee_sqrt(square_avg)
     avg = avg + eps
     if MOMENTUM:
-        momentum_buffer = momentum_buffer * momentum + common.ieee_div(g, avg)
+        momentum_buffer = momentum_buffer * momentum + numerics.ieee_div(g, avg)
         p = p - lr * momentum_buffer
     else:
-        p = p - lr * common.ieee_div(g, avg)
+        p = p - lr * numerics.ieee_div(g, avg)
     return p, square_avg, grad_avg, momentum_buffer
 
 
@@ -44,25 +46,25 @@ def _rmsprop_block(
     COMPUTE: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, PARAM_MODE: tl.constexpr,
     MASKED: tl.constexpr,
 ):  # fmt: skip
-    p = common.load_param(param, master, offsets, mask, MASKED, COMPUTE, PARAM_MODE)
-    g = common.load(grad, offsets, mask, MASKED, COMPUTE)
-    square_avg = common.load(square_avgs, offsets, mask, MASKED, COMPUTE)
+    p = param_modes.load_param(param, master, offsets, mask, MASKED, COMPUTE, PARAM_MODE)
+    g = numerics.load(grad, offsets, mask, MASKED, COMPUTE)
+    square_avg = numerics.load(square_avgs, offsets, mask, MASKED, COMPUTE)
     grad_avg = square_avg
     momentum_buffer = square_avg
     if CENTERED:
-        grad_avg = common.load(grad_avgs, offsets, mask, MASKED, COMPUTE)
+        grad_avg = numerics.load(grad_avgs, offsets, mask, MASKED, COMPUTE)
     if MOMENTUM:
-        momentum_buffer = common.load(momentum_buffers, offsets, mask, MASKED, COMPUTE)
+        momentum_buffer = numerics.load(momentum_buffers, offsets, mask, MASKED, COMPUTE)
     p, square_avg, grad_avg, momentum_buffer = rmsprop_update(
         p, g, square_avg, grad_avg, momentum_buffer, grad_factor, weight_decay, alpha, alpha_complement, eps,
         momentum, lr, decays, CENTERED, MOMENTUM,
     )  # fmt: skip
-    common.store_param(param, master, offsets, mask, p, key, MASKED, PARAM_MODE)
-    common.store(square_avgs, offsets, mask, square_avg, MASKED)
+    param_modes.store_param(param, master, offsets, mask, p, key, MASKED, PARAM_MODE)
+    numerics.store(square_avgs, offsets, mask, square_avg, MASKED)
     if CENTERED:
-        common.store(grad_avgs, offsets, mask, grad_avg, MASKED)
+        numerics.store(grad_avgs, offsets, mask, grad_avg, MASKED)
     if MOMENTUM:
-        common.store(momentum_buffers, offsets, mask, momentum_buffer, MASKED)
+        numerics.store(momentum_buffers, offsets, mask, momentum_buffer, MASKED)
 
 
 @triton.jit(do_not_specialize=["num_tensors"])
@@ -72,23 +74,23 @@ def _rmsprop_kernel(
     step_table,  # float32 step counters (NOTE [device steps])
     numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
     num_tensors, finished,  # NOTE [device steps]: the tensors whose counters advance; the ticket
-    scalars,  # a float64 row per tensor: common.ROW_HEADER, then its group's hyperparameters
+    scalars,  # a float64 row per tensor: multi_tensor.ROW_HEADER, then its group's hyperparameters
     grad_factor_scale,  # NOTE [grad factor]: the device part (SCALED), a float32 element
     found_inf,  # GradScaler's found_inf (FOUND_INF), a float32 element
     ROW: tl.constexpr, SCALED: tl.constexpr, FOUND_INF: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr,
     COMPUTE: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, PARAM_MODE: tl.constexpr,
     MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t, param, master, grad, row, step, key, grad_factor, offsets, mask, full = common.program_operands(
+    t, param, master, grad, row, step, key, grad_factor, offsets, mask, full = multi_tensor.program_operands(
         param_table, grad_table, master_table, step_table, numels, block_tensor, block_start, scalars,
         grad_factor_scale, ROW, SCALED, COMPUTE, PARAM, MASTER, PARAM_MODE, ALIGNED, BLOCK,
     )  # fmt: skip
-    runs = common.step_runs(found_inf, FOUND_INF)
+    runs = multi_tensor.step_runs(found_inf, FOUND_INF)
     if runs:
-        square_avgs = common.operand(square_avg_table, t, STATE, ALIGNED)
-        grad_avgs = common.operand(grad_avg_table, t, STATE, ALIGNED)
-        momentum_buffers = common.operand(momentum_buffer_table, t, STATE, ALIGNED)
-        h = row + common.ROW_HEADER
+        square_avgs = multi_tensor.operand(square_avg_table, t, STATE, ALIGNED)
+        grad_avgs = multi_tensor.operand(grad_avg_table, t, STATE, ALIGNED)
+        momentum_buffers = multi_tensor.operand(momentum_buffer_table, t, STATE, ALIGNED)
+        h = row + multi_tensor.ROW_HEADER
         weight_decay = tl.load(h).to(COMPUTE)
         alpha = tl.load(h + 1).to(COMPUTE)
         alpha_complement = tl.load(h + 2).to(COMPUTE)
@@ -108,10 +110,10 @@ def _rmsprop_kernel(
                 weight_decay, alpha, alpha_complement, eps, momentum, lr, decays, COMPUTE, CENTERED, MOMENTUM,
                 PARAM_MODE, True,
             )  # fmt: skip
-    common.finish_launch(step_table, num_tensors, finished, runs, BLOCK)
+    multi_tensor.finish_launch(step_table, num_tensors, finished, runs, BLOCK)
 
 
-_ROW = common.ROW_HEADER + 7  # entries of a scalars row
+_ROW = multi_tensor.ROW_HEADER + 7  # entries of a scalars row
 
 
 def _group_row(lr, alpha, eps, weight_decay, momentum, maximize, grad_factor) -> list[float]:
@@ -151,7 +153,7 @@ def rmsprop(
     columns = (
         [params, grads, square_avgs] + ([grad_avgs] if centered else []) + ([momentum_buffers] if use_momentum else [])
     )
-    launch = common.prepare(
+    launch = multi_tensor.prepare(
         columns, state_steps, masters, param_mode, rounding_seed, group_sizes, device_grad_factor, found_inf
     )
     hyper = (lr, alpha, eps, weight_decay, momentum, maximize)
@@ -161,5 +163,5 @@ def rmsprop(
     momentum_row = rows[3 + int(centered)] if use_momentum else rows[2]
     _rmsprop_kernel[launch.grid](
         rows[0], rows[1], rows[2], grad_avg_row, momentum_row, launch.master_row, *launch.launch_args(scalars),
-        ROW=_ROW, CENTERED=centered, MOMENTUM=use_momentum, **launch.constexprs, num_warps=common.NUM_WARPS,
+        ROW=_ROW, CENTERED=centered, MOMENTUM=use_momentum, **launch.constexprs, num_warps=multi_tensor.NUM_WARPS,
     )  # fmt: skip

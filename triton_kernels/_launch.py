@@ -1,4 +1,5 @@
-"""Pieces shared by the Triton kernels: storage conversions, the multi-tensor launch table, the launcher.
+"""The multi-tensor launch every Triton optimizer kernel shares: the host-side table and its cache, the checks, and
+what each program starts and ends with.
 
 NOTE [multi-tensor launch]: one launch updates every tensor of a call (all param groups of a device, dtype and
 state layout: NOTE [param groups in one launch] in csrc/common/binding_utils.h). The host builds a table per call:
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from fusedopt.triton_kernels._numerics import TORCH_TO_TRITON, compute_dtype
+from fusedopt.triton_kernels._param_modes import master_operands, rounding_key
 
 # Elements per program and warps per program. 4096 fp32 elements over 8 warps give every thread 16 elements:
 # four 16-byte loads per operand in flight. Chosen by reasoning, to be replaced by the table that
@@ -36,68 +39,8 @@ NUM_WARPS = 8
 _ALIGN_BYTES = 16
 _TABLE_CACHE_SIZE = 64
 
-TORCH_TO_TRITON = {
-    torch.float32: tl.float32,
-    torch.float64: tl.float64,
-    torch.bfloat16: tl.bfloat16,
-    torch.float16: tl.float16,
-}
 
-
-def compute_dtype(param_dtype: torch.dtype) -> torch.dtype:
-    """float64 computes in float64; every other dtype in float32."""
-    return torch.float64 if param_dtype == torch.float64 else torch.float32
-
-
-# --- device helpers ---------------------------------------------------------------------------------------------
-@triton.jit
-def round_to_bfloat16(x):
-    """float32 -> bfloat16, round to nearest even, done in bits so the interpreter (which truncates) and the GPU
-    agree; NaN stays a quiet NaN. The final cast is exact: the low 16 bits are already zero."""
-    bits = x.to(tl.uint32, bitcast=True)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    rounded = tl.where(x != x, 0x7FC00000, rounded)
-    return rounded.to(tl.float32, bitcast=True).to(tl.bfloat16)
-
-
-@triton.jit
-def to_storage(x, DTYPE: tl.constexpr):
-    if DTYPE == tl.bfloat16:
-        return round_to_bfloat16(x.to(tl.float32))
-    else:
-        return x.to(DTYPE)
-
-
-@triton.jit
-def ieee_sqrt(x):
-    """Correctly rounded square root, as C++'s sqrt and torch's: Triton's tl.sqrt may be approximate in float32."""
-    if x.dtype == tl.float64:
-        return tl.sqrt(x)
-    else:
-        return tl.sqrt_rn(x)
-
-
-@triton.jit
-def ieee_div(x, y):
-    """Correctly rounded division (Triton's float32 `/` may be approximate)."""
-    if x.dtype == tl.float64:
-        return x / y
-    else:
-        return tl.div_rn(x, y)
-
-
-@triton.jit
-def lerp(start, end, weight):
-    """torch.lerp's formula, exact at both ends (mirrors fusedopt::lerp in update_rules.h)."""
-    return tl.where(weight < 0.5, start + weight * (end - start), end - (end - start) * (1.0 - weight))
-
-
-@triton.jit
-def nan_max(a, b):
-    """Maximum that propagates NaN like torch.maximum (mirrors fusedopt::max_of)."""
-    return tl.where(a != a, a, tl.where(b != b, b, tl.maximum(a, b)))
-
-
+# --- what every program starts and ends with ------------------------------------------------------------------
 @triton.jit
 def grad_factor_of(row_value, grad_factor_scale, SCALED: tl.constexpr):
     """NOTE [grad factor]: the host part from the tensor's scalars row, times the device part when there is one."""
@@ -177,90 +120,6 @@ def finish_launch(step_table, num_tensors, finished, runs, BLOCK: tl.constexpr):
             counters = tl.load(step_table + index, mask=mask, other=0).to(tl.pointer_type(tl.float32))
             tl.store(counters, tl.load(counters, mask=mask) + runs.to(tl.float32), mask=mask)
         tl.atomic_xchg(finished, 0)
-
-
-@triton.jit
-def load(pointer, offsets, mask, MASKED: tl.constexpr, COMPUTE: tl.constexpr):
-    if MASKED:
-        value = tl.load(pointer + offsets, mask=mask, other=0.0)
-    else:
-        value = tl.load(pointer + offsets)
-    return value.to(COMPUTE)
-
-
-@triton.jit
-def store(pointer, offsets, mask, value, MASKED: tl.constexpr):
-    value = to_storage(value, pointer.dtype.element_ty)
-    if MASKED:
-        tl.store(pointer + offsets, value, mask=mask)
-    else:
-        tl.store(pointer + offsets, value)
-
-
-# --- parameter modes (mirror csrc/include/fusedopt/param_rounding.h and fusedopt/_rounding.py) -----------------
-@triton.jit
-def mix32(x):
-    """lowbias32 on int64 values holding uint32 numbers; products wrap and are masked back to 32 bits."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
-
-
-@triton.jit
-def rounding_bits(key, index):
-    """NOTE [stochastic rounding]: the random bits of element `index` (int64) of the tensor with `key`."""
-    return mix32((index & 0xFFFFFFFF) ^ mix32((key + (index >> 32)) & 0xFFFFFFFF))
-
-
-@triton.jit
-def rounding_key(seed_low, seed_high, step, t):
-    """The key of tensor t at step `step` (fusedopt::rounding_key), from int64 values holding uint32 numbers."""
-    inner = mix32((seed_high + mix32((step & 0xFFFFFFFF) ^ mix32(t & 0xFFFFFFFF))) & 0xFFFFFFFF)
-    return mix32(seed_low ^ inner)
-
-
-@triton.jit
-def load_param(param, master, offsets, mask, MASKED: tl.constexpr, COMPUTE: tl.constexpr, PARAM_MODE: tl.constexpr):
-    """The value being updated: the parameter, its float32 master, or master = param bits + int16 remainder."""
-    if PARAM_MODE == 2:
-        return load(master, offsets, mask, MASKED, tl.float32)
-    elif PARAM_MODE == 3:
-        high = load(param, offsets, mask, MASKED, tl.bfloat16).to(tl.uint16, bitcast=True).to(tl.int64)
-        low = load(master, offsets, mask, MASKED, tl.int16).to(tl.int64)
-        bits = ((high << 16) + low) & 0xFFFFFFFF
-        return bits.to(tl.uint32).to(tl.float32, bitcast=True)
-    else:
-        return load(param, offsets, mask, MASKED, COMPUTE)
-
-
-@triton.jit
-def store_param(param, master, offsets, mask, value, key, MASKED: tl.constexpr, PARAM_MODE: tl.constexpr):
-    if PARAM_MODE == 2:
-        store(master, offsets, mask, value, MASKED)
-        store(param, offsets, mask, value, MASKED)
-    elif PARAM_MODE == 3:  # NOTE [master remainder]
-        bits = value.to(tl.float32).to(tl.uint32, bitcast=True).to(tl.int64)
-        high = ((bits >> 16) + ((bits >> 15) & 1)) & 0xFFFF
-        low = (bits & 0xFFFF).to(tl.uint16).to(tl.int16, bitcast=True)
-        _store_raw(param, offsets, mask, high.to(tl.uint16).to(tl.bfloat16, bitcast=True), MASKED)
-        _store_raw(master, offsets, mask, low, MASKED)
-    elif PARAM_MODE == 1:  # NOTE [stochastic rounding]
-        bits = value.to(tl.float32).to(tl.uint32, bitcast=True).to(tl.int64)
-        rounded = (bits + (rounding_bits(key, offsets) & 0xFFFF)) >> 16
-        rounded = tl.where(value != value, 0x7FC0, rounded)
-        _store_raw(param, offsets, mask, rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True), MASKED)
-    else:
-        store(param, offsets, mask, value, MASKED)
-
-
-@triton.jit
-def _store_raw(pointer, offsets, mask, value, MASKED: tl.constexpr):
-    if MASKED:
-        tl.store(pointer + offsets, value, mask=mask)
-    else:
-        tl.store(pointer + offsets, value)
 
 
 # --- host side --------------------------------------------------------------------------------------------------
@@ -345,24 +204,6 @@ def check_operands(params: Sequence[torch.Tensor], *columns: Sequence[torch.Tens
                     f"{device} with {p.numel()} elements"
                 )
     return param_dtype, state_dtype
-
-
-MASTER_DTYPES = {2: tl.float32, 3: tl.int16}
-
-
-def master_operands(params, masters, param_mode: int):
-    """The master column of a launch (or none) and the master pointer type."""
-    if param_mode in MASTER_DTYPES:
-        expected = torch.float32 if param_mode == 2 else torch.int16
-        if len(masters) != len(params):
-            raise ValueError(f"fusedopt Triton backend: {len(params)} params but {len(masters)} masters")
-        for i, (p, m) in enumerate(zip(params, masters)):
-            if m.dtype != expected or m.numel() != p.numel() or not m.is_contiguous() or m.device != p.device:
-                raise ValueError(
-                    f"fusedopt Triton backend: masters[{i}] must be a contiguous {expected} tensor like its param"
-                )
-        return [list(masters)], MASTER_DTYPES[param_mode]
-    return [], tl.float32
 
 
 #: The first entries of every scalars row: the grad factor (NOTE [grad factor], maximize's sign included) and the
