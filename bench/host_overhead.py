@@ -39,10 +39,23 @@ def _groups(params):
 IMPLEMENTATIONS = {
     "fusedopt (step plan)": lambda ps: fusedopt.AdamW(_groups(ps)),
     "fusedopt (regular path)": lambda ps: fusedopt.AdamW(_groups(ps)),
+    "fusedopt triton (step plan)": lambda ps: fusedopt.AdamW(_groups(ps), backend="triton"),
+    "fusedopt triton (regular path)": lambda ps: fusedopt.AdamW(_groups(ps), backend="triton"),
     "torch fused": lambda ps: torch.optim.AdamW(_groups(ps), fused=True),
     "torch foreach": lambda ps: torch.optim.AdamW(_groups(ps), foreach=True),
     "torch for-loop": lambda ps: torch.optim.AdamW(_groups(ps), foreach=False),
 }
+
+
+def _skip_triton_kernel() -> None:
+    """Replaces the Triton AdamW kernel by a launcher that does nothing (see --without-triton-kernel)."""
+    import importlib
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    importlib.import_module("fusedopt.triton_kernels.adam")._adam_kernel = NoLaunch()
 
 
 def measure(device: str, tensors: int, numel: int, reps: int, warmup: int = 10, interleave: bool = True) -> dict:
@@ -55,7 +68,7 @@ def measure(device: str, tensors: int, numel: int, reps: int, warmup: int = 10, 
         except (RuntimeError, ValueError) as error:
             runs[name] = {"status": f"unsupported: {type(error).__name__}: {error}"}
             continue
-        regular = name == "fusedopt (regular path)"
+        regular = name.endswith("(regular path)")
         runs[name] = {"optimizer": optimizer, "regular": regular, "times": []}
     active = [run for run in runs.values() if "optimizer" in run]
     # Interleaved, each step finds the caches full of the other optimizers' tensors (as after a forward and
@@ -99,20 +112,29 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=300)
     parser.add_argument("--back-to-back", action="store_true", help="step each optimizer repeatedly (warm caches)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument(
+        "--without-triton-kernel",
+        action="store_true",
+        help="CPU only, with TRITON_INTERPRET=1: the triton rows time everything but the kernel itself (the "
+        "interpreter would take seconds), i.e. the host work of a step up to the launch",
+    )
     args = parser.parse_args()
+    if args.without_triton_kernel:
+        _skip_triton_kernel()
     results = measure(args.device, args.tensors, args.numel, args.reps, interleave=not args.back_to_back)
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu"
     print(
         f"AdamW step host time, {args.tensors} tensors of {args.numel} elements in 2 param groups, {args.device} "
         f"({device_name}), torch {torch.__version__}, median of {args.reps} "
         + ("steps back to back (warm caches)" if args.back_to_back else "interleaved rounds (cold caches)")
+        + ("; triton rows without the kernel itself" if args.without_triton_kernel else "")
     )
-    print(f"{'implementation':26} {'backend':10} {'median us':>10} {'IQR us':>8} {'us / 1000 tensors':>18}")
+    print(f"{'implementation':32} {'backend':10} {'median us':>10} {'IQR us':>8} {'us / 1000 tensors':>18}")
     for name, row in results.items():
         if row["status"] != "ok":
-            print(f"{name:26} {row['status']}")
+            print(f"{name:32} {row['status']}")
             continue
-        print(f"{name:26} {row['backend']:10} {row['median_us']:10.1f} {row['iqr_us']:8.1f} "
+        print(f"{name:32} {row['backend']:10} {row['median_us']:10.1f} {row['iqr_us']:8.1f} "
               f"{row['us_per_1000_tensors']:18.1f}")  # fmt: skip
     if args.json:
         meta = dict(vars(args), torch=torch.__version__, device_name=device_name, date=time.strftime("%Y-%m-%d %H:%M"))

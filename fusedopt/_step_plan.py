@@ -1,7 +1,8 @@
 """The step plan: the operands of every fused call of a step, kept in C++ so that later steps skip the Python walk
 over param groups. See NOTE [step plan] in csrc/common/step_operands.h.
 
-A plan is made after each regular step whose calls all went to a compiled backend (cpu, cuda) with plain,
+A plan is made after each regular step whose calls all went to a planning backend (cpu, cuda, and triton, whose
+plan is triton_kernels/_plan.py, gathering grads with the CPU extension) with plain,
 contiguous, real tensors (no DTensor shards, complex views or non-contiguous proxies) and without max_grad_norm
 (the clip norm reads every grad in Python anyway). The next step uses it when nothing it was made from has
 changed, which is checked in O(number of groups) here:
@@ -48,7 +49,7 @@ class StepPlan:
         """The plan of a regular step's calls (LaunchGroup, backend), or None when it cannot have one."""
         if not launches or optimizer.max_grad_norm is not None:
             return None
-        # The cheap refusal first: a backend without planned calls (triton, reference) needs no walk over params.
+        # The cheap refusal first: a backend without planned calls (reference) needs no walk over params.
         modules = [getattr(backend, "planned_module", lambda: None)() for _, backend in launches]
         if None in modules:
             return None

@@ -1,6 +1,7 @@
 """The step plan (NOTE [step plan] in csrc/common/step_operands.h): after a regular step, later steps run from
-operands kept in C++. Every test compares a planned optimizer with a twin that is forced onto the regular path
-at every step, bit for bit, through the events that must invalidate or bypass the plan."""
+operands kept across steps (in C++; for Triton, triton_kernels/_plan.py). Every test compares a planned optimizer
+with a twin that is forced onto the regular path at every step, bit for bit, through the events that must
+invalidate or bypass the plan."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import weakref
 
 import pytest
 import torch
+from conftest import AVAILABLE_ON_CPU
 from helpers import FUSED_CLASSES, SECOND_GROUP
 
 import fusedopt
@@ -25,14 +27,23 @@ OPTIMIZERS = {
 }
 
 
-def _twins(name, dtype=torch.float32, **kwargs):
+# The backends with a plan: cpu (C++), and triton (triton_kernels/_plan.py; interpreted here).
+PLAN_BACKENDS = [b for b in ("cpu", "triton") if b in AVAILABLE_ON_CPU]
+
+
+@pytest.fixture(params=PLAN_BACKENDS)
+def backend(request):
+    return request.param
+
+
+def _twins(name, backend, dtype=torch.float32, **kwargs):
     generator = torch.Generator().manual_seed(7)
     params = [torch.nn.Parameter(torch.randn(s, generator=generator).to(dtype)) for s in SHAPES]
     twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
     groups = lambda ps: [{"params": ps[:3]}, {"params": ps[3:], **SECOND_GROUP[name]}]  # noqa: E731
     options = {**OPTIMIZERS[name], **kwargs}
-    return (FUSED_CLASSES[name](groups(params), backend="cpu", **options), params), (
-        FUSED_CLASSES[name](groups(twins), backend="cpu", **options),
+    return (FUSED_CLASSES[name](groups(params), backend=backend, **options), params), (
+        FUSED_CLASSES[name](groups(twins), backend=backend, **options),
         twins,
     )
 
@@ -60,8 +71,8 @@ def _grads(generator, params):
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_plan_matches_regular_steps_through_changes(name):
-    planned, regular = _twins(name)
+def test_plan_matches_regular_steps_through_changes(name, backend):
+    planned, regular = _twins(name, backend)
     optimizer, params = planned
     generator = torch.Generator().manual_seed(3)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1 / (1 + s)) for o in (optimizer, regular[0])]
@@ -95,17 +106,17 @@ def test_plan_matches_regular_steps_through_changes(name):
 @pytest.mark.parametrize(
     "mode", [dict(master_weights=True), dict(master_weights="remainder"), dict(stochastic_rounding=True)]
 )
-def test_plan_matches_regular_steps_in_mixed_precision(mode):
-    planned, regular = _twins("AdamW", torch.bfloat16, state_dtype=torch.float32, **mode)
+def test_plan_matches_regular_steps_in_mixed_precision(mode, backend):
+    planned, regular = _twins("AdamW", backend, torch.bfloat16, state_dtype=torch.float32, **mode)
     generator = torch.Generator().manual_seed(5)
     for _ in range(5):
         _step_both(planned, regular, _grads(generator, planned[1]))
         _assert_identical(planned, regular)
 
 
-def test_steady_steps_skip_the_python_walk(monkeypatch):
+def test_steady_steps_skip_the_python_walk(monkeypatch, backend):
     """Once planned, a step makes no functional call: one native call per fused launch and nothing else."""
-    (optimizer, params), _ = _twins("AdamW")
+    (optimizer, params), _ = _twins("AdamW", backend)
     for p in params:
         p.grad = torch.randn_like(p)
     optimizer.step()
@@ -117,8 +128,8 @@ def test_steady_steps_skip_the_python_walk(monkeypatch):
     assert calls == []
 
 
-def test_plan_is_remade_when_groups_change():
-    (optimizer, params), _ = _twins("Adam")
+def test_plan_is_remade_when_groups_change(backend):
+    (optimizer, params), _ = _twins("Adam", backend)
     for p in params:
         p.grad = torch.randn_like(p)
     optimizer.step()
@@ -135,8 +146,8 @@ def test_plan_is_remade_when_groups_change():
     assert float(optimizer.state[extra]["step"]) == 1.0
 
 
-def test_a_bad_grad_after_planning_raises_torchs_error_and_changes_nothing():
-    (optimizer, params), _ = _twins("AdamW")
+def test_a_bad_grad_after_planning_raises_torchs_error_and_changes_nothing(backend):
+    (optimizer, params), _ = _twins("AdamW", backend)
     for p in params:
         p.grad = torch.randn_like(p)
     optimizer.step()
@@ -149,8 +160,8 @@ def test_a_bad_grad_after_planning_raises_torchs_error_and_changes_nothing():
     assert all(float(optimizer.state[p]["step"]) == 2.0 for p in params)
 
 
-def test_found_inf_skips_a_planned_step():
-    (optimizer, params), _ = _twins("AdamW")
+def test_found_inf_skips_a_planned_step(backend):
+    (optimizer, params), _ = _twins("AdamW", backend)
     for p in params:
         p.grad = torch.randn_like(p)
     optimizer.step()
@@ -161,9 +172,9 @@ def test_found_inf_skips_a_planned_step():
     assert all(float(optimizer.state[p]["step"]) == 1.0 for p in params)
 
 
-def test_the_plan_holds_no_grads():
+def test_the_plan_holds_no_grads(backend):
     """zero_grad(set_to_none=True) must free the grads: the plan drops them at the end of every step."""
-    (optimizer, params), _ = _twins("AdamW")
+    (optimizer, params), _ = _twins("AdamW", backend)
     for _ in range(2):
         for p in params:
             p.grad = torch.randn_like(p)
@@ -190,8 +201,8 @@ def test_no_plan_for_clipping_or_the_reference_backend():
     assert as_real._step_plan is None
 
 
-def test_a_planned_optimizer_deep_copies_and_pickles_without_its_plan():
-    (optimizer, params), _ = _twins("AdamW")
+def test_a_planned_optimizer_deep_copies_and_pickles_without_its_plan(backend):
+    (optimizer, params), _ = _twins("AdamW", backend)
     for _ in range(2):
         for p in params:
             p.grad = torch.randn_like(p)
@@ -207,10 +218,10 @@ def test_a_planned_optimizer_deep_copies_and_pickles_without_its_plan():
     assert pickle.loads(pickle.dumps(optimizer))._step_plan is None
 
 
-def test_a_replaced_params_list_is_noticed():
+def test_a_replaced_params_list_is_noticed(backend):
     """A group's params list replaced by a new list of the same length (other parameters): the plan keeps the old
     list alive, so the new one cannot reuse its id and pass for it."""
-    (optimizer, params), _ = _twins("AdamW")
+    (optimizer, params), _ = _twins("AdamW", backend)
     for _ in range(2):
         for p in params:
             p.grad = torch.randn_like(p)

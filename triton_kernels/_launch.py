@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
 import triton.language as tl
+
 from fusedopt.triton_kernels._numerics import TORCH_TO_TRITON, compute_dtype
 from fusedopt.triton_kernels._param_modes import master_operands, rounding_key
 
@@ -216,6 +217,8 @@ class Launch:
     """What every optimizer launch shares once its operands and step counters are checked."""
 
     table: LaunchTable
+    param_row: torch.Tensor  # the params' addresses: the table's, or this step's (NOTE [step plan], _plan.py)
+    grad_row: torch.Tensor  # the grads' addresses, likewise
     master_row: torch.Tensor  # the masters' addresses (PARAM_MODE 2, 3), else any row
     device: torch.device
     constexprs: dict  # PARAM, STATE, COMPUTE, PARAM_MODE, MASTER, ALIGNED, BLOCK, SCALED, FOUND_INF
@@ -223,6 +226,22 @@ class Launch:
     rounding_seed: int
     device_grad_factor: torch.Tensor | None  # NOTE [grad factor]'s device part, read by the kernel (SCALED)
     found_inf: torch.Tensor | None  # GradScaler's found_inf, read by the kernel (FOUND_INF)
+
+    def for_step(
+        self,
+        param_row: torch.Tensor,
+        grad_row: torch.Tensor,
+        rounding_seed: int,
+        device_grad_factor: torch.Tensor | None,
+        found_inf: torch.Tensor | None,
+    ) -> Launch:
+        """This launch with one step's param and grad addresses and inputs (NOTE [step plan], _plan.py)."""
+        check_factors(self.device, device_grad_factor, found_inf)
+        constexprs = dict(self.constexprs, SCALED=device_grad_factor is not None, FOUND_INF=found_inf is not None)
+        return replace(
+            self, param_row=param_row, grad_row=grad_row, rounding_seed=rounding_seed, constexprs=constexprs,
+            device_grad_factor=device_grad_factor, found_inf=found_inf,
+        )  # fmt: skip
 
     @property
     def grid(self) -> tuple[int]:
@@ -267,9 +286,7 @@ def prepare(
     param_dtype, state_dtype = check_operands(params, *[c for i, c in enumerate(columns) if i != 1])
     check_steps(params, state_steps)
     device, compute = params[0].device, compute_dtype(param_dtype)
-    for name, value in (("device_grad_factor", device_grad_factor), ("found_inf", found_inf)):
-        if value is not None and (value.dtype != torch.float32 or value.numel() != 1 or value.device != device):
-            raise ValueError(f"fusedopt Triton backend: {name} must be a one-element float32 tensor on {device}")
+    check_factors(device, device_grad_factor, found_inf)
     master_columns, master_dtype = master_operands(params, masters, param_mode)
     table = launch_table(list(columns) + master_columns, device, state_steps)
     constexprs = dict(
@@ -277,5 +294,16 @@ def prepare(
         PARAM_MODE=param_mode, MASTER=master_dtype, ALIGNED=table.aligned, BLOCK=BLOCK,
         SCALED=device_grad_factor is not None, FOUND_INF=found_inf is not None,
     )  # fmt: skip
-    master_row = table.addresses[len(columns) if master_columns else 0]
-    return Launch(table, master_row, device, constexprs, group_sizes, rounding_seed, device_grad_factor, found_inf)
+    rows = table.addresses
+    master_row = rows[len(columns) if master_columns else 0]
+    return Launch(
+        table, rows[0], rows[1], master_row, device, constexprs, group_sizes, rounding_seed, device_grad_factor,
+        found_inf,
+    )  # fmt: skip
+
+
+def check_factors(device: torch.device, device_grad_factor: torch.Tensor | None, found_inf: torch.Tensor | None):
+    """NOTE [grad factor]'s device part and GradScaler's found_inf: one float32 element on the params' device."""
+    for name, value in (("device_grad_factor", device_grad_factor), ("found_inf", found_inf)):
+        if value is not None and (value.dtype != torch.float32 or value.numel() != 1 or value.device != device):
+            raise ValueError(f"fusedopt Triton backend: {name} must be a one-element float32 tensor on {device}")

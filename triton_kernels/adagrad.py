@@ -10,9 +10,11 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
+
 from fusedopt.triton_kernels import _launch as multi_tensor
 from fusedopt.triton_kernels import _numerics as numerics
 from fusedopt.triton_kernels import _param_modes as param_modes
+from fusedopt.triton_kernels import _plan as plan
 
 
 @triton.jit
@@ -110,10 +112,31 @@ def adagrad(
         [params, grads, state_sums], state_steps, masters, param_mode, rounding_seed, group_sizes,
         device_grad_factor, found_inf,
     )  # fmt: skip
-    hyper = (lr, lr_decay, weight_decay, eps, maximize)
+    _run(launch, (lr, lr_decay, weight_decay, eps, maximize), grad_factor)
+
+
+def adagrad_planned(
+    operands: plan.StepOperands,
+    *,
+    lr: list[float],
+    lr_decay: list[float],
+    weight_decay: list[float],
+    eps: list[float],
+    maximize: list[bool],
+    grad_factor: float,
+    device_grad_factor: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
+    rounding_seed: int,
+) -> None:
+    """adagrad over the operands of a step plan (NOTE [step plan]), after a successful operands.gather_grads()."""
+    launch = operands.take(rounding_seed, device_grad_factor, found_inf)
+    _run(launch, (lr, lr_decay, weight_decay, eps, maximize), grad_factor)
+
+
+def _run(launch: multi_tensor.Launch, hyper: tuple, grad_factor: float) -> None:
     scalars = launch.scalars([_group_row(*group, grad_factor) for group in zip(*hyper)])
     rows = launch.table.addresses
     _adagrad_kernel[launch.grid](
-        rows[0], rows[1], rows[2], launch.master_row, *launch.launch_args(scalars), ROW=_ROW,
+        launch.param_row, launch.grad_row, rows[2], launch.master_row, *launch.launch_args(scalars), ROW=_ROW,
         **launch.constexprs, num_warps=multi_tensor.NUM_WARPS,
     )  # fmt: skip

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
+
 from fusedopt.triton_kernels import _launch as multi_tensor
 from fusedopt.triton_kernels import _numerics as numerics
 from fusedopt.triton_kernels import _param_modes as param_modes
+from fusedopt.triton_kernels import _plan as plan
 
 # Weight decay modes, as fusedopt::WeightDecayMode; each tensor's mode is the last entry of its scalars row.
 DECAY_NONE, DECAY_L2, DECAY_DECOUPLED = 0, 1, 2
@@ -174,10 +176,34 @@ def adam(
     launch = multi_tensor.prepare(
         columns, state_steps, masters, param_mode, rounding_seed, group_sizes, device_grad_factor, found_inf
     )
-    hyper = (lr, beta1, beta2, weight_decay, eps, maximize, decoupled)
+    _run(launch, amsgrad, (lr, beta1, beta2, weight_decay, eps, maximize, decoupled), grad_factor)
+
+
+def adam_planned(
+    operands: plan.StepOperands,
+    *,
+    lr: list[float],
+    beta1: list[float],
+    beta2: list[float],
+    weight_decay: list[float],
+    eps: list[float],
+    maximize: list[bool],
+    decoupled: list[bool],
+    amsgrad: bool,
+    grad_factor: float,
+    device_grad_factor: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
+    rounding_seed: int,
+) -> None:
+    """adam over the operands of a step plan (NOTE [step plan]), after a successful operands.gather_grads()."""
+    launch = operands.take(rounding_seed, device_grad_factor, found_inf)
+    _run(launch, amsgrad, (lr, beta1, beta2, weight_decay, eps, maximize, decoupled), grad_factor)
+
+
+def _run(launch: multi_tensor.Launch, amsgrad: bool, hyper: tuple, grad_factor: float) -> None:
     scalars = launch.scalars([_group_row(*group, grad_factor) for group in zip(*hyper)])
     rows = launch.table.addresses
     _adam_kernel[launch.grid](
-        rows[0], rows[1], rows[2], rows[3], rows[4] if amsgrad else rows[3], launch.master_row,
+        launch.param_row, launch.grad_row, rows[2], rows[3], rows[4] if amsgrad else rows[3], launch.master_row,
         *launch.launch_args(scalars), ROW=_ROW, AMSGRAD=amsgrad, **launch.constexprs, num_warps=multi_tensor.NUM_WARPS,
     )  # fmt: skip

@@ -10,9 +10,11 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
+
 from fusedopt.triton_kernels import _launch as multi_tensor
 from fusedopt.triton_kernels import _numerics as numerics
 from fusedopt.triton_kernels import _param_modes as param_modes
+from fusedopt.triton_kernels import _plan as plan
 
 
 @triton.jit
@@ -156,12 +158,38 @@ def rmsprop(
     launch = multi_tensor.prepare(
         columns, state_steps, masters, param_mode, rounding_seed, group_sizes, device_grad_factor, found_inf
     )
+    _run(launch, centered, use_momentum, (lr, alpha, eps, weight_decay, momentum, maximize), grad_factor)
+
+
+def rmsprop_planned(
+    operands: plan.StepOperands,
+    *,
+    lr: list[float],
+    alpha: list[float],
+    eps: list[float],
+    weight_decay: list[float],
+    momentum: list[float],
+    maximize: list[bool],
+    centered: bool,
+    grad_factor: float,
+    device_grad_factor: torch.Tensor | None,
+    found_inf: torch.Tensor | None,
+    rounding_seed: int,
+) -> None:
+    """rmsprop over the operands of a step plan (NOTE [step plan]), after a successful operands.gather_grads();
+    momentum is on when the plan's third state slot (momentum_buffers) is filled."""
+    launch = operands.take(rounding_seed, device_grad_factor, found_inf)
     hyper = (lr, alpha, eps, weight_decay, momentum, maximize)
+    _run(launch, centered, operands.slots[2], hyper, grad_factor)
+
+
+def _run(launch: multi_tensor.Launch, centered: bool, use_momentum: bool, hyper: tuple, grad_factor: float) -> None:
     scalars = launch.scalars([_group_row(*group, grad_factor) for group in zip(*hyper)])
     rows = list(launch.table.addresses)
     grad_avg_row = rows[3] if centered else rows[2]
     momentum_row = rows[3 + int(centered)] if use_momentum else rows[2]
     _rmsprop_kernel[launch.grid](
-        rows[0], rows[1], rows[2], grad_avg_row, momentum_row, launch.master_row, *launch.launch_args(scalars),
-        ROW=_ROW, CENTERED=centered, MOMENTUM=use_momentum, **launch.constexprs, num_warps=multi_tensor.NUM_WARPS,
+        launch.param_row, launch.grad_row, rows[2], grad_avg_row, momentum_row, launch.master_row,
+        *launch.launch_args(scalars), ROW=_ROW, CENTERED=centered, MOMENTUM=use_momentum, **launch.constexprs,
+        num_warps=multi_tensor.NUM_WARPS,
     )  # fmt: skip

@@ -21,6 +21,31 @@
 
 namespace fusedopt::binding {
 
+// NOTE [step plan]'s check of one step's grads: every `absent` parameter still has no grad, every param still has
+// `dtype`, its planned element count and address (`param_addresses`; a `param.data = other` moves it), is
+// contiguous on `device`, and has a grad that is dense, contiguous and like it. Fills `grad_addresses` and returns
+// true when all hold; reads nothing but tensor metadata.
+inline bool gather_grads(const TensorList& params, const TensorList& absent, at::ScalarType dtype,
+                         const at::Device& device, const std::vector<int64_t>& numels,
+                         std::vector<void*>& param_addresses, std::vector<const void*>& grad_addresses) {
+  for (const at::Tensor& param : absent) {
+    if (param.grad().defined()) return false;
+  }
+  grad_addresses.resize(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& param = params[i];
+    const at::Tensor& grad = param.grad();
+    if (param.scalar_type() != dtype || param.numel() != numels[i] || !param.is_contiguous() ||
+        param.device() != device || !grad.defined() || grad.layout() != at::kStrided || grad.scalar_type() != dtype ||
+        grad.device() != device || !grad.is_contiguous() || !grad.sizes().equals(param.sizes())) {
+      return false;
+    }
+    param_addresses[i] = param.data_ptr();
+    grad_addresses[i] = grad.data_ptr();
+  }
+  return true;
+}
+
 class StepOperands {
  public:
   // `columns` are the state lists in the entry point's slot order, an empty list for a slot the call does not use;
@@ -44,25 +69,11 @@ class StepOperands {
 
   // Reads every parameter and its grad; true when the planned call can run on them (see NOTE [step plan]).
   bool gather_grads() {
-    gathered_ = false;
-    for (const at::Tensor& param : absent_) {
-      if (param.grad().defined()) return false;
-    }
-    for (size_t i = 0; i < params_.size(); ++i) {
-      const at::Tensor& param = params_[i];
-      const at::Tensor& grad = param.grad();
-      // The param too: `param.data = other` may have given it other storage (FSDP-style flat params do).
-      if (param.scalar_type() != dtype_ || param.numel() != operands_.numels[i] || !param.is_contiguous() ||
-          param.device() != operands_.device || !grad.defined() || grad.layout() != at::kStrided ||
-          grad.scalar_type() != dtype_ || grad.device() != operands_.device || !grad.is_contiguous() ||
-          !grad.sizes().equals(param.sizes())) {
-        return false;
-      }
-      operands_.params[i] = param.data_ptr();
-      operands_.grads[i] = grad.data_ptr();
-    }
-    gathered_ = true;
-    return true;
+    // The params' addresses are refreshed too: `param.data = other` may have given one other storage (FSDP-style
+    // flat params do), and the kernels address it directly.
+    gathered_ = binding::gather_grads(params_, absent_, dtype_, operands_.device, operands_.numels, operands_.params,
+                                      operands_.grads);
+    return gathered_;
   }
 
   // The operands of this step's call, once per successful gather_grads().

@@ -42,6 +42,11 @@ class TritonBackend(ExtensionBackend):
         kernels = _kernels()
         return kernels if isinstance(kernels, str) else None
 
+    def planned_module(self) -> types.ModuleType | None:
+        """The kernels, whose step plan (triton_kernels/_plan.py) needs the CPU extension's grad gather."""
+        kernels = self._extension()
+        return kernels if importlib.import_module("fusedopt.triton_kernels._plan").available() else None
+
     def _extension(self) -> types.ModuleType:
         kernels = _kernels()
         if isinstance(kernels, str):

@@ -1,0 +1,74 @@
+"""NOTE [step plan] (csrc/common/step_operands.h) for the Triton kernels: the launch of a regular step, kept, so that
+a later step only reads its params and grads.
+
+The launch table (state, master and step-counter addresses, sizes, blocks) is made once, from a regular step's
+checked operands. At each planned step the CPU extension's gather_grad_addresses reads every parameter's grad in
+C++ (the same checks as the CPU and CUDA plans: present, dense, contiguous, like its parameter, and no grad for the
+parameters that had none) and returns this step's param and grad addresses, which go to the device with one
+asynchronous copy; the kernel takes them in place of the table's first two rows. Without the CPU extension there is
+no Triton plan, and every step takes the regular path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fusedopt.triton_kernels import _launch as multi_tensor
+
+
+def _gather():
+    from fusedopt import _extensions
+
+    return _extensions.cpu_extension().gather_grad_addresses
+
+
+def available() -> bool:
+    """Whether planned Triton steps can run here (they need the CPU extension's gather)."""
+    from fusedopt import _extensions
+
+    return _extensions.cpu_extension_error() is None
+
+
+class StepOperands:
+    """One fused call's operands kept across steps (the Python twin of csrc/common/step_operands.h's class)."""
+
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        columns: Sequence[Sequence[torch.Tensor]],
+        steps: Sequence[torch.Tensor],
+        masters: Sequence[torch.Tensor],
+        group_sizes: Sequence[int],
+        param_mode: int,
+        absent: Sequence[torch.Tensor],
+    ) -> None:
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):
+            raise ValueError("fusedopt StepOperands: every planned param needs a grad")
+        #: Which state slots the call fills, in the entry point's slot order (RMSprop: centered, momentum).
+        self.slots = [len(column) > 0 for column in columns]
+        operands = [list(params), grads, *[list(column) for column in columns if column]]
+        self._launch = multi_tensor.prepare(operands, steps, masters, param_mode, 0, group_sizes)
+        self._params, self._absent = list(params), list(absent)
+        self._numels = [p.numel() for p in params]
+        self._like = torch.empty(0, dtype=params[0].dtype, device=params[0].device)
+        self._gather = _gather()
+        self._rows: torch.Tensor | None = None
+
+    def gather_grads(self) -> bool:
+        """Reads every parameter and its grad; False when the regular step must run instead."""
+        device = self._launch.device
+        self._rows = self._gather(self._params, self._absent, self._numels, self._like, device.type == "cuda")
+        return self._rows is not None
+
+    def take(
+        self, rounding_seed: int, device_grad_factor: torch.Tensor | None, found_inf: torch.Tensor | None
+    ) -> multi_tensor.Launch:
+        """This step's launch, once per successful gather_grads()."""
+        rows, self._rows = self._rows, None
+        if rows is None:
+            raise RuntimeError("fusedopt: a planned step needs gather_grads() to have returned true first")
+        rows = rows.to(self._launch.device, non_blocking=True)
+        return self._launch.for_step(rows[0], rows[1], rounding_seed, device_grad_factor, found_inf)
