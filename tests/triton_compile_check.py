@@ -14,10 +14,11 @@ import re
 import sys
 
 import triton.language as tl
-from fusedopt.triton_kernels import _launch as multi_tensor
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler import compile as triton_compile
+
+from fusedopt.triton_kernels import _launch as multi_tensor
 
 ARG_TYPES = {
     "block_tensor": "*i32",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from fusedopt.triton_kernels._numerics import load, store
 
 

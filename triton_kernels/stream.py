@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
+
 from fusedopt.triton_kernels import _launch as multi_tensor
 from fusedopt.triton_kernels import _numerics as numerics
 
