@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import AVAILABLE_ON_CPU
 
 from fusedopt.bench import cli, implementations, report, workloads
 from fusedopt.bench.traffic import num_state_tensors, step_traffic
@@ -187,3 +188,33 @@ def test_host_overhead_script_measures_every_implementation(interleave):
     for row in results.values():
         assert row["status"] == "ok" and row["median_us"] > 0
     assert results["fusedopt (step plan)"]["backend"] == "cpu"
+
+
+@pytest.mark.skipif("triton" not in AVAILABLE_ON_CPU, reason="needs the interpreted Triton backend")
+def test_triton_tune_launches_each_block_size_it_reports(monkeypatch):
+    """bench/triton_tune.py times one configuration per row: every step it times runs with that row's BLOCK (a
+    kept step plan must not carry the previous BLOCK's launch over)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "triton_tune.py")
+    spec = importlib.util.spec_from_file_location("triton_tune", path)
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    monkeypatch.setattr(tune, "BLOCKS", (1024, 4096))
+    monkeypatch.setattr(tune, "WARPS", (4,))
+    adam_module = importlib.import_module("fusedopt.triton_kernels.adam")
+    launch_module = importlib.import_module("fusedopt.triton_kernels._launch")
+    monkeypatch.setattr(launch_module, "BLOCK", launch_module.BLOCK)  # restored after the test
+    monkeypatch.setattr(launch_module, "NUM_WARPS", launch_module.NUM_WARPS)
+    real, grids = adam_module._adam_kernel, []
+
+    class Recording:
+        def __getitem__(self, grid):
+            grids.append((launch_module.BLOCK, grid))
+            return real[grid]
+
+    monkeypatch.setattr(adam_module, "_adam_kernel", Recording())
+    rows = tune.tune(numel=5000, reps=1, device="cpu")
+    assert [(row["block"], row["num_warps"]) for row in rows] == [(1024, 4), (4096, 4)] * 2
+    assert grids and all(grid == (-(-5000 // block),) for block, grid in grids)

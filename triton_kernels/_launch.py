@@ -158,10 +158,10 @@ _tables: OrderedDict[tuple, LaunchTable] = OrderedDict()
 def launch_table(
     operands: Sequence[Sequence[torch.Tensor]], device: torch.device, steps: Sequence[torch.Tensor] = ()
 ) -> LaunchTable:
-    """The cached table for these exact operands and step counters (same addresses and sizes), built on first
-    use."""
+    """The cached table for these exact operands and step counters (same addresses and sizes) and BLOCK (which
+    bench/triton_tune.py changes), built on first use."""
     key = (device, tuple(tuple(t.data_ptr() for t in column) for column in operands))
-    key += (tuple(t.numel() for t in operands[0]), tuple(t.data_ptr() for t in steps))
+    key += (tuple(t.numel() for t in operands[0]), tuple(t.data_ptr() for t in steps), BLOCK)
     table = _tables.get(key)
     if table is None:
         table = LaunchTable(operands, device, steps)
