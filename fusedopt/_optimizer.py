@@ -378,9 +378,9 @@ class FusedOptimizer(Optimizer):
         do. Only error_if_nonfinite=True reads the norm on the host, as torch does; it then reads found_inf first
         and returns None when it is set (the step changes nothing)."""
         found_inf = getattr(self, "found_inf", None)
-        if found_inf is not None and self.max_grad_norm is not None and self.error_if_nonfinite:
-            if float(found_inf) != 0.0:
-                return None
+        checks_norm = self.max_grad_norm is not None and self.error_if_nonfinite
+        if found_inf is not None and checks_norm and float(found_inf) != 0.0:
+            return None
         grad_scale = getattr(self, "grad_scale", None)
         inverse_scale = None if grad_scale is None else torch.as_tensor(grad_scale, dtype=torch.float32).reciprocal()
         if self.max_grad_norm is None:

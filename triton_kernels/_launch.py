@@ -78,9 +78,10 @@ def program_operands(
     MASTER: tl.constexpr, PARAM_MODE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """What every optimizer kernel's program starts from: its tensor t, typed pointers to the parameter, its master
-    and its gradient, its row of float64 scalars (ROW_HEADER, then the optimizer's) and the grad factor read from
-    it (NOTE [grad factor]), the tensor's new step count (float64, NOTE [device steps]) and stochastic rounding
-    key, and the block's offsets, mask and whether the block is full (no mask needed)."""
+    and its gradient, a pointer to its group's hyperparameters (its float64 scalars row after ROW_HEADER), the grad
+    factor read from that row's header (NOTE [grad factor]), the tensor's new step count (float64, NOTE [device
+    steps]) and stochastic rounding key, and the block's offsets, mask and whether the block is full (no mask
+    needed)."""
     t, start, numel = block_of_program(block_tensor, block_start, numels, BLOCK)
     param = operand(param_table, t, PARAM, ALIGNED)
     master = operand(master_table, t, MASTER, ALIGNED)
@@ -94,7 +95,8 @@ def program_operands(
         seed_high = tl.load(row + 2).to(tl.int64)
         key = rounding_key(seed_low, seed_high, step.to(tl.int64), t)
     offsets = start + tl.arange(0, BLOCK).to(tl.int64)
-    return t, param, master, grad, row, step, key, grad_factor, offsets, offsets < numel, start + BLOCK <= numel
+    hyper = row + ROW_HEADER
+    return t, param, master, grad, hyper, step, key, grad_factor, offsets, offsets < numel, start + BLOCK <= numel
 
 
 @triton.jit
@@ -209,7 +211,7 @@ def check_operands(params: Sequence[torch.Tensor], *columns: Sequence[torch.Tens
 
 #: The first entries of every scalars row: the grad factor (NOTE [grad factor], maximize's sign included) and the
 #: two 32-bit halves of the stochastic rounding seed; the optimizer's own entries follow.
-ROW_HEADER = 3
+ROW_HEADER = tl.constexpr(3)  # a constexpr: program_operands reads past it in the kernels
 
 
 @dataclass

@@ -54,14 +54,13 @@ def _adagrad_kernel(
     COMPUTE: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t, param, master, grad, row, step, key, grad_factor, offsets, mask, full = multi_tensor.program_operands(
+    t, param, master, grad, h, step, key, grad_factor, offsets, mask, full = multi_tensor.program_operands(
         param_table, grad_table, master_table, step_table, numels, block_tensor, block_start, scalars,
         grad_factor_scale, ROW, SCALED, COMPUTE, PARAM, MASTER, PARAM_MODE, ALIGNED, BLOCK,
     )  # fmt: skip
     runs = multi_tensor.step_runs(found_inf, FOUND_INF)
     if runs:
         state_sums = multi_tensor.operand(sum_table, t, STATE, ALIGNED)
-        h = row + multi_tensor.ROW_HEADER
         weight_decay = tl.load(h).to(COMPUTE)
         # fusedopt::scalars_at_step in float64: the learning rate decayed with the step count.
         clr = (tl.load(h + 1) / (1.0 + (step - 1.0) * tl.load(h + 2))).to(COMPUTE)
@@ -76,7 +75,7 @@ def _adagrad_kernel(
     multi_tensor.finish_launch(step_table, num_tensors, finished, runs, BLOCK)
 
 
-_ROW = multi_tensor.ROW_HEADER + 5  # entries of a scalars row
+_ROW = multi_tensor.ROW_HEADER.value + 5  # entries of a scalars row
 
 
 def _group_row(lr, lr_decay, weight_decay, eps, maximize, grad_factor) -> list[float]:

@@ -82,7 +82,7 @@ def _adam_kernel(
     COMPUTE: tl.constexpr, AMSGRAD: tl.constexpr, PARAM_MODE: tl.constexpr, MASTER: tl.constexpr,
     ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t, param, master, grad, row, step, key, grad_factor, offsets, mask, full = multi_tensor.program_operands(
+    t, param, master, grad, h, step, key, grad_factor, offsets, mask, full = multi_tensor.program_operands(
         param_table, grad_table, master_table, step_table, numels, block_tensor, block_start, scalars,
         grad_factor_scale, ROW, SCALED, COMPUTE, PARAM, MASTER, PARAM_MODE, ALIGNED, BLOCK,
     )  # fmt: skip
@@ -91,7 +91,6 @@ def _adam_kernel(
         exp_avg = multi_tensor.operand(exp_avg_table, t, STATE, ALIGNED)
         exp_avg_sq = multi_tensor.operand(exp_avg_sq_table, t, STATE, ALIGNED)
         max_exp_avg_sq = multi_tensor.operand(max_exp_avg_sq_table, t, STATE, ALIGNED)
-        h = row + multi_tensor.ROW_HEADER
         l2_weight_decay = tl.load(h).to(COMPUTE)
         decay_factor = tl.load(h + 1).to(COMPUTE)
         beta1_complement = tl.load(h + 2).to(COMPUTE)
@@ -118,7 +117,7 @@ def _adam_kernel(
     multi_tensor.finish_launch(step_table, num_tensors, finished, runs, BLOCK)
 
 
-_ROW = multi_tensor.ROW_HEADER + 10  # entries of a scalars row
+_ROW = multi_tensor.ROW_HEADER.value + 10  # entries of a scalars row
 
 
 def _log(beta: float) -> float:

@@ -83,7 +83,7 @@ def _rmsprop_kernel(
     COMPUTE: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, PARAM_MODE: tl.constexpr,
     MASTER: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    t, param, master, grad, row, step, key, grad_factor, offsets, mask, full = multi_tensor.program_operands(
+    t, param, master, grad, h, step, key, grad_factor, offsets, mask, full = multi_tensor.program_operands(
         param_table, grad_table, master_table, step_table, numels, block_tensor, block_start, scalars,
         grad_factor_scale, ROW, SCALED, COMPUTE, PARAM, MASTER, PARAM_MODE, ALIGNED, BLOCK,
     )  # fmt: skip
@@ -92,7 +92,6 @@ def _rmsprop_kernel(
         square_avgs = multi_tensor.operand(square_avg_table, t, STATE, ALIGNED)
         grad_avgs = multi_tensor.operand(grad_avg_table, t, STATE, ALIGNED)
         momentum_buffers = multi_tensor.operand(momentum_buffer_table, t, STATE, ALIGNED)
-        h = row + multi_tensor.ROW_HEADER
         weight_decay = tl.load(h).to(COMPUTE)
         alpha = tl.load(h + 1).to(COMPUTE)
         alpha_complement = tl.load(h + 2).to(COMPUTE)
@@ -115,7 +114,7 @@ def _rmsprop_kernel(
     multi_tensor.finish_launch(step_table, num_tensors, finished, runs, BLOCK)
 
 
-_ROW = multi_tensor.ROW_HEADER + 7  # entries of a scalars row
+_ROW = multi_tensor.ROW_HEADER.value + 7  # entries of a scalars row
 
 
 def _group_row(lr, alpha, eps, weight_decay, momentum, maximize, grad_factor) -> list[float]:

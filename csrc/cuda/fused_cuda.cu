@@ -449,7 +449,6 @@ cudaError_t launch_adagrad(const LaunchTables& tables, const AdagradHyper* hyper
 }
 
 cudaError_t launch_stream(const LaunchTables& tables, int num_states, cudaStream_t stream) {
-  if (tables.num_chunks == 0) return cudaSuccess;
   return dispatch_storage<LaunchStream>(tables.param_type, tables.state_type, tables, num_states, stream);
 }
 
