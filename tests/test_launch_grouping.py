@@ -112,11 +112,14 @@ def test_dtypes_and_parameters_without_grads(counted, generator):
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"])
 def test_functional_group_sizes_equal_separate_calls(backend, generator):
-    """One call with group_sizes computes bit for bit what one call per group computes."""
+    """One call with group_sizes computes bit for bit what one call per group computes; an empty group between
+    others shifts nothing (each tensor finds its own group's row of hyperparameters)."""
     params = [torch.randn(shape, generator=generator) for shape in SHAPES]
     grads = [torch.randn_like(p) for p in params]
-    hyper = dict(lr=[1e-2, 3e-2], beta1=[0.9, 0.8], beta2=[0.999, 0.95], weight_decay=[0.1, 0.0], eps=[1e-8, 1e-6],
-                 maximize=[False, True], decoupled=[True, False])  # fmt: skip
+    group_sizes = [3, 0, 1, 2]
+    hyper = dict(lr=[1e-2, 5e-1, 3e-2, 2e-2], beta1=[0.9, 0.5, 0.8, 0.7], beta2=[0.999, 0.5, 0.95, 0.9],
+                 weight_decay=[0.1, 0.7, 0.0, 0.2], eps=[1e-8, 1e-1, 1e-6, 1e-7],
+                 maximize=[False, False, True, False], decoupled=[True, True, False, False])  # fmt: skip
     exp_avgs = [torch.rand(p.shape, generator=generator) for p in params]
     exp_avg_sqs = [torch.rand(p.shape, generator=generator) for p in params]
     runs = {}
@@ -125,13 +128,17 @@ def test_functional_group_sizes_equal_separate_calls(backend, generator):
         steps = [torch.tensor(float(i)) for i in range(len(params))]
         common = dict(amsgrad=False, backend=backend)
         if how == "together":
-            functional.adam(p, grads, m, v, [], steps, group_sizes=[4, 2], **hyper, **common)
+            functional.adam(p, grads, m, v, [], steps, group_sizes=group_sizes, **hyper, **common)
         else:
-            for g, part in enumerate((slice(0, 4), slice(4, 6))):
-                functional.adam(
-                    p[part], grads[part], m[part], v[part], [], steps[part],
-                    **{k: values[g] for k, values in hyper.items()}, **common,
-                )  # fmt: skip
+            first = 0
+            for g, size in enumerate(group_sizes):
+                part = slice(first, first + size)
+                first += size
+                if size:
+                    functional.adam(
+                        p[part], grads[part], m[part], v[part], [], steps[part],
+                        **{k: values[g] for k, values in hyper.items()}, **common,
+                    )  # fmt: skip
         runs[how] = (p, m, v, steps)
     for together, apart in zip(*(runs[how] for how in ("together", "apart"))):
         for a, b in zip(together, apart):

@@ -4,11 +4,13 @@ what each program starts and ends with.
 NOTE [multi-tensor launch]: one launch updates every tensor of a call (all param groups of a device, dtype and
 state layout: NOTE [param groups in one launch] in csrc/common/binding_utils.h). The host builds a table per call:
 the address of every operand of every tensor (one int64 row per operand), each tensor's element count, and,
-per program, which tensor it updates and where its block starts. A program loads its row, casts the addresses
-to typed pointers and updates BLOCK elements: unmasked (vectorizable) when the block is full, masked at a
-tensor's tail. Offsets are int64, so tensors over 2^31 elements work. Tables depend only on addresses and sizes,
-so they are cached and rebuilt only when an operand moves; learning rate, step and sizes are runtime data,
-never constexpr, so changing them never recompiles.
+its param group, and per program, which tensor it updates and where its block starts. A program loads its row,
+casts the addresses to typed pointers and updates BLOCK elements: unmasked (vectorizable) when the block is full,
+masked at a tensor's tail. Offsets are int64, so tensors over 2^31 elements work. Tables depend only on addresses,
+sizes and group sizes, so they are cached and rebuilt only when an operand moves; what changes every step (the
+learning rate, GradScaler's factor) is one float64 row per param group, uploaded per step, which each program finds
+through its tensor's group. Learning rate, step and sizes are runtime data, never constexpr, so changing them never
+recompiles.
 
 NOTE [device steps] (csrc/cuda/fused_cuda.h) holds here too: step counters are float32 elements beside the params,
 which the kernel reads (count + 1 makes the bias corrections, in float64) and the program that finishes last
@@ -73,13 +75,13 @@ def operand(address_table, t, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 
 @triton.jit
 def program_operands(
-    param_table, grad_table, master_table, step_table, numels, block_tensor, block_start, scalars,
+    param_table, grad_table, master_table, step_table, numels, tensor_group, block_tensor, block_start, scalars,
     grad_factor_scale, ROW: tl.constexpr, SCALED: tl.constexpr, COMPUTE: tl.constexpr, PARAM: tl.constexpr,
     MASTER: tl.constexpr, PARAM_MODE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """What every optimizer kernel's program starts from: its tensor t, typed pointers to the parameter, its master
-    and its gradient, a pointer to its group's hyperparameters (its float64 scalars row after ROW_HEADER), the grad
-    factor read from that row's header (NOTE [grad factor]), the tensor's new step count (float64, NOTE [device
+    and its gradient, a pointer to its group's hyperparameters (the group's float64 scalars row after ROW_HEADER),
+    the grad factor read from that row's header (NOTE [grad factor]), the tensor's new step count (float64, NOTE [device
     steps]) and stochastic rounding key, and the block's offsets, mask and whether the block is full (no mask
     needed)."""
     t, start, numel = block_of_program(block_tensor, block_start, numels, BLOCK)
@@ -87,7 +89,7 @@ def program_operands(
     master = operand(master_table, t, MASTER, ALIGNED)
     grad = operand(grad_table, t, PARAM, ALIGNED)
     step = tl.load(operand(step_table, t, tl.float32, False)).to(tl.float64) + 1.0
-    row = scalars + t * ROW
+    row = scalars + tl.load(tensor_group + t).to(tl.int64) * ROW
     grad_factor = grad_factor_of(tl.load(row).to(COMPUTE), grad_factor_scale, SCALED)
     key = 0
     if PARAM_MODE == 1:
@@ -129,10 +131,15 @@ def finish_launch(step_table, num_tensors, finished, runs, BLOCK: tl.constexpr):
 class LaunchTable:
     """The device-side table of one bucket (NOTE [multi-tensor launch]). `steps`, when given, are the bucket's step
     counters: their addresses are the last row (they take no part in the alignment promise), and the table gets
-    the ticket of NOTE [device steps] (zero between launches)."""
+    the ticket of NOTE [device steps] (zero between launches). `group_sizes` (tensors per param group, in order)
+    give each tensor's group; without them every tensor is in group 0."""
 
     def __init__(
-        self, operands: Sequence[Sequence[torch.Tensor]], device: torch.device, steps: Sequence[torch.Tensor] = ()
+        self,
+        operands: Sequence[Sequence[torch.Tensor]],
+        device: torch.device,
+        steps: Sequence[torch.Tensor] = (),
+        group_sizes: Sequence[int] = (),
     ) -> None:
         numels = [t.numel() for t in operands[0]]
         addresses = [[t.data_ptr() for t in column] for column in operands]
@@ -151,6 +158,8 @@ class LaunchTable:
         self.block_tensor = block_tensor.to(device)
         self.block_start = (block_index * BLOCK).to(device)
         self.numels = torch.tensor(numels, dtype=torch.int64).to(device)
+        sizes = torch.tensor(list(group_sizes) or [len(numels)], dtype=torch.int64)
+        self.tensor_group = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32), sizes).to(device)
         self.finished = torch.zeros(1, dtype=torch.int32, device=device)
 
 
@@ -158,15 +167,18 @@ _tables: OrderedDict[tuple, LaunchTable] = OrderedDict()
 
 
 def launch_table(
-    operands: Sequence[Sequence[torch.Tensor]], device: torch.device, steps: Sequence[torch.Tensor] = ()
+    operands: Sequence[Sequence[torch.Tensor]],
+    device: torch.device,
+    steps: Sequence[torch.Tensor] = (),
+    group_sizes: Sequence[int] = (),
 ) -> LaunchTable:
-    """The cached table for these exact operands and step counters (same addresses and sizes) and BLOCK (which
-    bench/triton_tune.py changes), built on first use."""
+    """The cached table for these exact operands, step counters and groups (same addresses and sizes) and BLOCK
+    (which bench/triton_tune.py changes), built on first use."""
     key = (device, tuple(tuple(t.data_ptr() for t in column) for column in operands))
-    key += (tuple(t.numel() for t in operands[0]), tuple(t.data_ptr() for t in steps), BLOCK)
+    key += (tuple(t.numel() for t in operands[0]), tuple(t.data_ptr() for t in steps), tuple(group_sizes), BLOCK)
     table = _tables.get(key)
     if table is None:
-        table = LaunchTable(operands, device, steps)
+        table = LaunchTable(operands, device, steps, group_sizes)
         _tables[key] = table
         if len(_tables) > _TABLE_CACHE_SIZE:
             _tables.popitem(last=False)
@@ -250,12 +262,15 @@ class Launch:
         return (self.table.num_blocks,)
 
     def scalars(self, group_rows: Sequence[Sequence[float]]) -> torch.Tensor:
-        """Every tensor's float64 row of scalars, flattened into one device tensor, from one row per param group
-        ([grad factor, the optimizer's entries...]; NOTE [param groups in one launch] in
-        csrc/common/binding_utils.h). float64 keeps the bias corrections exact; the kernels cast the rest."""
+        """Each param group's float64 row of scalars (ROW_HEADER, then the optimizer's entries), in one device
+        tensor, from one row per group ([grad factor, the optimizer's entries...]; NOTE [param groups in one launch]
+        in csrc/common/binding_utils.h); programs find their group's row through the table's tensor_group. float64
+        keeps the bias corrections exact; the kernels cast the rest."""
+        if len(group_rows) != len(self.group_sizes):
+            groups = len(self.group_sizes)
+            raise ValueError(f"fusedopt Triton backend: {len(group_rows)} rows of scalars for {groups} param groups")
         seed = [float(self.rounding_seed & 0xFFFFFFFF), float((self.rounding_seed >> 32) & 0xFFFFFFFF)]
         rows = torch.tensor([[row[0], *seed, *row[1:]] for row in group_rows], dtype=torch.float64)
-        rows = rows.repeat_interleave(torch.tensor(list(self.group_sizes), dtype=torch.int64), dim=0)
         return rows.to(self.device, non_blocking=True)
 
     def launch_args(self, scalars: torch.Tensor) -> tuple:
@@ -263,8 +278,8 @@ class Launch:
         factor and found_inf (any tensor stands in for an absent one: SCALED and FOUND_INF say which are real)."""
         table = self.table
         return (
-            table.addresses[-1], table.numels, table.block_tensor, table.block_start, table.num_tensors,
-            table.finished, scalars,
+            table.addresses[-1], table.numels, table.tensor_group, table.block_tensor, table.block_start,
+            table.num_tensors, table.finished, scalars,
             scalars if self.device_grad_factor is None else self.device_grad_factor,
             scalars if self.found_inf is None else self.found_inf,
         )  # fmt: skip
@@ -290,7 +305,7 @@ def prepare(
     device, compute = params[0].device, compute_dtype(param_dtype)
     check_factors(device, device_grad_factor, found_inf)
     master_columns, master_dtype = master_operands(params, masters, param_mode)
-    table = launch_table(list(columns) + master_columns, device, state_steps)
+    table = launch_table(list(columns) + master_columns, device, state_steps, group_sizes)
     constexprs = dict(
         PARAM=TORCH_TO_TRITON[param_dtype], STATE=TORCH_TO_TRITON[state_dtype], COMPUTE=TORCH_TO_TRITON[compute],
         PARAM_MODE=param_mode, MASTER=master_dtype, ALIGNED=table.aligned, BLOCK=BLOCK,

@@ -45,9 +45,9 @@ def _adagrad_kernel(
     param_table, grad_table, sum_table,  # int64 address rows
     master_table,  # float32 masters or int16 remainders (PARAM_MODE 2, 3)
     step_table,  # float32 step counters (NOTE [device steps])
-    numels, block_tensor, block_start,  # tensor sizes; per program: its tensor and first element
+    numels, tensor_group, block_tensor, block_start,  # per tensor: size, group; per program: tensor, first element
     num_tensors, finished,  # NOTE [device steps]: the tensors whose counters advance; the ticket
-    scalars,  # a float64 row per tensor: multi_tensor.ROW_HEADER, then its group's hyperparameters
+    scalars,  # a float64 row per param group: multi_tensor.ROW_HEADER, then the group's hyperparameters
     grad_factor_scale,  # NOTE [grad factor]: the device part (SCALED), a float32 element
     found_inf,  # GradScaler's found_inf (FOUND_INF), a float32 element
     ROW: tl.constexpr, SCALED: tl.constexpr, FOUND_INF: tl.constexpr, PARAM: tl.constexpr, STATE: tl.constexpr,
@@ -55,8 +55,8 @@ def _adagrad_kernel(
     BLOCK: tl.constexpr,
 ):  # fmt: skip
     t, param, master, grad, h, step, key, grad_factor, offsets, mask, full = multi_tensor.program_operands(
-        param_table, grad_table, master_table, step_table, numels, block_tensor, block_start, scalars,
-        grad_factor_scale, ROW, SCALED, COMPUTE, PARAM, MASTER, PARAM_MODE, ALIGNED, BLOCK,
+        param_table, grad_table, master_table, step_table, numels, tensor_group, block_tensor, block_start,
+        scalars, grad_factor_scale, ROW, SCALED, COMPUTE, PARAM, MASTER, PARAM_MODE, ALIGNED, BLOCK,
     )  # fmt: skip
     runs = multi_tensor.step_runs(found_inf, FOUND_INF)
     if runs:

@@ -55,6 +55,7 @@ class GroupIndex {
   }
 
   int32_t operator[](size_t tensor) const { return group_of_[tensor]; }
+  const std::vector<int32_t>& of_tensors() const { return group_of_; }
   size_t num_groups() const { return num_groups_; }
 
   // Checks that a hyperparameter has one value per group.
@@ -149,27 +150,27 @@ inline AdagradHyper group_hyper(const AdagradHyperparameters& h, int32_t g, doub
   return make_adagrad_hyper(h.lr[g], h.lr_decay[g], h.eps[g], h.weight_decay[g], h.maximize[g], grad_factor);
 }
 
-// Each tensor's hyperparameters: its group's, made once per group.
+// Each param group's hyperparameters, as the kernels take them (the CUDA kernels find their tensor's row through
+// the group index of the cached table).
 template <typename Hyperparameters>
-auto per_tensor_hyper(const GroupIndex& groups, const Hyperparameters& h, size_t n, double grad_factor) {
-  using Hyper = decltype(group_hyper(h, 0, grad_factor));
-  std::vector<Hyper> per_group;
+auto per_group_hyper(const GroupIndex& groups, const Hyperparameters& h, double grad_factor) {
+  std::vector<decltype(group_hyper(h, 0, grad_factor))> per_group;
   per_group.reserve(groups.num_groups());
-  for (size_t g = 0; g < groups.num_groups(); ++g)
+  for (size_t g = 0; g < groups.num_groups(); ++g) {
     per_group.push_back(group_hyper(h, static_cast<int32_t>(g), grad_factor));
-  std::vector<Hyper> hyper(n);
-  for (size_t i = 0; i < n; ++i) hyper[i] = per_group[groups[i]];
-  return hyper;
+  }
+  return per_group;
 }
 
-// Each tensor's scalars at its new step count (host-side step counters: the CPU backend), computed once per run
-// of tensors with the same group and step (normally once per group).
+// Each tensor's scalars at its new step count (host-side step counters: the CPU backend), from its group's
+// hyperparameters, computed once per run of tensors with the same group and step (normally once per group).
 template <typename Hyper>
-auto per_tensor_scalars(const GroupIndex& groups, const std::vector<Hyper>& hyper, const std::vector<double>& steps) {
-  std::vector<decltype(scalars_at_step(hyper[0], 0.0))> scalars(steps.size());
+auto per_tensor_scalars(const GroupIndex& groups, const std::vector<Hyper>& group_hyper,
+                        const std::vector<double>& steps) {
+  std::vector<decltype(scalars_at_step(group_hyper[0], 0.0))> scalars(steps.size());
   for (size_t i = 0; i < steps.size(); ++i) {
     const bool same_as_previous = i > 0 && groups[i - 1] == groups[i] && steps[i - 1] == steps[i];
-    scalars[i] = same_as_previous ? scalars[i - 1] : scalars_at_step(hyper[i], steps[i]);
+    scalars[i] = same_as_previous ? scalars[i - 1] : scalars_at_step(group_hyper[groups[i]], steps[i]);
   }
   return scalars;
 }

@@ -78,7 +78,7 @@ void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, con
   // CPU memory: the device part of the grad factor is read here, once.
   const double factor = grad_factor.host * (grad_factor.device ? double{*grad_factor.device} : 1.0);
   const auto scalars =
-      binding::per_tensor_scalars(groups, binding::per_tensor_hyper(groups, hyper, ops.size(), factor), step_values);
+      binding::per_tensor_scalars(groups, binding::per_group_hyper(groups, hyper, factor), step_values);
   pybind11::gil_scoped_release no_gil;
   run(layout, scalars.data());
 }

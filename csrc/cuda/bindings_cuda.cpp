@@ -2,7 +2,7 @@
 //
 // The only file of the CUDA extension that includes torch. Per call it takes checked operands
 // (csrc/common/operands.h, from the Python call or a step plan), finds (or builds once) the call's device tables
-// (NOTE [cuda multi-tensor launch] in fused_cuda.h), uploads the per-tensor hyperparameters and launches one kernel
+// (NOTE [cuda multi-tensor launch] in fused_cuda.h), uploads the param groups' hyperparameters and launches one kernel
 // on the current stream, which also advances the step counters on the device (NOTE [device steps]). Every check runs
 // before the first write; every launch is checked.
 #include <ATen/cuda/CUDAContext.h>
@@ -59,11 +59,15 @@ at::Tensor upload(const std::vector<T>& values, const at::Device& device) {
 bool is_cuda(const at::Device& device) { return device.is_cuda(); }
 
 // The bucket's launch tables for checked operands (operands.h), from the cache when no operand has moved.
-// `decay_modes` has each tensor's weight decay mode (empty: none), part of the cached table.
-LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_modes) {
+// `decay_modes` and `groups` have each tensor's weight decay mode and param group (empty: none, and group 0), part
+// of the cached table.
+LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_modes,
+                        const std::vector<int32_t>& groups) {
   const size_t n = ops.size();
   TORCH_CHECK(decay_modes.empty() || decay_modes.size() == n, "fusedopt CUDA backend: ", decay_modes.size(),
               " weight decay modes for ", n, " params");
+  TORCH_CHECK(groups.empty() || groups.size() == n, "fusedopt CUDA backend: ", groups.size(), " group indices for ", n,
+              " params");
   const auto states = ops.used_states();
   const bool has_masters = !ops.masters.empty();
   const bool has_steps = !ops.steps.values.empty();
@@ -74,7 +78,8 @@ LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_m
   key.reserve(5 + n * (6 + states.size()));
   for (size_t i = 0; i < n; ++i) {
     key.push_back(ops.numels[i]);
-    key.push_back(decay_modes.empty() ? 0 : decay_modes[i]);
+    const int64_t group = groups.empty() ? 0 : groups[i];
+    key.push_back(group << 32 | (decay_modes.empty() ? 0 : decay_modes[i]));
     key.push_back(reinterpret_cast<int64_t>(ops.params[i]));
     key.push_back(reinterpret_cast<int64_t>(ops.grads[i]));
     for (const auto* column : states) key.push_back(reinterpret_cast<int64_t>((*column)[i]));
@@ -103,6 +108,7 @@ LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_m
     entry.numel = ops.numels[i];
     entry.aligned = all_aligned;
     entry.decay_mode = decay_modes.empty() ? 0 : decay_modes[i];
+    entry.group = groups.empty() ? 0 : groups[i];
     for (int64_t start = 0; start < entry.numel; start += kChunkElements) {
       chunks.push_back({start, static_cast<int64_t>(i)});
     }
@@ -134,9 +140,9 @@ LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_m
 }
 
 // One optimizer step over checked operands: checks the group hyperparameters (nothing is modified before the last
-// check), uploads each tensor's hyperparameters and launches `launch(tables, hyper)` on the current stream. The
-// kernel reads the step counters, GradScaler's found_inf and the device grad factor on the device, and advances
-// the counters (NOTE [device steps]): nothing here waits for the GPU.
+// check), uploads one row of hyperparameters per param group and launches `launch(tables, hyper)` on the current
+// stream. The kernel reads the step counters, GradScaler's found_inf and the device grad factor on the device, and
+// advances the counters (NOTE [device steps]): nothing here waits for the GPU.
 template <typename Hyper, typename Launch>
 void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, const binding::GradFactor& grad_factor,
           int64_t rounding_seed, const Launch& launch) {
@@ -144,13 +150,12 @@ void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, con
   const binding::GroupIndex groups(group_sizes, ops.size(), "CUDA");
   binding::check_per_group(groups, hyper);
   TORCH_CHECK(ops.steps.values.size() == ops.size(), "fusedopt CUDA backend: every param needs a step counter");
-  LaunchTables tables = tables_for(ops, binding::decay_modes(groups, hyper, ops.size()));
+  LaunchTables tables = tables_for(ops, binding::decay_modes(groups, hyper, ops.size()), groups.of_tensors());
   tables.grad_factor_scale = grad_factor.device;
   tables.found_inf = grad_factor.found_inf;
   tables.rounding_seed = static_cast<uint64_t>(rounding_seed);
-  const at::Tensor per_tensor =
-      upload(binding::per_tensor_hyper(groups, hyper, ops.size(), grad_factor.host), ops.device);
-  C10_CUDA_CHECK(launch(tables, per_tensor.data_ptr(), at::cuda::getCurrentCUDAStream()));
+  const at::Tensor per_group = upload(binding::per_group_hyper(groups, hyper, grad_factor.host), ops.device);
+  C10_CUDA_CHECK(launch(tables, per_group.data_ptr(), at::cuda::getCurrentCUDAStream()));
 }
 
 void adam(const Operands& ops, const binding::AdamHyperparameters& hyper, const Sizes& group_sizes, bool amsgrad,
@@ -185,8 +190,8 @@ void stream(const TensorList& params, const TensorList& grads, const std::vector
   const Operands ops =
       binding::check_operands("CUDA", params, grads, columns, {}, {}, 0, is_cuda, binding::StepPlace::kDevice);
   const c10::cuda::CUDAGuard guard(ops.device);
-  C10_CUDA_CHECK(
-      launch_stream(tables_for(ops, {}), static_cast<int>(ops.used_states().size()), at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(launch_stream(tables_for(ops, {}, {}), static_cast<int>(ops.used_states().size()),
+                               at::cuda::getCurrentCUDAStream()));
 }
 
 }  // namespace

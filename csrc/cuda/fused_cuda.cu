@@ -236,7 +236,7 @@ __device__ __forceinline__ void step_chunk(const LaunchTables& tables, const Hyp
   const ChunkBounds chunk = this_chunk(tables);
   if (!step_skipped(tables)) {
     const double step = static_cast<double>(*chunk.tensor.step) + 1.0;
-    const auto scalars = with_device_factor(cast_scalars<C>(scalars_at_step(hyper[chunk.index], step)), tables);
+    const auto scalars = with_device_factor(cast_scalars<C>(scalars_at_step(hyper[chunk.tensor.group], step)), tables);
     const uint32_t key = rounding_key(tables.rounding_seed, static_cast<uint64_t>(step), chunk.index);
     update(chunk, scalars, key);
   }

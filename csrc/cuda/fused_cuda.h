@@ -3,10 +3,11 @@
 //
 // NOTE [cuda multi-tensor launch]: one launch updates every tensor of a device and dtype, across all param groups
 // that share a state layout and parameter mode (NOTE [param groups in one launch] in csrc/common/binding_utils.h).
-// The binding keeps a device table of TensorEntry (addresses, size, alignment, weight decay mode) and ChunkEntry
-// (which tensor and which kChunkElements-long slice each CTA updates), cached and rebuilt only when an operand
-// changes address. Each tensor's group hyperparameters are a small table copied each step; the kernels make the
-// per-step scalars from them and the tensor's step counter in device memory (NOTE [device steps]).
+// The binding keeps a device table of TensorEntry (addresses, size, alignment, weight decay mode, param group) and
+// ChunkEntry (which tensor and which kChunkElements-long slice each CTA updates), cached and rebuilt only when an
+// operand changes address. The groups' hyperparameters, one row per group, are the only table copied each step (a
+// few hundred bytes, however many tensors); each CTA finds its tensor's row through TensorEntry::group and makes
+// the per-step scalars from it and the tensor's step counter in device memory (NOTE [device steps]).
 //
 // NOTE [device steps]: step counters (torch.optim's state["step"], one float32 element per tensor) live on the
 // params' device, as with torch's fused optimizers, and the kernel does the counting, so a step never waits for
@@ -42,6 +43,7 @@ struct TensorEntry {
   int64_t numel;
   int32_t aligned;     // every operand starts on a 16-byte boundary: the vector path may be taken
   int32_t decay_mode;  // fusedopt::WeightDecayMode for Adam; 0/1 (no/with L2 decay) for RMSprop and Adagrad
+  int32_t group;       // the tensor's param group: its row of the launch's hyperparameters
 };
 
 struct ChunkEntry {
@@ -64,7 +66,7 @@ struct LaunchTables {
 };
 
 // Each returns the launch's cudaError_t (cudaGetLastError right after the launch). `hyper` (device memory) has
-// one entry per tensor of the table.
+// one entry per param group; TensorEntry::group indexes it.
 cudaError_t launch_adam(const LaunchTables& tables, bool amsgrad, const AdamHyper* hyper, cudaStream_t stream);
 cudaError_t launch_rmsprop(const LaunchTables& tables, bool centered, bool momentum, const RmspropHyper* hyper,
                            cudaStream_t stream);
