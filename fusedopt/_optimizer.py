@@ -22,9 +22,18 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from fusedopt import _rounding, _step_plan, backends, clip, functional
-from fusedopt._tensors import bucket_by_device_and_dtype, local_tensor, state_views
+from fusedopt._tensors import bucket_by_device_and_dtype, is_dtensor, local_tensor, state_views
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128)
+# fusedopt's group options beyond torch.optim, and their defaults (what _option reads in their absence).
+_OPTION_DEFAULTS = {"state_dtype": None, "master_weights": False, "stochastic_rounding": False}
+
+
+def _option(group: dict[str, Any], name: str) -> Any:
+    """A fusedopt group option (absent from a group that keeps its default)."""
+    return group.get(name, _OPTION_DEFAULTS[name])
+
+
 # state_dtype= choices, and the (param dtype, state dtype) pairs the kernels are built for besides equal dtypes.
 _STATE_DTYPES = (None, torch.float32, torch.bfloat16)
 _MIXED_STATE_PAIRS = {(torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.float32, torch.bfloat16)}
@@ -115,12 +124,16 @@ class FusedOptimizer(Optimizer):
             raise ValueError(
                 f"Invalid state_dtype value: {state_dtype}; expected None, torch.float32 or torch.bfloat16"
             )
-        defaults = {
-            **defaults,
+        # fusedopt's own group options enter the param groups (and so checkpoints) only where they differ from
+        # their defaults: then a param group holds torch.optim's keys, and torch.distributed.checkpoint, which loads
+        # only into a state dict whose every key the checkpoint has, moves checkpoints both ways (_option reads
+        # an absent option as its default).
+        options = {
             "state_dtype": state_dtype,
             "master_weights": master_weights,
             "stochastic_rounding": stochastic_rounding,
         }
+        defaults = {**defaults, **{key: value for key, value in options.items() if value != _OPTION_DEFAULTS[key]}}
         self.rounding_seed = int(rounding_seed)
         self._requested_backend = backends.check_backend_name(backend)
         self._backends: dict[str, backends.Backend] = {}
@@ -197,17 +210,17 @@ class FusedOptimizer(Optimizer):
     def _state_dtype(group: dict[str, Any], p: Tensor, name: str = "") -> torch.dtype:
         """The dtype of p's state `name`: fixed for master state, else the group's state_dtype, else torch.optim's
         rule (the parameter's dtype)."""
-        return MASTER_STATE.get(name) or group.get("state_dtype") or p.dtype
+        return MASTER_STATE.get(name) or _option(group, "state_dtype") or p.dtype
 
     @staticmethod
     def _param_mode(group: dict[str, Any], dtype: torch.dtype) -> int:
         """How a bucket of `dtype` parameters is updated (fusedopt/_rounding.py)."""
-        master = group.get("master_weights", False)
+        master = _option(group, "master_weights")
         if master == "remainder" and dtype == torch.bfloat16:
             return _rounding.REMAINDER
         if master and dtype in _LOW_PRECISION:
             return _rounding.MASTER
-        if group.get("stochastic_rounding") and dtype == torch.bfloat16:
+        if _option(group, "stochastic_rounding") and dtype == torch.bfloat16:
             return _rounding.STOCHASTIC
         return _rounding.PLAIN
 
@@ -234,8 +247,8 @@ class FusedOptimizer(Optimizer):
             and dtype in _SUPPORTED_DTYPES
             and grad.shape == p.shape
             and grad.device == p.device
-            and group.get("state_dtype") is None
-            and group.get("master_weights") != "remainder"
+            and _option(group, "state_dtype") is None
+            and _option(group, "master_weights") != "remainder"
         ):
             return
         self._explain_invalid(group, p, group_index, param_index)
@@ -243,7 +256,7 @@ class FusedOptimizer(Optimizer):
     def _explain_invalid(self, group: dict[str, Any], p: Tensor, group_index: int, param_index: int) -> None:
         """Raises the error of the first rule that `p` or its grad breaks (nothing when they break none)."""
         where = f"parameter {param_index} of param group {group_index}"
-        if group.get("master_weights") == "remainder" and p.dtype == torch.float16:
+        if _option(group, "master_weights") == "remainder" and p.dtype == torch.float16:
             raise TypeError(
                 f"fusedopt.{type(self).__name__}: master_weights='remainder' keeps the low 16 bits of a float32 "
                 f"master beside a bfloat16 parameter; {where} is float16 (use master_weights=True)"
@@ -365,9 +378,9 @@ class FusedOptimizer(Optimizer):
         """The settings of a group that decide how its parameters split into fused calls (NOTE [step plan])."""
         return (
             self._launch_signature(group),
-            group.get("state_dtype"),
-            group.get("master_weights"),
-            group.get("stochastic_rounding"),
+            _option(group, "state_dtype"),
+            _option(group, "master_weights"),
+            _option(group, "stochastic_rounding"),
         )
 
     def _grad_factor(self, plan: list[tuple[dict[str, Any], list[list[Tensor]]]]) -> float | Tensor | None:
@@ -387,6 +400,10 @@ class FusedOptimizer(Optimizer):
             return 1.0 if inverse_scale is None else inverse_scale
         grads = [p.grad for _, buckets in plan for bucket in buckets for p in bucket]
         norm = clip.total_norm(grads)
+        if is_dtensor(norm):
+            # FSDP2's shards: the norm of every rank's shards together (an all-reduce, as in torch's
+            # clip_grad_norm_), as a plain tensor the kernels can read on this rank's device.
+            norm = norm.full_tensor()
         if inverse_scale is not None:
             norm = norm * inverse_scale.to(norm.device)
         if self.error_if_nonfinite and not torch.isfinite(norm):

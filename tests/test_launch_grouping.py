@@ -70,6 +70,7 @@ GROUP_CASES = {
     "RMSprop alpha and momentum values": ("RMSprop", dict(momentum=0.5), dict(momentum=0.9, alpha=0.9), [[0, 1, 2]]),
     "Adagrad lr_decay differs": ("Adagrad", {}, dict(lr_decay=0.1, maximize=True), [[0, 1, 2]]),
     "AdamW state_dtype differs": ("AdamW", {}, dict(state_dtype=torch.bfloat16), [[0, 1], [2]]),
+    "AdamW defaults given": ("AdamW", {}, dict(state_dtype=None, master_weights=False), [[0, 1, 2]]),
 }
 
 

@@ -71,7 +71,9 @@ def test_resume_across_libraries(backend, case, direction, generator):
 
 @pytest.mark.parametrize("case", FULL_STATE_CASES, ids=case_id)
 def test_state_dict_layout_matches_torch(case, generator):
-    """Same per-parameter keys, shapes and dtypes, and every param-group key torch.optim writes."""
+    """Same per-parameter keys, shapes and dtypes, and exactly the param-group keys torch.optim writes (fusedopt's
+    own options are left out at their defaults, so torch.distributed.checkpoint, which requires every key of the
+    state dict it loads into, loads torch.optim's checkpoints: tests/test_fsdp2.py)."""
     name, kwargs = case
     params = make_params(torch.bfloat16, generator)
     twins = clone_params(params)
@@ -80,7 +82,7 @@ def test_state_dict_layout_matches_torch(case, generator):
     run_steps([(fused, params), (reference, twins)], 2, generator)
     fused_sd, torch_sd = fused.state_dict(), reference.state_dict()
     for fused_group, torch_group in zip(fused_sd["param_groups"], torch_sd["param_groups"]):
-        assert set(torch_group) <= set(fused_group)
+        assert set(fused_group) == set(torch_group)
         assert fused_group["params"] == torch_group["params"]
     for index, torch_state in torch_sd["state"].items():
         fused_state = fused_sd["state"][index]
@@ -119,3 +121,15 @@ def test_fresh_state_lives_in_flat_buffers(name, generator):
     for key in fused.state[params[0]]:
         if key != "step":
             assert len({fused.state[p][key].untyped_storage().data_ptr() for p in params}) == 1
+
+
+def test_non_default_options_are_saved_with_their_group(generator):
+    """An option that differs from its default is part of its group and of the checkpoint, and loads back."""
+    params = make_params(torch.bfloat16, generator, shapes=[(3,), (4,)])
+    groups = [{"params": params[:1], "state_dtype": torch.float32}, {"params": params[1:]}]
+    optimizer = FUSED_CLASSES["AdamW"](groups, master_weights=True)
+    saved = optimizer.state_dict()["param_groups"]
+    assert [(g.get("state_dtype"), g.get("master_weights")) for g in saved] == [(torch.float32, True), (None, True)]
+    twin = FUSED_CLASSES["AdamW"]([{"params": params[:1]}, {"params": params[1:]}])
+    twin.load_state_dict(_through_bytes(optimizer.state_dict()))
+    assert [g.get("state_dtype") for g in twin.param_groups] == [torch.float32, None]

@@ -1,0 +1,191 @@
+"""FSDP2 with two real ranks (two processes, gloo, CPU): parameters are DTensors whose local shards differ per rank,
+uneven (a 5-row weight splits 3 + 2), and empty on one rank (a 1-row weight), which a single-rank test cannot show.
+
+Each scenario runs in both processes (torch.multiprocessing.spawn); an assertion in either fails the test with that
+rank's traceback. Every rank sees its own data, as in data-parallel training.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import AVAILABLE_ON_CPU
+from helpers import FUSED_CLASSES, TORCH_CLASSES, assert_close_detailed
+
+WORLD_SIZE = 2
+BACKENDS = [b for b in AVAILABLE_ON_CPU if b in ("cpu", "triton")]
+# One option set per optimizer, each with weight decay on the matrices only (biases and norms in a group without).
+OPTIMIZERS = {
+    "AdamW": dict(lr=1e-2, weight_decay=0.1),
+    "Adam": dict(lr=1e-2, amsgrad=True, weight_decay=0.05),
+    "RMSprop": dict(lr=1e-3, momentum=0.9, centered=True, weight_decay=0.05),
+    "Adagrad": dict(lr=1e-2, lr_decay=0.01, weight_decay=0.05),
+}
+MAX_NORM = 0.05  # small enough that every step clips
+
+
+def _sharded_model():
+    """Linear(16, 5) shards its rows 3 + 2, LayerNorm(5) too, Linear(5, 1) 1 + 0: rank 1 holds empty shards."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 5), torch.nn.GELU(), torch.nn.LayerNorm(5), torch.nn.Linear(5, 1)
+    )  # fmt: skip
+    mesh = init_device_mesh("cpu", (WORLD_SIZE,))
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _groups(model, weight_decay):
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _make(name, model, backend=None, **extra):
+    kwargs = dict(OPTIMIZERS[name])
+    groups = _groups(model, kwargs.pop("weight_decay"))
+    if backend is None:
+        return TORCH_CLASSES[name](groups, foreach=False, **kwargs)
+    return FUSED_CLASSES[name](groups, backend=backend, **kwargs, **extra)
+
+
+def _backward(model, step):
+    data = torch.Generator().manual_seed(100 * step + dist.get_rank())
+    inputs = torch.randn(8, 16, generator=data)
+    model(inputs).square().mean().backward()
+
+
+def _assert_models_close(model, other, what, **tolerances):
+    for (name, p), q in zip(model.named_parameters(), other.parameters()):
+        assert_close_detailed(p.full_tensor(), q.full_tensor(), f"rank {dist.get_rank()} {what} {name}", **tolerances)
+
+
+# --- scenarios (run on every rank) -------------------------------------------------------------------------------
+def optimizers_with_clipping(backend, directory):
+    """Every optimizer, with max_grad_norm=, against torch.optim after torch's clip_grad_norm_: the clip norm is the
+    norm over all ranks' shards, and last_grad_norm is torch's total norm."""
+    local_shapes = [tuple(p.to_local().shape) for p in _sharded_model().parameters()]
+    rows = (3, 3, 3, 1) if dist.get_rank() == 0 else (2, 2, 2, 0)  # Linear, LayerNorm, Linear
+    assert local_shapes == [(rows[0], 16), (rows[0],), (rows[1],), (rows[2],), (rows[3], 5), (rows[3],)]
+    for name in OPTIMIZERS:
+        model, twin = _sharded_model(), _sharded_model()
+        fused = _make(name, model, backend, max_grad_norm=MAX_NORM)
+        reference = _make(name, twin)
+        for step in range(3):
+            for m in (model, twin):
+                _backward(m, step)
+            fused.step()
+            norm = torch.nn.utils.clip_grad_norm_(twin.parameters(), MAX_NORM).full_tensor()
+            reference.step()
+            assert float(norm) > MAX_NORM
+            assert_close_detailed(fused.last_grad_norm, norm, f"{name} step {step} grad norm")
+            fused.zero_grad()
+            reference.zero_grad()
+        _assert_models_close(model, twin, name)
+
+
+def clip_grad_norm_equals_torch(backend, directory):
+    """fusedopt.clip_grad_norm_ over DTensor grads: torch's total norm (a DTensor, as torch returns) and grads."""
+    import fusedopt
+
+    model, twin = _sharded_model(), _sharded_model()
+    for m in (model, twin):
+        _backward(m, 0)
+    norm = fusedopt.clip_grad_norm_(model.parameters(), MAX_NORM)
+    expected = torch.nn.utils.clip_grad_norm_(twin.parameters(), MAX_NORM)
+    assert type(norm) is type(expected)
+    assert_close_detailed(norm.full_tensor(), expected.full_tensor(), "total norm")
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert_close_detailed(p.grad.full_tensor(), q.grad.full_tensor(), "clipped grad")
+
+
+def distributed_checkpoints_interchange(backend, directory):
+    """FSDP2's checkpoint recipe (torch.distributed.checkpoint save and load of the sharded state dicts of
+    torch.distributed.checkpoint.state_dict) moves optimizer state both ways between fusedopt and torch.optim, and
+    training continues as if uninterrupted."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    def state_of(model, optimizer):
+        return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+
+    for name in ("AdamW", "Adagrad"):
+        fused_model, torch_model = _sharded_model(), _sharded_model()
+        fused, reference = _make(name, fused_model, backend), _make(name, torch_model)
+        for step in range(2):
+            for model, optimizer in ((fused_model, fused), (torch_model, reference)):
+                _backward(model, step)
+                optimizer.step()
+                optimizer.zero_grad()
+        # Swap: a torch.optim optimizer resumes fusedopt's checkpoint, and fusedopt resumes torch.optim's.
+        resumed = []
+        for source_model, source, target_backend in ((fused_model, fused, None), (torch_model, reference, backend)):
+            checkpoint = os.path.join(directory, f"{name}-{type(source).__module__}")
+            dcp.save(state_of(source_model, source), checkpoint_id=checkpoint)
+            model = _sharded_model()
+            optimizer = _make(name, model, target_backend)
+            state = state_of(model, optimizer)
+            dcp.load(state, checkpoint_id=checkpoint)
+            set_model_state_dict(model, state["model"])
+            set_optimizer_state_dict(model, optimizer, state["optim"])
+            resumed.append((model, optimizer))
+        runs = [(fused_model, fused), (torch_model, reference), *resumed]
+        for step in range(2, 4):
+            for model, optimizer in runs:
+                _backward(model, step)
+                optimizer.step()
+                optimizer.zero_grad()
+        _assert_models_close(resumed[0][0], fused_model, f"{name} torch.optim resumed from fusedopt")
+        _assert_models_close(resumed[1][0], torch_model, f"{name} fusedopt resumed from torch.optim")
+        _assert_models_close(fused_model, torch_model, f"{name} fusedopt against torch.optim")
+
+
+SCENARIOS = [optimizers_with_clipping, clip_grad_norm_equals_torch, distributed_checkpoints_interchange]
+
+
+def _worker(rank, scenario_name, backend, directory, port):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)  # two ranks on a two-core machine
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    try:
+        globals()[scenario_name](backend, directory)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    # torch 2.13 sometimes aborts at interpreter exit after DTensor collectives over gloo ("terminate called without
+    # an active exception" from a static destructor, no Python frame; seen about 1 exit in 10 without fusedopt
+    # imported at all). The scenario has passed on this rank by now, so leave without running destructors.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
+def test_fsdp2_two_ranks(scenario, backend, tmp_path):
+    """`scenario` on two ranks (a directory both share is there for checkpoints)."""
+    mp.spawn(_worker, args=(scenario.__name__, backend, str(tmp_path), _free_port()), nprocs=WORLD_SIZE)
