@@ -324,6 +324,10 @@ class FusedOptimizer(Optimizer):
             for p, view in zip(missing, state_views(missing, 0, initial=initial, dtype=MASTER_STATE[name])):
                 self.state[p][name] = view
 
+    # The step is already fused (one kernel per launch); inside a torch.compile'd function it runs as it is,
+    # behind a graph break, instead of being traced: Dynamo cannot trace the kernels' extension calls and would only
+    # add seconds of compile time and guards on the step plan's Python state.
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:
         """Performs a single optimization step.

@@ -195,3 +195,34 @@ def test_dtensor_parameters(process_group, generator):
         assert isinstance(fused.state[p]["exp_avg"], DTensor)
         assert fused.state[p]["exp_avg"].placements == p.placements
         assert_close_detailed(fused.state[p]["exp_avg"].full_tensor(), reference.state[q]["exp_avg"].full_tensor(), "m")
+
+
+def test_step_inside_torch_compile(generator):
+    """A torch.compile'd function that steps the optimizer and its scheduler runs the fused step as it is (nothing
+    of it traced into a graph) and computes bit for bit what eager calls compute."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    params = make_params(torch.float32, generator, shapes=[(64, 32), (33,)])
+    twins = clone_params(params)
+    compiled_optimizer, eager_optimizer = fusedopt.AdamW(params, lr=1e-2), fusedopt.AdamW(twins, lr=1e-2)
+    compiled_scheduler = torch.optim.lr_scheduler.StepLR(compiled_optimizer, step_size=1, gamma=0.5)
+    eager_scheduler = torch.optim.lr_scheduler.StepLR(eager_optimizer, step_size=1, gamma=0.5)
+    counter = CompileCounter()
+
+    @torch.compile(backend=counter)
+    def compiled_step():
+        compiled_optimizer.step()
+        compiled_scheduler.step()
+
+    for _ in range(3):
+        for p, q in zip(params, twins):
+            p.grad = torch.randn(p.shape, generator=generator)
+            q.grad = p.grad.clone()
+        compiled_step()
+        eager_optimizer.step()
+        eager_scheduler.step()
+    assert counter.op_count == 0
+    for p, q in zip(params, twins):
+        assert torch.equal(p, q)
+    assert compiled_optimizer.param_groups[0]["lr"] == eager_optimizer.param_groups[0]["lr"] == 1e-2 / 8
