@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from fusedopt import _rounding, _step_plan, backends, clip, functional
+from fusedopt._state import TrackedState
 from fusedopt._tensors import bucket_by_device_and_dtype, is_dtensor, local_tensor, state_views
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128)
@@ -144,6 +145,7 @@ class FusedOptimizer(Optimizer):
         #: NOTE [step plan] (fusedopt/_step_plan.py): the operands of the last regular step, kept in C++.
         self._step_plan: _step_plan.StepPlan | None = None
         super().__init__(params, defaults)
+        self.state = TrackedState()  # NOTE [foreign state]
 
     # --- what subclasses provide ------------------------------------------------------------------------------
     def _state_layout(self, group: dict[str, Any]) -> list[tuple[str, float]]:
@@ -346,6 +348,9 @@ class FusedOptimizer(Optimizer):
             if grad_factor is None or step_plan.run(self, grad_factor, getattr(self, "found_inf", None)):
                 return loss
         self._step_plan = None
+        foreign = self.state.take_assigned()
+        if foreign:  # NOTE [foreign state]: entries written by others (ZeroRedundancyOptimizer) become ours
+            self._adopt_loaded_state({}, only=foreign)
         plan = self._plan_step()
         grad_factor = self._grad_factor(plan)
         if grad_factor is None:
@@ -358,6 +363,7 @@ class FusedOptimizer(Optimizer):
             backend = self._backend_for(local_tensor(launch.params[0]).device)
             self._update(launch, backend, grad_factor)
             launches.append((launch, backend))
+        self.state.take_assigned()  # the entries this step made are fusedopt's own
         self._step_plan = _step_plan.StepPlan.build(self, launches)
         return loss
 
@@ -419,6 +425,8 @@ class FusedOptimizer(Optimizer):
     # --- checkpoints ------------------------------------------------------------------------------------------
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        # Unpickled or loaded entries are adopted at the next step (load_state_dict adopts them at once).
+        self.state = TrackedState(self.state)
         self.__dict__.setdefault("_requested_backend", "auto")
         self.__dict__.setdefault("_backends", {})
         self.__dict__.setdefault("max_grad_norm", None)
@@ -442,13 +450,15 @@ class FusedOptimizer(Optimizer):
         originals = {p: state_dict["state"][i] for i, p in zip(saved_ids, own_params) if i in state_dict["state"]}
         super().load_state_dict(state_dict)
         self._adopt_loaded_state(originals)
+        self.state.take_assigned()
 
-    def _adopt_loaded_state(self, originals: dict[Tensor, dict[str, Any]]) -> None:
-        """Moves loaded state into flat buffers (NOTE [flat state]) of the group's state dtype, copying from the
-        checkpoint's tensors (`originals`), and step counters to where the backend keeps them (NOTE [device
-        steps])."""
+    def _adopt_loaded_state(self, originals: dict[Tensor, dict[str, Any]], only: list[Tensor] | None = None) -> None:
+        """Moves loaded state (of the params `only`, or all) into new flat buffers (NOTE [flat state]) of the
+        group's state dtype, copying from the checkpoint's tensors (`originals`, else the state's own), and step
+        counters to where the backend keeps them (NOTE [device steps])."""
+        chosen = None if only is None else set(only)
         for group in self.param_groups:
-            with_state = [p for p in group["params"] if self.state.get(p)]
+            with_state = [p for p in group["params"] if self.state.get(p) and (chosen is None or p in chosen)]
             for p in with_state:
                 step = self.state[p].get("step")
                 if step is not None:

@@ -8,8 +8,9 @@ contiguous, real tensors (no DTensor shards, complex views or non-contiguous pro
 changed, which is checked in O(number of groups) here:
 - the param groups (the same group dicts, params lists and lengths, and the settings that split groups into
   calls: amsgrad, centered, momentum on/off, state_dtype, master_weights, stochastic_rounding),
-- the optimizer's state dict object and its length (load_state_dict, state.clear() and `del state[p]` change
-  them, and every fusedopt method that replaces state drops the plan);
+- the optimizer's state dict object, its length and its version (load_state_dict, state.clear(), `del state[p]`
+  and `state[p] = {...}` change them (NOTE [foreign state] in fusedopt/_state.py), and every fusedopt method that
+  replaces state drops the plan);
 and, in C++, that every planned parameter has a usable grad and every other parameter still has none.
 Hyperparameters (lr from schedulers, betas, weight decay, ...) and GradScaler's scale are read at every step.
 
@@ -30,7 +31,8 @@ def _plan_key(optimizer) -> tuple:
         (id(group), id(group["params"]), len(group["params"]), optimizer._plan_signature(group))
         for group in optimizer.param_groups
     )
-    return (id(optimizer.state), len(optimizer.state), optimizer.max_grad_norm, groups)
+    state_version = getattr(optimizer.state, "version", None)  # NOTE [foreign state]
+    return (id(optimizer.state), len(optimizer.state), state_version, optimizer.max_grad_norm, groups)
 
 
 def _keyed_objects(optimizer) -> list:

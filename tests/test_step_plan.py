@@ -237,3 +237,31 @@ def test_a_replaced_params_list_is_noticed(backend):
     optimizer.step()
     assert all(not torch.equal(p, q) for p, q in zip(fresh, old_values))  # the new params moved
     assert all(float(optimizer.state[p]["step"]) == 1.0 for p in fresh)
+
+
+def test_state_entries_assigned_from_outside_are_adopted(backend):
+    """NOTE [foreign state]: ZeroRedundancyOptimizer.load_state_dict assigns `state[p] = {...}` with a checkpoint's
+    own tensors (here: those of a live donor optimizer, which goes on stepping) and its step counters on the CPU.
+    The next step sees the plan is stale, copies the entries into the optimizer's own buffers and steps from them,
+    as the regular path of a twin given copies does."""
+    planned, regular = _twins("Adam", backend)
+    donor, _ = _twins("Adam", backend)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+    for _ in range(3):
+        for p in donor[1]:
+            p.grad = torch.randn(p.shape, generator=generator)
+        donor[0].step()
+    assert planned[0]._step_plan is not None
+    for p, q, d in zip(planned[1], regular[1], donor[1]):
+        entry = dict(donor[0].state[d])
+        planned[0].state[p] = {k: v.cpu() if v.dim() == 0 else v for k, v in entry.items()}
+        regular[0].state[q] = {k: v.clone() for k, v in entry.items()}
+    for _ in range(2):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+        for p in donor[1]:
+            p.grad = torch.randn(p.shape, generator=generator)
+        donor[0].step()  # changes its own tensors, which the planned optimizer was given
+    _assert_identical(planned, regular)
+    assert all(float(planned[0].state[p]["step"]) == 5.0 for p in planned[1])

@@ -1,5 +1,8 @@
-"""FSDP2 with two real ranks (two processes, gloo, CPU): parameters are DTensors whose local shards differ per rank,
-uneven (a 5-row weight splits 3 + 2), and empty on one rank (a 1-row weight), which a single-rank test cannot show.
+"""Data-parallel training on two real ranks (two processes, gloo, CPU), which a single-rank test cannot show:
+
+- FSDP2: parameters are DTensors whose local shards differ per rank, uneven (a 5-row weight splits 3 + 2) and
+  empty on one rank (a 1-row weight);
+- ZeroRedundancyOptimizer over DDP: each rank's optimizer steps its own partition of the parameters.
 
 Each scenario runs in both processes (torch.multiprocessing.spawn); an assertion in either fails the test with that
 rank's traceback. Every rank sees its own data, as in data-parallel training.
@@ -7,6 +10,7 @@ rank's traceback. Every rank sees its own data, as in data-parallel training.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import sys
@@ -157,7 +161,64 @@ def distributed_checkpoints_interchange(backend, directory):
         _assert_models_close(fused_model, torch_model, f"{name} fusedopt against torch.optim")
 
 
-SCENARIOS = [optimizers_with_clipping, clip_grad_norm_equals_torch, distributed_checkpoints_interchange]
+def _ddp_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 5), torch.nn.GELU(), torch.nn.LayerNorm(5), torch.nn.Linear(5, 1))
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+def _zero(name, model, backend=None):
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    kwargs = dict(OPTIMIZERS[name])
+    groups = _groups(model, kwargs.pop("weight_decay"))
+    if backend is None:
+        return ZeroRedundancyOptimizer(groups, optimizer_class=TORCH_CLASSES[name], foreach=False, **kwargs)
+    return ZeroRedundancyOptimizer(groups, optimizer_class=FUSED_CLASSES[name], backend=backend, **kwargs)
+
+
+def zero_redundancy_optimizer(backend, directory):
+    """ZeroRedundancyOptimizer with fusedopt as its optimizer_class matches it with torch.optim, for every
+    optimizer; a consolidated torch.optim checkpoint loads into it (and training goes on as if uninterrupted)."""
+    for name in OPTIMIZERS:
+        fused_model, torch_model = _ddp_model(), _ddp_model()
+        fused, reference = _zero(name, fused_model, backend), _zero(name, torch_model)
+        assert len(fused.optim.param_groups[0]["params"]) < len(fused.param_groups[0]["params"])  # partitioned
+        runs = [(fused_model, fused), (torch_model, reference)]
+        for step in range(3):
+            for model, optimizer in runs:
+                _backward(model, step)
+                optimizer.step()
+                optimizer.zero_grad()
+        reference.consolidate_state_dict(to=0)
+        checkpoint = [None]
+        if dist.get_rank() == 0:  # a checkpoint file's bytes, as every rank would read them
+            buffer = io.BytesIO()
+            torch.save(reference.state_dict(), buffer)
+            checkpoint = [buffer.getvalue()]
+        dist.broadcast_object_list(checkpoint, src=0)
+        checkpoint = [torch.load(io.BytesIO(checkpoint[0]))]
+        resumed_model = _ddp_model()
+        resumed_model.load_state_dict(torch_model.state_dict())
+        resumed = _zero(name, resumed_model, backend)
+        resumed.load_state_dict(checkpoint[0])
+        runs.append((resumed_model, resumed))
+        for step in range(3, 5):
+            for model, optimizer in runs:
+                _backward(model, step)
+                optimizer.step()
+                optimizer.zero_grad()
+        for (what, model), twin in zip(
+            (("fusedopt", fused_model), ("fusedopt resumed from torch.optim", resumed_model)), (torch_model,) * 2
+        ):
+            for (param_name, p), q in zip(model.named_parameters(), twin.parameters()):
+                assert_close_detailed(p, q, f"rank {dist.get_rank()} {name} {what} {param_name}")
+
+
+SCENARIOS = [
+    optimizers_with_clipping, clip_grad_norm_equals_torch, distributed_checkpoints_interchange,
+    zero_redundancy_optimizer,
+]  # fmt: skip
 
 
 def _worker(rank, scenario_name, backend, directory, port):
@@ -186,6 +247,6 @@ def _free_port():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
-def test_fsdp2_two_ranks(scenario, backend, tmp_path):
+def test_two_ranks(scenario, backend, tmp_path):
     """`scenario` on two ranks (a directory both share is there for checkpoints)."""
     mp.spawn(_worker, args=(scenario.__name__, backend, str(tmp_path), _free_port()), nprocs=WORLD_SIZE)
