@@ -6,6 +6,8 @@ regular path at every step, and torch.optim's fused, foreach and for-loop AdamW,
 and no decay) of --tensors parameters of --numel elements. Steps are interleaved across implementations (one step
 of each per round, order rotated) and the median of --reps rounds is reported. On CUDA the time is the host time
 of step(): nothing waits for the GPU inside the timed call (the queue is drained between rounds, untimed).
+With --dtensor the parameters and grads are DTensors sharded over a one-rank mesh, as FSDP2 hands them to an
+optimizer (the local shard is the whole tensor, so the kernels do the same work).
 
     python bench/host_overhead.py --device cpu --json bench/results/<date>-cpu/host_overhead.json
 """
@@ -22,13 +24,38 @@ import torch
 
 import fusedopt
 
+_MESH = None  # the one-rank device mesh of --dtensor
+
 
 def _params(count: int, numel: int, device: str, seed: int) -> list[torch.nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(numel, generator=generator).to(device)) for _ in range(count)]
+    values = [torch.randn(numel, generator=generator).to(device) for _ in range(count)]
+    if _MESH is None:
+        params = [torch.nn.Parameter(v) for v in values]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        return params
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    params = [torch.nn.Parameter(distribute_tensor(v, _MESH, [Shard(0)])) for v in values]
     for p in params:
-        p.grad = torch.randn_like(p)
+        p.grad = distribute_tensor(torch.randn_like(p.to_local()), _MESH, [Shard(0)])
     return params
+
+
+def _one_rank_mesh(device: str):
+    """A one-process group and a one-rank mesh on `device` (as FSDP2 uses; no other process is needed)."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(s.getsockname()[1]))
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
+    return init_device_mesh(device, (1,))
 
 
 def _groups(params):
@@ -112,6 +139,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=300)
     parser.add_argument("--back-to-back", action="store_true", help="step each optimizer repeatedly (warm caches)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--dtensor", action="store_true", help="DTensor params and grads on a one-rank mesh (FSDP2)")
     parser.add_argument(
         "--without-triton-kernel",
         action="store_true",
@@ -121,10 +149,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.without_triton_kernel:
         _skip_triton_kernel()
+    if args.dtensor:
+        global _MESH
+        _MESH = _one_rank_mesh(args.device)
     results = measure(args.device, args.tensors, args.numel, args.reps, interleave=not args.back_to_back)
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu"
     print(
-        f"AdamW step host time, {args.tensors} tensors of {args.numel} elements in 2 param groups, {args.device} "
+        f"AdamW step host time, {args.tensors} {'DTensor ' if args.dtensor else ''}tensors of {args.numel} elements "
+        f"in 2 param groups, {args.device} "
         f"({device_name}), torch {torch.__version__}, median of {args.reps} "
         + ("steps back to back (warm caches)" if args.back_to_back else "interleaved rounds (cold caches)")
         + ("; triton rows without the kernel itself" if args.without_triton_kernel else "")

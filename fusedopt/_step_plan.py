@@ -2,10 +2,12 @@
 over param groups. See NOTE [step plan] in csrc/common/step_operands.h.
 
 A plan is made after each regular step whose calls all went to a planning backend (cpu, cuda, and triton, whose
-plan is triton_kernels/_plan.py, gathering grads with the CPU extension) with plain,
-contiguous, real tensors (no DTensor shards, complex views or non-contiguous proxies) and without max_grad_norm
-(the clip norm reads every grad in Python anyway). The next step uses it when nothing it was made from has
-changed, which is checked in O(number of groups) here:
+plan is triton_kernels/_plan.py, gathering grads with the CPU extension) with contiguous, real tensors or DTensors
+with such local shards (no complex views or non-contiguous proxies) and without max_grad_norm (the clip norm reads
+every grad in Python anyway). FSDP2's DTensor parameters keep their memory in a Python attribute (the local
+shard), so for them each planned step hands the C++ check this step's local params and grads, gathered here in one
+pass over the params; plain tensors are read in C++ alone. The next step uses the plan when nothing it was made
+from has changed, which is checked in O(number of groups) here:
 - the param groups (the same group dicts, params lists and lengths, and the settings that split groups into
   calls: amsgrad, centered, momentum on/off, state_dtype, master_weights, stochastic_rounding),
 - the optimizer's state dict object, its length and its version (load_state_dict, state.clear(), `del state[p]`
@@ -24,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from fusedopt import functional
+from fusedopt._tensors import DTensor, is_dtensor, local_tensor
 
 
 def _plan_key(optimizer) -> tuple:
@@ -44,7 +47,7 @@ class StepPlan:
     def __init__(self, optimizer, calls: list[tuple[Any, Any, Any]]) -> None:
         self._key = _plan_key(optimizer)
         self._keyed_objects = _keyed_objects(optimizer)
-        self._calls = calls  # (launch, planned function, StepOperands)
+        self._calls = calls  # (launch, planned function, StepOperands, its DTensor params or None)
 
     @classmethod
     def build(cls, optimizer, launches: list[tuple[Any, Any]]) -> StepPlan | None:
@@ -57,23 +60,28 @@ class StepPlan:
             return None
         planned = {id(p) for launch, _ in launches for p in launch.params}
         absent = [p for group in optimizer.param_groups for p in group["params"] if id(p) not in planned]
-        if not all(functional._is_kernel_ready(p) for p in absent):
+        if not all(functional._is_kernel_ready(local_tensor(p)) for p in absent):
             return None
         calls = []
         for (launch, _), module in zip(launches, modules):
-            columns = optimizer._state_columns(launch)
+            columns = [[local_tensor(t) for t in column] for column in optimizer._state_columns(launch)]
             common = optimizer._common_kwargs(launch, 1.0)
-            tensors = [launch.params, launch.grads, *columns, common["masters"]]
-            if not all(functional._is_kernel_ready(t) for column in tensors for t in column):
+            params, grads = [local_tensor(p) for p in launch.params], [local_tensor(g) for g in launch.grads]
+            masters = [local_tensor(t) for t in common["masters"]]
+            if not all(functional._is_kernel_ready(t) for column in (params, grads, *columns, masters) for t in column):
                 return None
+            sharded = is_dtensor(launch.params[0])
+            if any(is_dtensor(p) != sharded or is_dtensor(g) != sharded for p, g in zip(launch.params, launch.grads)):
+                return None  # DTensor and plain params in one call: the regular path
             try:
                 operands = module.StepOperands(
-                    launch.params, columns, launch.column("step"), common["masters"], launch.group_sizes,
-                    common["param_mode"], absent if not calls else [],
+                    params, columns, launch.column("step"), masters, launch.group_sizes, common["param_mode"],
+                    absent if not calls else [], local_grads=grads if sharded else None,
                 )  # fmt: skip
             except (RuntimeError, TypeError, ValueError):
                 return None  # a plan only saves time: the regular path takes any step it cannot
-            calls.append((launch, getattr(module, f"{optimizer._kernel}_planned"), operands))
+            function = getattr(module, f"{optimizer._kernel}_planned")
+            calls.append((launch, function, operands, launch.params if sharded else None))
         return cls(optimizer, calls)
 
     def is_current(self, optimizer) -> bool:
@@ -82,9 +90,9 @@ class StepPlan:
     def run(self, optimizer, grad_factor, found_inf) -> bool:
         """One step over the planned operands; False, with nothing modified, when a grad does not fit the plan."""
         # Every call's grads are checked before the first call runs; each gather allows one planned call.
-        if not all(ops.gather_grads() for _, _, ops in self._calls):
+        if not all(_gather(ops, sharded_params) for _, _, ops, sharded_params in self._calls):
             return False
-        for launch, function, ops in self._calls:
+        for launch, function, ops, _ in self._calls:
             function(
                 ops,
                 **optimizer._hyperparameters(launch),
@@ -92,3 +100,17 @@ class StepPlan:
                 rounding_seed=optimizer.rounding_seed,
             )
         return True
+
+
+def _gather(operands, sharded_params) -> bool:
+    """operands.gather_grads(); for DTensor params, with this step's local shards of the params and their grads."""
+    if sharded_params is None:
+        return operands.gather_grads()
+    local_params, local_grads = [], []
+    for p in sharded_params:
+        grad = p.grad
+        if type(grad) is not DTensor:  # None, or a grad that is not a DTensor like its parameter
+            return False
+        local_params.append(p._local_tensor)
+        local_grads.append(grad._local_tensor)
+    return operands.gather_grads(local_params, local_grads)

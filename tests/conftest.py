@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 import pytest
@@ -47,3 +48,18 @@ def pytest_configure(config):
 @pytest.fixture
 def generator():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    """A one-process gloo group: enough to run the real DDP, ZeRO and DTensor code paths."""
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

@@ -3,12 +3,8 @@ complex parameters, and the functional API on views of larger buffers."""
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
 from conftest import CPU_BACKENDS
 from helpers import assert_close_detailed, clone_params, make_params, run_steps
 
@@ -122,19 +118,7 @@ def test_functional_empty_lists():
         )
 
 
-# --- distributed: one gloo process, enough to run the real DDP, ZeRO and DTensor code paths -------------------
-@pytest.fixture(scope="module")
-def process_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
+# --- distributed: one gloo process (conftest's process_group); tests/test_two_ranks.py runs two -----------------
 def test_ddp_wrapped_model(process_group):
     fused_model, torch_model = _model(), _model()
     ddp_fused = torch.nn.parallel.DistributedDataParallel(fused_model)

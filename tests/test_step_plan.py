@@ -265,3 +265,60 @@ def test_state_entries_assigned_from_outside_are_adopted(backend):
         donor[0].step()  # changes its own tensors, which the planned optimizer was given
     _assert_identical(planned, regular)
     assert all(float(planned[0].state[p]["step"]) == 5.0 for p in planned[1])
+
+
+# --- DTensor parameters (FSDP2): the plan gathers each step's local shards ---------------------------------------
+def _dtensor_twins(backend):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (1,))
+    (_, params), (_, twins) = _twins("AdamW", backend)
+    shard = lambda ps: [torch.nn.Parameter(distribute_tensor(p.detach(), mesh, [Shard(0)])) for p in ps]  # noqa: E731
+    params, twins = shard(params), shard(twins)
+    groups = lambda ps: [{"params": ps[:3]}, {"params": ps[3:], **SECOND_GROUP["AdamW"]}]  # noqa: E731
+    options = dict(OPTIMIZERS["AdamW"], backend=backend)
+    return (fusedopt.AdamW(groups(params), **options), params), (fusedopt.AdamW(groups(twins), **options), twins)
+
+
+def _dtensor_grads(generator, params):
+    from torch.distributed.tensor import DTensor
+
+    return [
+        DTensor.from_local(torch.randn(p.to_local().shape, generator=generator), p.device_mesh, p.placements)
+        for p in params
+    ]
+
+
+def test_dtensor_params_take_the_plan(process_group, backend, monkeypatch):
+    """FSDP2-style DTensor params: after a regular step, steps run from the plan (no Python walk) and match a twin
+    forced onto the regular path bit for bit, through a grad that vanishes and reappears and local shards that are
+    replaced (FSDP2 can swap a sharded parameter's local tensor)."""
+    planned, regular = _dtensor_twins(backend)
+    generator = torch.Generator().manual_seed(11)
+    _step_both(planned, regular, _dtensor_grads(generator, planned[1]))
+    assert planned[0]._step_plan is not None
+    regular_path = type(planned[0])._plan_step
+    taken = []
+    monkeypatch.setattr(type(planned[0]), "_plan_step", lambda self: taken.append(self) or regular_path(self))
+
+    def planned_steps(count):
+        for _ in range(count):
+            _step_both(planned, regular, _dtensor_grads(generator, planned[1]))
+        return taken.count(planned[0])
+
+    assert planned_steps(2) == 0
+    grads = _dtensor_grads(generator, planned[1])
+    grads[4] = None
+    _step_both(planned, regular, grads)  # a vanished grad: the regular path, and a plan without it
+    assert planned_steps(2) == 2  # its return: the regular path once more, then a plan with it
+    for _, params in (planned, regular):
+        for p in params[:2]:
+            p._local_tensor = p._local_tensor.clone()  # new memory for the same values
+    assert planned_steps(2) == 2  # the swapped shards are stepped by the plan
+    for i, (p, q) in enumerate(zip(planned[1], regular[1])):
+        assert torch.equal(p.to_local(), q.to_local()), f"param {i}"
+        for key, value in regular[0].state[q].items():
+            value = value.to_local() if key != "step" else value
+            mine = planned[0].state[p][key]
+            assert torch.equal(mine.to_local() if key != "step" else mine, value), f"state {key} of param {i}"

@@ -43,9 +43,10 @@ class StepOperands:
         group_sizes: Sequence[int],
         param_mode: int,
         absent: Sequence[torch.Tensor],
+        local_grads: Sequence[torch.Tensor] | None = None,
     ) -> None:
-        grads = [p.grad for p in params]
-        if any(g is None for g in grads):
+        grads = [p.grad for p in params] if local_grads is None else list(local_grads)
+        if len(grads) != len(params) or any(g is None for g in grads):
             raise ValueError("fusedopt StepOperands: every planned param needs a grad")
         #: Which state slots the call fills, in the entry point's slot order (RMSprop: centered, momentum).
         self.slots = [len(column) > 0 for column in columns]
@@ -57,10 +58,16 @@ class StepOperands:
         self._gather = _gather()
         self._rows: torch.Tensor | None = None
 
-    def gather_grads(self) -> bool:
-        """Reads every parameter and its grad; False when the regular step must run instead."""
-        device = self._launch.device
-        self._rows = self._gather(self._params, self._absent, self._numels, self._like, device.type == "cuda")
+    def gather_grads(
+        self, local_params: Sequence[torch.Tensor] | None = None, local_grads: Sequence[torch.Tensor] | None = None
+    ) -> bool:
+        """Reads every parameter and its grad (or checks the given local shards of DTensor params and their grads);
+        False when the regular step must run instead."""
+        if (local_params is None) != (local_grads is None):
+            raise ValueError("fusedopt StepOperands: local params and local grads come together")
+        params = self._params if local_params is None else local_params
+        pinned = self._launch.device.type == "cuda"
+        self._rows = self._gather(params, self._absent, self._numels, self._like, pinned, local_grads)
         return self._rows is not None
 
     def take(

@@ -135,14 +135,17 @@ void define_optimizers(pybind11::module_& module, const char* backend) {
   // so the CPU and the CUDA module can both be loaded.
   py::class_<StepOperands>(module, "StepOperands", py::module_local())
       .def(py::init([backend](TensorList params, const std::vector<TensorList>& columns, const TensorList& steps,
-                              const TensorList& masters, Sizes group_sizes, int64_t param_mode, TensorList absent) {
+                              const TensorList& masters, Sizes group_sizes, int64_t param_mode, TensorList absent,
+                              const std::optional<TensorList>& local_grads) {
              return new StepOperands(backend, std::move(params), columns, steps, masters, std::move(group_sizes),
-                                     param_mode, std::move(absent), kDeviceOk, kStepPlace);
+                                     param_mode, std::move(absent), local_grads, kDeviceOk, kStepPlace);
            }),
            py::arg("params"), py::arg("columns"), py::arg("steps"), py::arg("masters"), py::arg("group_sizes"),
-           py::arg("param_mode"), py::arg("absent"))
+           py::arg("param_mode"), py::arg("absent"), py::arg("local_grads") = py::none())
       .def("gather_grads", &StepOperands::gather_grads,
-           "Reads every parameter and its grad; False when the regular step must run instead");
+           "Reads every parameter and its grad (or checks the given local shards of DTensor params and grads); False "
+           "when the regular step must run instead",
+           py::arg("local_params") = py::none(), py::arg("local_grads") = py::none());
   module.def(
       "adam_planned",
       [backend](StepOperands& planned, Values lr, Values beta1, Values beta2, Values weight_decay, Values eps,

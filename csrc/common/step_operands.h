@@ -10,11 +10,15 @@
 // vanished, a dtype changed) makes gather_grads() return false, and the step takes the regular path, which
 // validates with torch.optim's messages and builds a new plan. Only the grads' addresses are kept, for the one
 // step, so zero_grad(set_to_none=True) frees them as usual (on a GPU, stream order protects the launched kernel).
+//
+// FSDP2's parameters are DTensors, whose memory is their local shard (a Python attribute): for them Python hands
+// each step's local params and local grads in (`params` and `grads` below), and the same checks run on those.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "operands.h"
@@ -23,18 +27,21 @@ namespace fusedopt::binding {
 
 // NOTE [step plan]'s check of one step's grads: every `absent` parameter still has no grad, every param still has
 // `dtype`, its planned element count and address (`param_addresses`; a `param.data = other` moves it), is
-// contiguous on `device`, and has a grad that is dense, contiguous and like it. Fills `grad_addresses` and returns
-// true when all hold; reads nothing but tensor metadata.
+// contiguous on `device`, and has a grad that is dense, contiguous and like it: its .grad, or `grads[i]` when
+// `grads` is given (DTensor shards). Fills `grad_addresses` and returns true when all hold; reads nothing but tensor
+// metadata.
 inline bool gather_grads(const TensorList& params, const TensorList& absent, at::ScalarType dtype,
                          const at::Device& device, const std::vector<int64_t>& numels,
-                         std::vector<void*>& param_addresses, std::vector<const void*>& grad_addresses) {
+                         std::vector<void*>& param_addresses, std::vector<const void*>& grad_addresses,
+                         const TensorList* grads = nullptr) {
+  if (params.size() != numels.size() || (grads != nullptr && grads->size() != params.size())) return false;
   for (const at::Tensor& param : absent) {
     if (param.grad().defined()) return false;
   }
   grad_addresses.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& param = params[i];
-    const at::Tensor& grad = param.grad();
+    const at::Tensor& grad = grads != nullptr ? (*grads)[i] : param.grad();  // both lvalues: no copy
     if (param.scalar_type() != dtype || param.numel() != numels[i] || !param.is_contiguous() ||
         param.device() != device || !grad.defined() || grad.layout() != at::kStrided || grad.scalar_type() != dtype ||
         grad.device() != device || !grad.is_contiguous() || !grad.sizes().equals(param.sizes())) {
@@ -50,16 +57,20 @@ class StepOperands {
  public:
   // `columns` are the state lists in the entry point's slot order, an empty list for a slot the call does not use;
   // `absent` are the optimizer's parameters that had no grad when the plan was made. Every param must have a grad
-  // now: the plan is made right after a regular step over exactly these tensors, and checked once more here.
+  // now (its .grad, or `local_grads[i]` for DTensor shards): the plan is made right after a regular step over
+  // exactly these tensors, and checked once more here.
   StepOperands(const char* backend, TensorList params, const std::vector<TensorList>& columns, const TensorList& steps,
                const TensorList& masters, std::vector<int64_t> group_sizes, int64_t param_mode, TensorList absent,
-               bool (*device_ok)(const at::Device&), StepPlace step_place)
+               const std::optional<TensorList>& local_grads, bool (*device_ok)(const at::Device&), StepPlace step_place)
       : params_(std::move(params)), group_sizes_(std::move(group_sizes)), absent_(std::move(absent)) {
     TensorList grads;
     for (size_t i = 0; i < params_.size(); ++i) {
-      TORCH_CHECK(params_[i].grad().defined(), "fusedopt StepOperands: params[", i, "] has no grad");
-      grads.push_back(params_[i].grad());
+      grads.push_back(local_grads.has_value() && i < local_grads->size() ? (*local_grads)[i] : params_[i].grad());
+      TORCH_CHECK(grads.back().defined(), "fusedopt StepOperands: params[", i, "] has no grad");
     }
+    TORCH_CHECK(!local_grads.has_value() || local_grads->size() == params_.size(),
+                "fusedopt StepOperands: ", params_.size(), " params but ",
+                local_grads.has_value() ? local_grads->size() : 0, " grads");
     std::vector<const TensorList*> states;
     for (const TensorList& column : columns) states.push_back(&column);
     TORCH_CHECK(!steps.empty(), "fusedopt StepOperands: no step counters");
@@ -67,12 +78,16 @@ class StepOperands {
     dtype_ = params_[0].scalar_type();
   }
 
-  // Reads every parameter and its grad; true when the planned call can run on them (see NOTE [step plan]).
-  bool gather_grads() {
+  // Reads every parameter and its grad, or, for DTensor shards, checks this step's `local_params` and
+  // `local_grads`; true when the planned call can run on them (see NOTE [step plan]).
+  bool gather_grads(const std::optional<TensorList>& local_params, const std::optional<TensorList>& local_grads) {
     // The params' addresses are refreshed too: `param.data = other` may have given one other storage (FSDP-style
     // flat params do), and the kernels address it directly.
-    gathered_ = binding::gather_grads(params_, absent_, dtype_, operands_.device, operands_.numels, operands_.params,
-                                      operands_.grads);
+    TORCH_CHECK(local_params.has_value() == local_grads.has_value(),
+                "fusedopt StepOperands: local params and local grads come together");
+    gathered_ =
+        binding::gather_grads(local_params.value_or(params_), absent_, dtype_, operands_.device, operands_.numels,
+                              operands_.params, operands_.grads, local_grads.has_value() ? &*local_grads : nullptr);
     return gathered_;
   }
 

@@ -123,17 +123,18 @@ void stream(const TensorList& params, const TensorList& grads, const TensorList&
 
 // NOTE [step plan] for the Triton kernels (triton_kernels/_plan.py), which have no binding of their own: the
 // addresses of the params (row 0) and their grads (row 1) as an int64 CPU tensor, pinned when `pinned` (for an
-// asynchronous upload), when every grad passes binding::gather_grads for params of `like`'s dtype and device;
-// nothing otherwise. Reads only tensor metadata, on any device.
+// asynchronous upload), when every grad (each param's .grad, or `grads`, the local shards of DTensor grads) passes
+// binding::gather_grads for params of `like`'s dtype and device; nothing otherwise. Reads only tensor metadata,
+// on any device.
 std::optional<at::Tensor> gather_grad_addresses(const TensorList& params, const TensorList& absent,
-                                                const std::vector<int64_t>& numels, const at::Tensor& like,
-                                                bool pinned) {
+                                                const std::vector<int64_t>& numels, const at::Tensor& like, bool pinned,
+                                                const std::optional<TensorList>& grads) {
   const size_t n = params.size();
   TORCH_CHECK(numels.size() == n, "fusedopt gather_grad_addresses: ", n, " params but ", numels.size(), " sizes");
   std::vector<void*> param_addresses(n);
   std::vector<const void*> grad_addresses;
-  if (!binding::gather_grads(params, absent, like.scalar_type(), like.device(), numels, param_addresses,
-                             grad_addresses)) {
+  if (!binding::gather_grads(params, absent, like.scalar_type(), like.device(), numels, param_addresses, grad_addresses,
+                             grads.has_value() ? &*grads : nullptr)) {
     return std::nullopt;
   }
   at::Tensor rows = at::empty({2, static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kLong).pinned_memory(pinned));
@@ -158,5 +159,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grads"), py::arg("states0"), py::arg("states1"), py::arg("states2"));
   m.def("gather_grad_addresses", &fusedopt::cpu::gather_grad_addresses,
         "NOTE [step plan] for the Triton kernels: the params' and grads' addresses when every grad fits the plan",
-        py::arg("params"), py::arg("absent"), py::arg("numels"), py::arg("like"), py::arg("pinned"));
+        py::arg("params"), py::arg("absent"), py::arg("numels"), py::arg("like"), py::arg("pinned"),
+        py::arg("grads") = py::none());
 }
