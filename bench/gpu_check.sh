@@ -8,7 +8,8 @@
 #
 #   device run:  bash bench/gpu_check.sh          (the device tool sets $OUT)
 #   a second call for the stages the first one had no time for (each call builds what it needs):
-#                GPU_CHECK_STAGES="build gpu_tests_triton host_overhead triton_tune ptxas" bash bench/gpu_check.sh
+#                GPU_CHECK_STAGES="build gpu_tests_triton host_overhead triton_tune ptxas host_overhead_dtensor" \
+#                  bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/local}
@@ -58,6 +59,8 @@ stage gpu_tests_triton 200 $PY -m pytest -q -m gpu -p no:cacheprovider $GPU_TEST
 stage host_overhead 40 $PY bench/host_overhead.py --device cuda --reps 200 --json "$OUT/host_overhead.json"
 stage triton_tune 90 $PY bench/triton_tune.py --out "$OUT" --reps 10
 stage ptxas 60 bash scripts/check_cuda_compile.sh "$OUT/ptxas"
+stage host_overhead_dtensor 30 $PY bench/host_overhead.py --device cuda --dtensor --reps 50 \
+  --json "$OUT/host_overhead_dtensor.json"
 cp "$OUT/summary.log" "$OUT/summary.md" 2>/dev/null
 echo "== stages"; cat "$OUT/stages.txt"
 grep -E "^\| (fusedopt|torch-fused|roofline)" "$OUT/summary.md" 2>/dev/null | head -40
