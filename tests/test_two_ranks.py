@@ -34,7 +34,7 @@ OPTIMIZERS = {
 MAX_NORM = 0.05  # small enough that every step clips
 
 
-def _sharded_model():
+def _sharded_model(dtype=torch.float32):
     """Linear(16, 5) shards its rows 3 + 2, LayerNorm(5) too, Linear(5, 1) 1 + 0: rank 1 holds empty shards."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -42,7 +42,7 @@ def _sharded_model():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(16, 5), torch.nn.GELU(), torch.nn.LayerNorm(5), torch.nn.Linear(5, 1)
-    )  # fmt: skip
+    ).to(dtype)  # fmt: skip
     mesh = init_device_mesh("cpu", (WORLD_SIZE,))
     for layer in model:
         if isinstance(layer, torch.nn.Linear):
@@ -67,7 +67,7 @@ def _make(name, model, backend=None, **extra):
 
 def _backward(model, step):
     data = torch.Generator().manual_seed(100 * step + dist.get_rank())
-    inputs = torch.randn(8, 16, generator=data)
+    inputs = torch.randn(8, 16, generator=data).to(next(model.parameters()).dtype)
     model(inputs).square().mean().backward()
 
 
@@ -161,6 +161,57 @@ def distributed_checkpoints_interchange(backend, directory):
         _assert_models_close(fused_model, torch_model, f"{name} fusedopt against torch.optim")
 
 
+def mixed_precision_checkpoints(backend, directory):
+    """bfloat16 FSDP2 params with fusedopt's mixed-precision modes: the float32 master (or its int16 remainder),
+    float32 or bfloat16 state and the param groups' options go through torch.distributed.checkpoint and back
+    exactly; the resumed run continues bit for bit."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    def state_of(model, optimizer):
+        return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+
+    modes = {
+        "remainder": dict(master_weights="remainder"),
+        "master, float32 state": dict(master_weights=True, state_dtype=torch.float32),
+        "stochastic rounding, bfloat16 state": dict(stochastic_rounding=True, state_dtype=torch.bfloat16),
+    }
+    for mode, options in modes.items():
+        model = _sharded_model(torch.bfloat16)
+        optimizer = _make("AdamW", model, backend, **options)
+        for step in range(2):
+            _backward(model, step)
+            optimizer.step()
+            optimizer.zero_grad()
+        checkpoint = os.path.join(directory, mode.replace(" ", "_").replace(",", ""))
+        dcp.save(state_of(model, optimizer), checkpoint_id=checkpoint)
+        resumed_model = _sharded_model(torch.bfloat16)
+        resumed = _make("AdamW", resumed_model, backend, **options)
+        state = state_of(resumed_model, resumed)
+        dcp.load(state, checkpoint_id=checkpoint)
+        set_model_state_dict(resumed_model, state["model"])
+        set_optimizer_state_dict(resumed_model, resumed, state["optim"])
+        for p, q in zip(model.parameters(), resumed_model.parameters()):
+            assert optimizer.state[p].keys() == resumed.state[q].keys()
+            for key, value in optimizer.state[p].items():
+                loaded = resumed.state[q][key]
+                assert loaded.dtype == value.dtype, f"{mode}: {key} dtype"
+                local = (lambda t: t.to_local()) if key != "step" else (lambda t: t)  # noqa: E731 (gloo has no int16)
+                assert torch.equal(local(loaded), local(value)), f"{mode}: {key}"
+        for step in range(2, 4):
+            for m, o in ((model, optimizer), (resumed_model, resumed)):
+                _backward(m, step)
+                o.step()
+                o.zero_grad()
+        for p, q in zip(model.parameters(), resumed_model.parameters()):
+            assert torch.equal(p.full_tensor(), q.full_tensor()), mode
+
+
 def _ddp_model():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 5), torch.nn.GELU(), torch.nn.LayerNorm(5), torch.nn.Linear(5, 1))
@@ -217,7 +268,7 @@ def zero_redundancy_optimizer(backend, directory):
 
 SCENARIOS = [
     optimizers_with_clipping, clip_grad_norm_equals_torch, distributed_checkpoints_interchange,
-    zero_redundancy_optimizer,
+    mixed_precision_checkpoints, zero_redundancy_optimizer,
 ]  # fmt: skip
 
 
