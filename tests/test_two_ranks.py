@@ -100,6 +100,29 @@ def optimizers_with_clipping(backend, directory):
         _assert_models_close(model, twin, name)
 
 
+def grad_scaler_skips_on_every_rank(backend, directory):
+    """torch.amp.GradScaler over FSDP2: an inf in one rank's shard skips the step on both ranks (fusedopt takes
+    grad_scale and found_inf into its kernels), as torch.optim's step does after unscaling."""
+    runs = []
+    for optimizer_backend in (backend, None):
+        model = _sharded_model()
+        optimizer = _make("AdamW", model, optimizer_backend)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        for step in range(3):
+            data = torch.Generator().manual_seed(100 * step + dist.get_rank())
+            scaler.scale(model(torch.randn(8, 16, generator=data)).square().mean()).backward()
+            if step == 1 and dist.get_rank() == 1:
+                next(model.parameters()).grad.to_local().view(-1)[0] = float("inf")
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+        runs.append((model, optimizer, scaler.get_scale()))
+    (model, fused, scale), (twin, reference, torch_scale) = runs
+    assert scale == torch_scale == 2.0**9  # one skipped step halved it
+    assert all(float(fused.state[p]["step"]) == 2.0 for p in model.parameters())
+    _assert_models_close(model, twin, "after a skipped step")
+
+
 def clip_grad_norm_equals_torch(backend, directory):
     """fusedopt.clip_grad_norm_ over DTensor grads: torch's total norm (a DTensor, as torch returns) and grads."""
     import fusedopt
@@ -267,8 +290,8 @@ def zero_redundancy_optimizer(backend, directory):
 
 
 SCENARIOS = [
-    optimizers_with_clipping, clip_grad_norm_equals_torch, distributed_checkpoints_interchange,
-    mixed_precision_checkpoints, zero_redundancy_optimizer,
+    optimizers_with_clipping, grad_scaler_skips_on_every_rank, clip_grad_norm_equals_torch,
+    distributed_checkpoints_interchange, mixed_precision_checkpoints, zero_redundancy_optimizer,
 ]  # fmt: skip
 
 
