@@ -156,11 +156,15 @@ def distributed_checkpoints_interchange(backend, directory):
     for name in ("AdamW", "Adagrad"):
         fused_model, torch_model = _sharded_model(), _sharded_model()
         fused, reference = _make(name, fused_model, backend), _make(name, torch_model)
-        for step in range(2):
+        regular_steps = []
+        fused._plan_step = lambda: regular_steps.append(1) or type(fused)._plan_step(fused)
+        for step in range(3):
             for model, optimizer in ((fused_model, fused), (torch_model, reference)):
                 _backward(model, step)
                 optimizer.step()
                 optimizer.zero_grad()
+        assert len(regular_steps) == 1  # then FSDP2's DTensor params are stepped from the step plan
+        del fused._plan_step
         # Swap: a torch.optim optimizer resumes fusedopt's checkpoint, and fusedopt resumes torch.optim's.
         resumed = []
         for source_model, source, target_backend in ((fused_model, fused, None), (torch_model, reference, backend)):
@@ -174,7 +178,7 @@ def distributed_checkpoints_interchange(backend, directory):
             set_optimizer_state_dict(model, optimizer, state["optim"])
             resumed.append((model, optimizer))
         runs = [(fused_model, fused), (torch_model, reference), *resumed]
-        for step in range(2, 4):
+        for step in range(3, 5):
             for model, optimizer in runs:
                 _backward(model, step)
                 optimizer.step()
