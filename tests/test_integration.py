@@ -210,3 +210,24 @@ def test_step_inside_torch_compile(generator):
     for p, q in zip(params, twins):
         assert torch.equal(p, q)
     assert compiled_optimizer.param_groups[0]["lr"] == eager_optimizer.param_groups[0]["lr"] == 1e-2 / 8
+
+
+def test_step_hooks_fire_on_every_step(generator):
+    """torch.optim's step hooks (per optimizer, pre and post, and global) run around regular and planned steps."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in ((5,), (3, 2))]
+    optimizer = fusedopt.AdamW(params, lr=1e-2)
+    seen = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(("pre", len(opt.state))))
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: seen.append(("post", len(opt.state))))
+    handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: seen.append(("global", opt is optimizer)))
+    try:
+        for _ in range(3):  # a regular step, then planned ones
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            optimizer.step()
+    finally:
+        handle.remove()
+    assert optimizer._step_plan is not None
+    assert seen == [("pre", 0), ("post", 2), ("global", True)] + [("pre", 2), ("post", 2), ("global", True)] * 2
