@@ -63,14 +63,14 @@ class StepOperands {
                const TensorList& masters, std::vector<int64_t> group_sizes, int64_t param_mode, TensorList absent,
                const std::optional<TensorList>& local_grads, bool (*device_ok)(const at::Device&), StepPlace step_place)
       : params_(std::move(params)), group_sizes_(std::move(group_sizes)), absent_(std::move(absent)) {
-    TensorList grads;
-    for (size_t i = 0; i < params_.size(); ++i) {
-      grads.push_back(local_grads.has_value() && i < local_grads->size() ? (*local_grads)[i] : params_[i].grad());
-      TORCH_CHECK(grads.back().defined(), "fusedopt StepOperands: params[", i, "] has no grad");
-    }
     TORCH_CHECK(!local_grads.has_value() || local_grads->size() == params_.size(),
                 "fusedopt StepOperands: ", params_.size(), " params but ",
                 local_grads.has_value() ? local_grads->size() : 0, " grads");
+    TensorList grads;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      grads.push_back(local_grads.has_value() ? (*local_grads)[i] : params_[i].grad());
+      TORCH_CHECK(grads.back().defined(), "fusedopt StepOperands: params[", i, "] has no grad");
+    }
     std::vector<const TensorList*> states;
     for (const TensorList& column : columns) states.push_back(&column);
     TORCH_CHECK(!steps.empty(), "fusedopt StepOperands: no step counters");
