@@ -119,19 +119,25 @@ def test_functional_empty_lists():
 
 
 # --- distributed: one gloo process (conftest's process_group); tests/test_two_ranks.py runs two -----------------
-def test_ddp_wrapped_model(process_group):
+@pytest.mark.parametrize("bucket_view", [False, True], ids=["grads", "grads-as-bucket-views"])
+def test_ddp_wrapped_model(process_group, bucket_view):
+    """DDP, also with gradient_as_bucket_view=True (grads are views into DDP's flat buckets, kept across steps,
+    and zero_grad zeroes them in place): after the first step the step plan steps them."""
     fused_model, torch_model = _model(), _model()
-    ddp_fused = torch.nn.parallel.DistributedDataParallel(fused_model)
-    ddp_torch = torch.nn.parallel.DistributedDataParallel(torch_model)
+    ddp = lambda model: torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=bucket_view)  # noqa: E731
+    ddp_fused, ddp_torch = ddp(fused_model), ddp(torch_model)
     fused = fusedopt.AdamW(ddp_fused.parameters(), lr=1e-2)
     reference = torch.optim.AdamW(ddp_torch.parameters(), lr=1e-2, foreach=False)
     data = torch.Generator().manual_seed(2)
+    regular_steps = []
+    fused._plan_step = lambda: regular_steps.append(1) or type(fused)._plan_step(fused)
     for _ in range(5):
         x, y = torch.randn(8, 16, generator=data), torch.randn(8, 4, generator=data)
         for model, optimizer in ((ddp_fused, fused), (ddp_torch, reference)):
-            optimizer.zero_grad()
+            optimizer.zero_grad(set_to_none=not bucket_view)
             torch.nn.functional.mse_loss(model(x), y).backward()
             optimizer.step()
+    assert len(regular_steps) == 1
     for p, q in zip(fused_model.parameters(), torch_model.parameters()):
         assert_close_detailed(p, q, "ddp param")
 
