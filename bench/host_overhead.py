@@ -6,8 +6,10 @@ regular path at every step, and torch.optim's fused, foreach and for-loop AdamW,
 and no decay) of --tensors parameters of --numel elements. Steps are interleaved across implementations (one step
 of each per round, order rotated) and the median of --reps rounds is reported. On CUDA the time is the host time
 of step(): nothing waits for the GPU inside the timed call (the queue is drained between rounds, untimed).
-With --dtensor the parameters and grads are DTensors sharded over a one-rank mesh, as FSDP2 hands them to an
-optimizer (the local shard is the whole tensor, so the kernels do the same work).
+With --max-grad-norm every implementation also clips the grads' total norm: fusedopt with its max_grad_norm=
+option, torch.optim with torch.nn.utils.clip_grad_norm_ before its step. With --dtensor the parameters and grads
+are DTensors sharded over a one-rank mesh, as FSDP2 hands them to an optimizer (the local shard is the whole
+tensor, so the kernels do the same work).
 
     python bench/host_overhead.py --device cpu --json bench/results/<date>-cpu/host_overhead.json
 """
@@ -63,14 +65,38 @@ def _groups(params):
     return [{"params": params[:cut]}, {"params": params[cut:], "weight_decay": 0.0}]
 
 
+class _ClipThenStep:
+    """torch.optim's way to clip (--max-grad-norm): clip_grad_norm_ over the params, then the step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+        self.optimizer, self.max_norm = optimizer, max_norm
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=True)
+        self.optimizer.step()
+
+
+_MAX_GRAD_NORM = None  # --max-grad-norm
+
+
+def _fused(ps, **kwargs):
+    return fusedopt.AdamW(_groups(ps), max_grad_norm=_MAX_GRAD_NORM, **kwargs)
+
+
+def _torch(ps, **kwargs):
+    optimizer = torch.optim.AdamW(_groups(ps), **kwargs)
+    return optimizer if _MAX_GRAD_NORM is None else _ClipThenStep(optimizer, _MAX_GRAD_NORM)
+
+
 IMPLEMENTATIONS = {
-    "fusedopt (step plan)": lambda ps: fusedopt.AdamW(_groups(ps)),
-    "fusedopt (regular path)": lambda ps: fusedopt.AdamW(_groups(ps)),
-    "fusedopt triton (step plan)": lambda ps: fusedopt.AdamW(_groups(ps), backend="triton"),
-    "fusedopt triton (regular path)": lambda ps: fusedopt.AdamW(_groups(ps), backend="triton"),
-    "torch fused": lambda ps: torch.optim.AdamW(_groups(ps), fused=True),
-    "torch foreach": lambda ps: torch.optim.AdamW(_groups(ps), foreach=True),
-    "torch for-loop": lambda ps: torch.optim.AdamW(_groups(ps), foreach=False),
+    "fusedopt (step plan)": lambda ps: _fused(ps),
+    "fusedopt (regular path)": lambda ps: _fused(ps),
+    "fusedopt triton (step plan)": lambda ps: _fused(ps, backend="triton"),
+    "fusedopt triton (regular path)": lambda ps: _fused(ps, backend="triton"),
+    "torch fused": lambda ps: _torch(ps, fused=True),
+    "torch foreach": lambda ps: _torch(ps, foreach=True),
+    "torch for-loop": lambda ps: _torch(ps, foreach=False),
 }
 
 
@@ -140,6 +166,7 @@ def main() -> None:
     parser.add_argument("--back-to-back", action="store_true", help="step each optimizer repeatedly (warm caches)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--dtensor", action="store_true", help="DTensor params and grads on a one-rank mesh (FSDP2)")
+    parser.add_argument("--max-grad-norm", type=float, help="clip the grads' total norm too (see above)")
     parser.add_argument(
         "--without-triton-kernel",
         action="store_true",
@@ -149,14 +176,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.without_triton_kernel:
         _skip_triton_kernel()
+    global _MESH, _MAX_GRAD_NORM
+    _MAX_GRAD_NORM = args.max_grad_norm
     if args.dtensor:
-        global _MESH
         _MESH = _one_rank_mesh(args.device)
     results = measure(args.device, args.tensors, args.numel, args.reps, interleave=not args.back_to_back)
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu"
     print(
         f"AdamW step host time, {args.tensors} {'DTensor ' if args.dtensor else ''}tensors of {args.numel} elements "
-        f"in 2 param groups, {args.device} "
+        f"in 2 param groups{', clipped to a total norm' if args.max_grad_norm else ''}, {args.device} "
         f"({device_name}), torch {torch.__version__}, median of {args.reps} "
         + ("steps back to back (warm caches)" if args.back_to_back else "interleaved rounds (cold caches)")
         + ("; triton rows without the kernel itself" if args.without_triton_kernel else "")

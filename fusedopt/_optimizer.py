@@ -344,15 +344,14 @@ class FusedOptimizer(Optimizer):
         step_plan = self._step_plan
         if step_plan is not None and step_plan.is_current(self):
             # NOTE [step plan]: the grads are checked in C++; a step the plan cannot take runs the regular path.
-            grad_factor = self._grad_factor([])
-            if grad_factor is None or step_plan.run(self, grad_factor, getattr(self, "found_inf", None)):
+            if step_plan.run(self, getattr(self, "found_inf", None)):
                 return loss
         self._step_plan = None
         foreign = self.state.take_assigned()
         if foreign:  # NOTE [foreign state]: entries written by others (ZeroRedundancyOptimizer) become ours
             self._adopt_loaded_state({}, only=foreign)
         plan = self._plan_step()
-        grad_factor = self._grad_factor(plan)
+        grad_factor = self._grad_factor(lambda: [p.grad for _, buckets in plan for bucket in buckets for p in bucket])
         if grad_factor is None:
             return loss
         launches = []
@@ -393,13 +392,15 @@ class FusedOptimizer(Optimizer):
             _option(group, "stochastic_rounding"),
         )
 
-    def _grad_factor(self, plan: list[tuple[dict[str, Any], list[list[Tensor]]]]) -> float | Tensor | None:
+    def _grad_factor(self, grads_to_clip: Callable[[], list[Tensor]]) -> float | Tensor | None:
         """The factor every gradient is multiplied by as it is read (NOTE [grad factor]): GradScaler's 1/scale
         times the clip coefficient of max_grad_norm, as a tensor on the grads' device that the kernels read there
         (no host synchronisation), or 1.0 when there is neither. GradScaler's found_inf goes to the kernels too,
         which then change nothing, step counters included (NOTE [device steps]), as torch.optim's fused kernels
         do. Only error_if_nonfinite=True reads the norm on the host, as torch does; it then reads found_inf first
-        and returns None when it is set (the step changes nothing)."""
+        and returns None when it is set (the step changes nothing). `grads_to_clip()` gives the grads of the
+        step's parameters, whose total norm max_grad_norm clips; it is called once per step, on every rank (the
+        norm of DTensor grads is a collective)."""
         found_inf = getattr(self, "found_inf", None)
         checks_norm = self.max_grad_norm is not None and self.error_if_nonfinite
         if found_inf is not None and checks_norm and float(found_inf) != 0.0:
@@ -408,8 +409,7 @@ class FusedOptimizer(Optimizer):
         inverse_scale = None if grad_scale is None else torch.as_tensor(grad_scale, dtype=torch.float32).reciprocal()
         if self.max_grad_norm is None:
             return 1.0 if inverse_scale is None else inverse_scale
-        grads = [p.grad for _, buckets in plan for bucket in buckets for p in bucket]
-        norm = clip.total_norm(grads)
+        norm = clip.total_norm(grads_to_clip())
         if is_dtensor(norm):
             # FSDP2's shards: the norm of every rank's shards together (an all-reduce, as in torch's
             # clip_grad_norm_), as a plain tensor the kernels can read on this rank's device.

@@ -3,11 +3,13 @@ over param groups. See NOTE [step plan] in csrc/common/step_operands.h.
 
 A plan is made after each regular step whose calls all went to a planning backend (cpu, cuda, and triton, whose
 plan is triton_kernels/_plan.py, gathering grads with the CPU extension) with contiguous, real tensors or DTensors
-with such local shards (no complex views or non-contiguous proxies) and without max_grad_norm (the clip norm reads
-every grad in Python anyway). FSDP2's DTensor parameters keep their memory in a Python attribute (the local
-shard), so for them each planned step hands the C++ check this step's local params and grads, gathered here in one
-pass over the params; plain tensors are read in C++ alone. The next step uses the plan when nothing it was made
-from has changed, which is checked in O(number of groups) here:
+with such local shards (no complex views or non-contiguous proxies). FSDP2's DTensor parameters keep their memory
+in a Python attribute (the local shard), so for them each planned step hands the C++ check this step's local
+params and grads, gathered here in one pass over the params; plain tensors are read in C++ alone. With
+max_grad_norm, a planned step lists the grads in Python for the norm, after every check has passed, so that each
+step computes the norm once whichever path it takes (for DTensor grads the norm is a collective that every rank
+must join equally). The next step uses the plan when nothing it was made from has changed, which is checked in
+O(number of groups) here:
 - the param groups (the same group dicts, params lists and lengths, and the settings that split groups into
   calls: amsgrad, centered, momentum on/off, state_dtype, master_weights, stochastic_rounding),
 - the optimizer's state dict object, its length and its version (load_state_dict, state.clear(), `del state[p]`
@@ -52,7 +54,7 @@ class StepPlan:
     @classmethod
     def build(cls, optimizer, launches: list[tuple[Any, Any]]) -> StepPlan | None:
         """The plan of a regular step's calls (LaunchGroup, backend), or None when it cannot have one."""
-        if not launches or optimizer.max_grad_norm is not None:
+        if not launches:
             return None
         # The cheap refusal first: a backend without planned calls (reference) needs no walk over params.
         modules = [getattr(backend, "planned_module", lambda: None)() for _, backend in launches]
@@ -87,11 +89,19 @@ class StepPlan:
     def is_current(self, optimizer) -> bool:
         return _plan_key(optimizer) == self._key
 
-    def run(self, optimizer, grad_factor, found_inf) -> bool:
-        """One step over the planned operands; False, with nothing modified, when a grad does not fit the plan."""
+    def grads(self) -> list:
+        """The grads of the planned parameters (for max_grad_norm's norm)."""
+        return [p.grad for launch, _, _, _ in self._calls for p in launch.params]
+
+    def run(self, optimizer, found_inf) -> bool:
+        """One step over the planned operands; False, with nothing modified and nothing computed, when a grad does
+        not fit the plan."""
         # Every call's grads are checked before the first call runs; each gather allows one planned call.
         if not all(_gather(ops, sharded_params) for _, _, ops, sharded_params in self._calls):
             return False
+        grad_factor = optimizer._grad_factor(self.grads)
+        if grad_factor is None:  # error_if_nonfinite with GradScaler's found_inf set: the step changes nothing
+            return True
         for launch, function, ops, _ in self._calls:
             function(
                 ops,

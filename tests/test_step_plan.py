@@ -185,12 +185,36 @@ def test_the_plan_holds_no_grads(backend):
     assert watched() is None
 
 
-def test_no_plan_for_clipping_or_the_reference_backend():
+@pytest.mark.parametrize("error_if_nonfinite", [False, True])
+def test_plan_with_clipping_matches_regular_steps(backend, error_if_nonfinite, monkeypatch):
+    """max_grad_norm= on the plan: the norm of the planned grads, computed once per step after the checks, and
+    the same steps, norms and skips as the regular path, GradScaler included."""
+    planned, regular = _twins("AdamW", backend, max_grad_norm=0.5, error_if_nonfinite=error_if_nonfinite)
+    optimizer = planned[0]
+    regular_path = type(optimizer)._plan_step
+    taken = []
+    monkeypatch.setattr(type(optimizer), "_plan_step", lambda self: taken.append(self) or regular_path(self))
+    norms, total_norm = [], fusedopt.clip.total_norm
+    monkeypatch.setattr(fusedopt.clip, "total_norm", lambda grads, *args: norms.append(1) or total_norm(grads, *args))
+    generator = torch.Generator().manual_seed(13)
+    for step in range(6):
+        if step in (3, 4):  # GradScaler's fused path; at step 4 it found an inf, and the step changes nothing
+            for o in (optimizer, regular[0]):
+                o.grad_scale, o.found_inf = torch.tensor(4.0), torch.tensor(float(step == 4))
+        _step_both(planned, regular, [3 * g for g in _grads(generator, planned[1])])  # 3x: clipping bites
+        for o in (optimizer, regular[0]):
+            o.__dict__.pop("grad_scale", None), o.__dict__.pop("found_inf", None)
+        assert torch.equal(optimizer.last_grad_norm, regular[0].last_grad_norm)
+        assert float(optimizer.last_grad_norm) > 0.5
+        _assert_identical(planned, regular)
+    assert taken.count(optimizer) == 1  # the first step; then the plan
+    skipped_norms = 2 if error_if_nonfinite else 0  # found_inf is read first and the norm is not computed
+    assert len(norms) == 2 * 6 - skipped_norms  # once per step and optimizer
+
+
+def test_no_plan_for_the_reference_backend_or_complex_params():
     params = [torch.nn.Parameter(torch.randn(3))]
     params[0].grad = torch.randn(3)
-    clipped = fusedopt.AdamW(params, backend="cpu", max_grad_norm=1.0)
-    clipped.step()
-    assert clipped._step_plan is None
     reference = fusedopt.AdamW(params, backend="reference")
     reference.step()
     assert reference._step_plan is None

@@ -79,7 +79,8 @@ def _assert_models_close(model, other, what, **tolerances):
 # --- scenarios (run on every rank) -------------------------------------------------------------------------------
 def optimizers_with_clipping(backend, directory):
     """Every optimizer, with max_grad_norm=, against torch.optim after torch's clip_grad_norm_: the clip norm is the
-    norm over all ranks' shards, and last_grad_norm is torch's total norm."""
+    norm over all ranks' shards, and last_grad_norm is torch's total norm. Steps after the first run from the step
+    plan, whose norm (a collective) every rank computes once per step."""
     local_shapes = [tuple(p.to_local().shape) for p in _sharded_model().parameters()]
     rows = (3, 3, 3, 1) if dist.get_rank() == 0 else (2, 2, 2, 0)  # Linear, LayerNorm, Linear
     assert local_shapes == [(rows[0], 16), (rows[0],), (rows[1],), (rows[2],), (rows[3], 5), (rows[3],)]
@@ -87,6 +88,8 @@ def optimizers_with_clipping(backend, directory):
         model, twin = _sharded_model(), _sharded_model()
         fused = _make(name, model, backend, max_grad_norm=MAX_NORM)
         reference = _make(name, twin)
+        regular_steps = []
+        fused._plan_step = lambda: regular_steps.append(1) or type(fused)._plan_step(fused)
         for step in range(3):
             for m in (model, twin):
                 _backward(m, step)
@@ -97,6 +100,7 @@ def optimizers_with_clipping(backend, directory):
             assert_close_detailed(fused.last_grad_norm, norm, f"{name} step {step} grad norm")
             fused.zero_grad()
             reference.zero_grad()
+        assert len(regular_steps) == 1
         _assert_models_close(model, twin, name)
 
 
