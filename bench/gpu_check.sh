@@ -54,6 +54,9 @@ stage bench 200 $PY -m fusedopt.bench --device cuda --optimizer adamw --dtype fl
   --size 1M,16M,64M,256M,gpt2-small,small-2000x4K-256K --reps 20 --no-progress \
   --json "$OUT/bench.json" --csv "$OUT/bench.csv" --plot "$OUT/bench.png"
 stage summary 30 $PY bench/summarize.py "$OUT/bench.json"
+# The mixed-precision issue's goals: bf16 + stochastic rounding and the fused clip+step against torch's ways.
+stage bench_modes 90 bash -c "$PY -m fusedopt.bench.modes --device cuda --size 256M --json $OUT/modes.json && \
+  $PY -m fusedopt.bench.modes --device cuda --size gpt2-small --json $OUT/modes-gpt2.json"
 stage gpu_tests_triton 200 $PY -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS -k triton \
   --junitxml="$OUT/gpu_tests_triton.xml"
 stage host_overhead 40 $PY bench/host_overhead.py --device cuda --reps 200 --json "$OUT/host_overhead.json"

@@ -218,3 +218,78 @@ def test_triton_tune_launches_each_block_size_it_reports(monkeypatch):
     rows = tune.tune(numel=5000, reps=1, device="cpu")
     assert [(row["block"], row["num_warps"]) for row in rows] == [(1024, 4), (4096, 4)] * 2
     assert grids and all(grid == (-(-5000 // block),) for block, grid in grids)
+
+
+def test_host_overhead_script_with_clipping(monkeypatch):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parent.parent / "bench" / "host_overhead.py"
+    spec = importlib.util.spec_from_file_location("host_overhead", path)
+    host_overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(host_overhead)
+    monkeypatch.setattr(host_overhead, "_MAX_GRAD_NORM", 1.0)
+    clipped, clip = [], torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *args, **kw: clipped.append(1) or clip(*args, **kw))
+    results = host_overhead.measure("cpu", tensors=10, numel=3, reps=2, warmup=1)
+    for row in results.values():
+        assert row["status"] == "ok" and row["median_us"] > 0
+    assert len(clipped) == 3 * (1 + 1 + 2)  # the three torch rows clip at every step: a first step, warm-up, reps
+
+
+def test_modes_benchmark(tmp_path, capsys):
+    """python -m fusedopt.bench.modes: every row runs, with the bytes per parameter of its mode, and the goals of
+    the mixed-precision issue are read off the rows."""
+    from fusedopt.bench import modes
+
+    path = tmp_path / "modes.json"
+    assert (
+        modes.main(["--device", "cpu", "--size", "3000", "--reps", "2", "--backend", "cpu", "--json", str(path)]) == 0
+    )
+    rows = {row["name"]: row for row in json.loads(path.read_text())["rows"]}
+    assert {name: row["bytes_per_param"] for name, row in rows.items()} == {
+        "torch fp32": 28, "fusedopt fp32": 28, "fusedopt bf16 sr": 14, "fusedopt bf16 master": 28,
+        "torch bf16 master": 34, "fusedopt bf16 remainder": 26, "fusedopt fp32 clip": 32, "torch fp32 clip": 40,
+        "copy roofline": 28,
+    }  # fmt: skip
+    assert all(row["status"] == "ok" and row["median_ms"] > 0 for row in rows.values())
+    assert rows["torch fp32"]["vs_torch_fp32"] == 1.0 and rows["copy roofline"]["pct_of_roofline"] == pytest.approx(100)
+    output = capsys.readouterr().out
+    assert "fusedopt bf16 sr vs torch fp32: " in output and "(goal 1.8x: " in output
+    assert "fusedopt fp32 clip vs torch fp32 clip: " in output and "(goal 1.3x: " in output
+
+
+def test_modes_benchmark_rows_configure_their_mode():
+    """Each fusedopt row's optimizer is set up as the row says (a step shows the state it made)."""
+    from fusedopt.bench import modes
+
+    builders = modes.row_builders("cpu")
+    expected = {
+        "fusedopt fp32": (torch.float32, torch.float32, set()),
+        "fusedopt bf16 sr": (torch.bfloat16, torch.bfloat16, set()),
+        "fusedopt bf16 master": (torch.bfloat16, torch.float32, {"master_param"}),
+        "fusedopt bf16 remainder": (torch.bfloat16, torch.float32, {"master_remainder"}),
+        "fusedopt fp32 clip": (torch.float32, torch.float32, set()),
+    }
+    for name, (param_dtype, state_dtype, extra) in expected.items():
+        step = builders[name][1](workloads.flat(100), "cpu", 0)
+        step()
+        optimizer = step.__self__
+        param = optimizer.param_groups[0]["params"][0]
+        state = optimizer.state[param]
+        assert param.dtype == param_dtype and state["exp_avg"].dtype == state_dtype, name
+        assert set(state) - {"step", "exp_avg", "exp_avg_sq"} == extra, name
+        assert optimizer.param_groups[0].get("stochastic_rounding", False) == (name == "fusedopt bf16 sr"), name
+        assert (optimizer.max_grad_norm is not None) == name.endswith("clip"), name
+
+
+def test_modes_benchmark_workloads():
+    import argparse
+
+    from fusedopt.bench import modes
+
+    assert modes.find_workload("3K").shapes == ((3072,),)
+    gpt2 = modes.find_workload("gpt2-small")
+    assert len(gpt2.shapes) == 148 and gpt2.numel == 124_439_808
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown workload 'gpt3'"):
+        modes.find_workload("gpt3")
