@@ -180,3 +180,38 @@ def test_scaled_steps_never_wait_for_the_gpu(backend, name, max_grad_norm, gener
         counter = fused.state[p]["step"]
         assert counter.device == p.device and counter.dtype == torch.float32 and float(counter) == 4.0
     assert_states_close(fused, reference, compare=assert_matches)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_group_rows_follow_each_tensors_group(backend, generator):
+    """One launch over groups [3, 0, 1, 2] with different hyperparameters computes bit for bit what one launch per
+    group computes: each tensor finds its group's row of hyperparameters (the empty group between others means
+    a tensor's row is not its index)."""
+    shapes = [(7,), (4097,), (5, 3), (1,), (100,), (2, 2)]
+    params = [torch.randn(shape, generator=generator).to(DEVICE) for shape in shapes]
+    grads = [torch.randn(shape, generator=generator).to(DEVICE) for shape in shapes]
+    exp_avgs = [torch.rand(shape, generator=generator).to(DEVICE) for shape in shapes]
+    exp_avg_sqs = [torch.rand(shape, generator=generator).to(DEVICE) for shape in shapes]
+    group_sizes = [3, 0, 1, 2]
+    hyper = dict(lr=[1e-2, 5e-1, 3e-2, 2e-2], beta1=[0.9, 0.5, 0.8, 0.7], beta2=[0.999, 0.5, 0.95, 0.9],
+                 weight_decay=[0.1, 0.7, 0.0, 0.2], eps=[1e-8, 1e-1, 1e-6, 1e-7],
+                 maximize=[False, False, True, False], decoupled=[True, True, False, False])  # fmt: skip
+    runs = {}
+    for how in ("together", "apart"):
+        p, m, v = ([t.clone() for t in ts] for ts in (params, exp_avgs, exp_avg_sqs))
+        steps = [torch.tensor(float(i), device=DEVICE) for i in range(len(shapes))]
+        if how == "together":
+            functional.adam(p, grads, m, v, [], steps, amsgrad=False, group_sizes=group_sizes, backend=backend, **hyper)
+        first = 0
+        for g, size in enumerate(group_sizes if how == "apart" else []):
+            part = slice(first, first + size)
+            first += size
+            if size:
+                functional.adam(
+                    p[part], grads[part], m[part], v[part], [], steps[part], amsgrad=False, backend=backend,
+                    **{k: values[g] for k, values in hyper.items()},
+                )  # fmt: skip
+        runs[how] = (p, m, v, steps)
+    for together, apart in zip(runs["together"], runs["apart"]):
+        for a, b in zip(together, apart):
+            assert torch.equal(a, b)
