@@ -271,6 +271,10 @@ class Launch:
             raise ValueError(f"fusedopt Triton backend: {len(group_rows)} rows of scalars for {groups} param groups")
         seed = [float(self.rounding_seed & 0xFFFFFFFF), float((self.rounding_seed >> 32) & 0xFFFFFFFF)]
         rows = torch.tensor([[row[0], *seed, *row[1:]] for row in group_rows], dtype=torch.float64)
+        if self.device.type == "cuda":
+            # From pageable memory the driver may wait for the stream before copying; from pinned memory the copy
+            # is queued and the host goes on (a step never waits for the GPU: NOTE [device steps]).
+            rows = rows.pin_memory()
         return rows.to(self.device, non_blocking=True)
 
     def launch_args(self, scalars: torch.Tensor) -> tuple:
