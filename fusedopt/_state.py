@@ -61,6 +61,10 @@ class TrackedState(defaultdict):
         for param, entry in dict(*args, **kwargs).items():
             self[param] = entry
 
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
     def setdefault(self, param: Tensor, entry: Any = None) -> Any:
         if param not in self:
             self[param] = entry

@@ -346,3 +346,31 @@ def test_dtensor_params_take_the_plan(process_group, backend, monkeypatch):
             value = value.to_local() if key != "step" else value
             mine = planned[0].state[p][key]
             assert torch.equal(mine.to_local() if key != "step" else mine, value), f"state {key} of param {i}"
+
+
+def test_tracked_state_sees_every_way_to_replace_an_entry():
+    """NOTE [foreign state]: every way to give a parameter a new entry counts and is remembered; reading does not;
+    the mapping pickles and deep-copies as a defaultdict(dict) would."""
+    from fusedopt._state import TrackedState
+
+    a, b, c = (torch.nn.Parameter(torch.zeros(1)) for _ in range(3))
+    state = TrackedState()
+    state[a]["step"] = torch.tensor(0.0)  # a lazily made entry
+    state[b] = {"step": torch.tensor(1.0)}
+    assert state.take_assigned() == [a, b] and state.take_assigned() == []
+    version = state.version
+    _ = state[a], state.get(c), c in state  # reads
+    assert state.version == version and state.take_assigned() == []
+    state.update({a: {"step": torch.tensor(2.0)}})
+    state |= {b: {"step": torch.tensor(3.0)}}
+    state.setdefault(c, {"step": torch.tensor(4.0)})
+    assert state.take_assigned() == [a, b, c] and state.version == version + 3
+    del state[a]
+    state.pop(b)
+    assert state.version == version + 5 and list(state) == [c]
+    state.clear()
+    assert state.version == version + 6 and not state
+    state[a] = {"step": torch.tensor(5.0)}
+    for twin in (copy.deepcopy(state), pickle.loads(pickle.dumps(state))):
+        assert type(twin) is TrackedState and float(next(iter(twin.values()))["step"]) == 5.0
+        assert twin[torch.nn.Parameter(torch.zeros(1))] == {}  # still a defaultdict(dict)
