@@ -71,6 +71,29 @@ def _backward(model, step):
     model(inputs).square().mean().backward()
 
 
+def _checkpoint_state(model, optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+
+
+def _save_checkpoint(model, optimizer, path: str) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_checkpoint_state(model, optimizer), checkpoint_id=path)
+
+
+def _load_checkpoint(model, optimizer, path: str) -> None:
+    """FSDP2's recipe: dcp.load fills the target's own sharded state dicts in place, which are then set."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = _checkpoint_state(model, optimizer)
+    dcp.load(state, checkpoint_id=path)
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"])
+
+
 def _assert_models_close(model, other, what, **tolerances):
     for (name, p), q in zip(model.named_parameters(), other.parameters()):
         assert_close_detailed(p.full_tensor(), q.full_tensor(), f"rank {dist.get_rank()} {what} {name}", **tolerances)
@@ -146,17 +169,6 @@ def distributed_checkpoints_interchange(backend, directory):
     """FSDP2's checkpoint recipe (torch.distributed.checkpoint save and load of the sharded state dicts of
     torch.distributed.checkpoint.state_dict) moves optimizer state both ways between fusedopt and torch.optim, and
     training continues as if uninterrupted."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_optimizer_state_dict,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    def state_of(model, optimizer):
-        return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-
     for name in ("AdamW", "Adagrad"):
         fused_model, torch_model = _sharded_model(), _sharded_model()
         fused, reference = _make(name, fused_model, backend), _make(name, torch_model)
@@ -173,13 +185,10 @@ def distributed_checkpoints_interchange(backend, directory):
         resumed = []
         for source_model, source, target_backend in ((fused_model, fused, None), (torch_model, reference, backend)):
             checkpoint = os.path.join(directory, f"{name}-{type(source).__module__}")
-            dcp.save(state_of(source_model, source), checkpoint_id=checkpoint)
+            _save_checkpoint(source_model, source, checkpoint)
             model = _sharded_model()
             optimizer = _make(name, model, target_backend)
-            state = state_of(model, optimizer)
-            dcp.load(state, checkpoint_id=checkpoint)
-            set_model_state_dict(model, state["model"])
-            set_optimizer_state_dict(model, optimizer, state["optim"])
+            _load_checkpoint(model, optimizer, checkpoint)
             resumed.append((model, optimizer))
         runs = [(fused_model, fused), (torch_model, reference), *resumed]
         for step in range(3, 5):
@@ -196,17 +205,6 @@ def mixed_precision_checkpoints(backend, directory):
     """bfloat16 FSDP2 params with fusedopt's mixed-precision modes: the float32 master (or its int16 remainder),
     float32 or bfloat16 state and the param groups' options go through torch.distributed.checkpoint and back
     exactly; the resumed run continues bit for bit."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_optimizer_state_dict,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    def state_of(model, optimizer):
-        return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-
     modes = {
         "remainder": dict(master_weights="remainder"),
         "master, float32 state": dict(master_weights=True, state_dtype=torch.float32),
@@ -220,13 +218,10 @@ def mixed_precision_checkpoints(backend, directory):
             optimizer.step()
             optimizer.zero_grad()
         checkpoint = os.path.join(directory, mode.replace(" ", "_").replace(",", ""))
-        dcp.save(state_of(model, optimizer), checkpoint_id=checkpoint)
+        _save_checkpoint(model, optimizer, checkpoint)
         resumed_model = _sharded_model(torch.bfloat16)
         resumed = _make("AdamW", resumed_model, backend, **options)
-        state = state_of(resumed_model, resumed)
-        dcp.load(state, checkpoint_id=checkpoint)
-        set_model_state_dict(resumed_model, state["model"])
-        set_optimizer_state_dict(resumed_model, resumed, state["optim"])
+        _load_checkpoint(resumed_model, resumed, checkpoint)
         for p, q in zip(model.parameters(), resumed_model.parameters()):
             assert optimizer.state[p].keys() == resumed.state[q].keys()
             for key, value in optimizer.state[p].items():

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,7 +36,7 @@ import fusedopt
 from fusedopt.bench import workloads
 from fusedopt.bench.cli import metadata, parse_size
 from fusedopt.bench.implementations import decay_groups
-from fusedopt.bench.runner import L2_MULTIPLE, _time_interleaved
+from fusedopt.bench.runner import L2_MULTIPLE, _time_interleaved, quartiles_ms
 from fusedopt.bench.traffic import step_traffic
 from fusedopt.bench.workloads import Workload
 
@@ -164,12 +163,9 @@ def run(device: str, workload: Workload, reps: int, backend: str = "auto") -> li
     for row in rows:
         if row.name not in timings:
             continue
-        samples = sorted(timings[row.name])
-        median = statistics.median(samples)
-        row.median_ms = median * 1e3
-        row.p25_ms, row.p75_ms = samples[len(samples) // 4] * 1e3, samples[3 * len(samples) // 4] * 1e3
-        row.params_per_s = numel / median
-        row.gb_per_s = row.bytes_per_param * numel / median / 1e9
+        row.median_ms, row.p25_ms, row.p75_ms = quartiles_ms(timings[row.name])
+        row.params_per_s = numel / (row.median_ms / 1e3)
+        row.gb_per_s = row.bytes_per_param * numel / (row.median_ms / 1e3) / 1e9
     baseline = next(r for r in rows if r.name == BASELINE)
     for row in rows:
         if row.gb_per_s and roofline.gb_per_s:

@@ -203,12 +203,10 @@ def run_case(case: Case, implementations: list[Implementation], reps: int, seed:
     for row in rows:
         if row.implementation not in timings:
             continue
-        samples = sorted(timings[row.implementation])
+        samples = timings[row.implementation]
         median = statistics.median(samples)
         row.reps = len(samples)
-        row.median_ms = median * 1e3
-        row.p25_ms = samples[len(samples) // 4] * 1e3
-        row.p75_ms = samples[(3 * len(samples)) // 4] * 1e3
+        row.median_ms, row.p25_ms, row.p75_ms = quartiles_ms(samples)
         row.params_per_s = case.workload.numel / median
         row.gb_per_s = traffic.total_bytes / median / 1e9
         step = steppers[row.implementation][0]
@@ -246,6 +244,12 @@ class _CacheFlusher:
 
     def __call__(self) -> None:
         self.buffer.sum()
+
+
+def quartiles_ms(samples: list[float]) -> tuple[float, float, float]:
+    """Median, 25th and 75th percentile of step times in seconds, in milliseconds (as every report shows them)."""
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1e3, ordered[len(ordered) // 4] * 1e3, ordered[(3 * len(ordered)) // 4] * 1e3
 
 
 def _time_interleaved(steppers: dict, reps: int, device: str) -> dict[str, list[float]]:
