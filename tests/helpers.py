@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 
 import torch
 
@@ -148,3 +149,18 @@ def assert_states_close(fused, reference, compare=assert_close_detailed) -> None
                 assert float(actual[key]) == float(value), f"state[{index}][step]"
             else:
                 compare(actual[key], value, f"state[{index}][{key}]")
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def count_regular_steps(optimizer) -> list:
+    """A list that gets one entry per step `optimizer` takes on its regular path (not from its step plan)."""
+    taken = []
+    regular_path = type(optimizer)._plan_step
+    optimizer._plan_step = lambda: taken.append(1) or regular_path(optimizer)
+    return taken

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import sys
 
 import pytest
@@ -20,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import AVAILABLE_ON_CPU
-from helpers import FUSED_CLASSES, TORCH_CLASSES, assert_close_detailed
+from helpers import FUSED_CLASSES, TORCH_CLASSES, assert_close_detailed, count_regular_steps, free_port
 
 WORLD_SIZE = 2
 BACKENDS = [b for b in AVAILABLE_ON_CPU if b in ("cpu", "triton")]
@@ -111,8 +110,7 @@ def optimizers_with_clipping(backend, directory):
         model, twin = _sharded_model(), _sharded_model()
         fused = _make(name, model, backend, max_grad_norm=MAX_NORM)
         reference = _make(name, twin)
-        regular_steps = []
-        fused._plan_step = lambda: regular_steps.append(1) or type(fused)._plan_step(fused)
+        regular_steps = count_regular_steps(fused)
         for step in range(3):
             for m in (model, twin):
                 _backward(m, step)
@@ -172,8 +170,7 @@ def distributed_checkpoints_interchange(backend, directory):
     for name in ("AdamW", "Adagrad"):
         fused_model, torch_model = _sharded_model(), _sharded_model()
         fused, reference = _make(name, fused_model, backend), _make(name, torch_model)
-        regular_steps = []
-        fused._plan_step = lambda: regular_steps.append(1) or type(fused)._plan_step(fused)
+        regular_steps = count_regular_steps(fused)
         for step in range(3):
             for model, optimizer in ((fused_model, fused), (torch_model, reference)):
                 _backward(model, step)
@@ -316,14 +313,8 @@ def _worker(rank, scenario_name, backend, directory, port):
     os._exit(0)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
 def test_two_ranks(scenario, backend, tmp_path):
     """`scenario` on two ranks (a directory both share is there for checkpoints)."""
-    mp.spawn(_worker, args=(scenario.__name__, backend, str(tmp_path), _free_port()), nprocs=WORLD_SIZE)
+    mp.spawn(_worker, args=(scenario.__name__, backend, str(tmp_path), free_port()), nprocs=WORLD_SIZE)
