@@ -17,9 +17,27 @@ import importlib.util
 import os
 import sys
 
+import setuptools
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# pyproject.toml's license is an SPDX expression, which setuptools reads from version 77 on. With
+# --no-build-isolation pip builds with this environment's setuptools without checking it against pyproject.toml's
+# build requirements, and an older one fails with a schema dump about `project.license`; say what to do instead.
+SETUPTOOLS_NEEDED = (77, 0)
+
+
+def _check_setuptools() -> None:
+    try:
+        found = tuple(int(part) for part in setuptools.__version__.split(".")[:2])
+    except ValueError:
+        return  # a development version: let setuptools speak for itself
+    if found < SETUPTOOLS_NEEDED:
+        sys.exit(
+            f"fusedopt: building needs setuptools>={SETUPTOOLS_NEEDED[0]}, found {setuptools.__version__} "
+            "(`pip install --no-build-isolation` builds with this environment's setuptools): "
+            "pip install 'setuptools>=77'"
+        )
 
 
 def _load_build_config():
@@ -76,6 +94,7 @@ def _native_extensions(config) -> tuple[list, dict]:
     return extensions, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
+_check_setuptools()
 config = _load_build_config()
 ext_modules, cmdclass = _native_extensions(config)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -31,6 +32,14 @@ def _check_adam_args(lr, betas, eps, weight_decay) -> None:
             raise ValueError(f"Tensor betas[{index}] must be 1-element")
 
 
+# Param groups hold the installed torch.optim's keys, so that checkpoints (torch.distributed.checkpoint's too, which
+# loads only keys the target has) move both ways. After torch 2.4, torch.optim.Adam gained decoupled_weight_decay=
+# and AdamW became an Adam whose groups say True; where torch's groups have no such key, fusedopt's have it only
+# where it differs from the class's own decay (an Adam with decoupled_weight_decay=True).
+_TORCH_GROUPS_SAY_DECOUPLED = "decoupled_weight_decay" in inspect.signature(torch.optim.Adam.__init__).parameters
+_TORCH_ADAMW_IS_ADAM = issubclass(torch.optim.AdamW, torch.optim.Adam)
+
+
 class Adam(FusedOptimizer):
     """Adam (Kingma & Ba, 2014) with torch.optim.Adam's arguments, defaults and numerics, in one fused pass.
 
@@ -41,6 +50,8 @@ class Adam(FusedOptimizer):
 
     sparse_grad_message = "Adam does not support sparse gradients, please consider SparseAdam instead"
     _kernel = "adam"
+    #: How a group without a decoupled_weight_decay key (torch before 2.6 has none) decays.
+    _decoupled_by_default = False
 
     def __init__(
         self,
@@ -78,8 +89,9 @@ class Adam(FusedOptimizer):
             "capturable": capturable,
             "differentiable": differentiable,
             "fused": fused,
-            "decoupled_weight_decay": decoupled_weight_decay,
         }
+        if _TORCH_GROUPS_SAY_DECOUPLED or decoupled_weight_decay != self._decoupled_by_default:
+            defaults["decoupled_weight_decay"] = decoupled_weight_decay
         super().__init__(
             params,
             defaults,
@@ -91,6 +103,9 @@ class Adam(FusedOptimizer):
             stochastic_rounding=stochastic_rounding,
             rounding_seed=rounding_seed,
         )
+
+    def _decouples(self, group: dict[str, Any]) -> bool:
+        return bool(group.get("decoupled_weight_decay", self._decoupled_by_default))
 
     def _state_layout(self, group: dict[str, Any]) -> list[tuple[str, float]]:
         layout = [("exp_avg", 0.0), ("exp_avg_sq", 0.0)]
@@ -114,7 +129,7 @@ class Adam(FusedOptimizer):
             "weight_decay": launch.values("weight_decay"),
             "eps": launch.values("eps"),
             "maximize": launch.flags("maximize"),
-            "decoupled": launch.flags("decoupled_weight_decay"),
+            "decoupled": [self._decouples(group) for group in launch.groups],
             "amsgrad": bool(launch.groups[0]["amsgrad"]),
         }
 
@@ -124,6 +139,10 @@ class AdamW(Adam):
 
     The parameter is shrunk by ``lr * weight_decay`` directly instead of adding an L2 term to the gradient.
     """
+
+    _decoupled_by_default = True
+    if not _TORCH_ADAMW_IS_ADAM:  # torch 2.4 words it for AdamW
+        sparse_grad_message = "AdamW does not support sparse gradients"
 
     def __init__(
         self,
@@ -173,4 +192,7 @@ class AdamW(Adam):
         # As torch.optim.AdamW: whatever a checkpoint says, AdamW decays decoupled.
         super().__setstate__(state)
         for group in self.param_groups:
-            group["decoupled_weight_decay"] = True
+            if _TORCH_GROUPS_SAY_DECOUPLED:
+                group["decoupled_weight_decay"] = True
+            else:
+                group.pop("decoupled_weight_decay", None)  # the class decides: _decoupled_by_default

@@ -9,6 +9,21 @@ import torch
 
 import fusedopt
 
+# DTensor and FSDP2's fully_shard became public after torch 2.4, the oldest torch fusedopt supports.
+try:
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor  # noqa: F401
+except ImportError:  # torch 2.4
+    from torch.distributed._tensor import DTensor, Shard, distribute_tensor  # noqa: F401
+
+
+def fully_shard(*args, **kwargs):
+    try:
+        from torch.distributed.fsdp import fully_shard as fsdp2_fully_shard
+    except ImportError:  # torch 2.4, 2.5
+        from torch.distributed._composable.fsdp import fully_shard as fsdp2_fully_shard
+    return fsdp2_fully_shard(*args, **kwargs)
+
+
 TORCH_CLASSES = {
     "Adam": torch.optim.Adam,
     "AdamW": torch.optim.AdamW,

@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CPU_BACKENDS
-from helpers import assert_close_detailed, clone_params, count_regular_steps, make_params, run_steps
+from helpers import (
+    DTensor,
+    Shard,
+    assert_close_detailed,
+    clone_params,
+    count_regular_steps,
+    distribute_tensor,
+    make_params,
+    run_steps,
+)
 
 import fusedopt
 from fusedopt import functional
@@ -163,7 +172,6 @@ def test_zero_redundancy_optimizer(process_group):
 def test_dtensor_parameters(process_group, generator):
     """FSDP2 hands optimizers DTensor parameters; fusedopt updates the local shards and keeps DTensor state."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
     mesh = init_device_mesh("cpu", (1,))
     plain = make_params(torch.float32, generator, shapes=[(6, 4), (10,)])[:2]

@@ -69,11 +69,32 @@ def test_resume_across_libraries(backend, case, direction, generator):
     assert_states_close(second, uninterrupted)
 
 
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_checkpoint_of_torch_2_4_decays_as_its_class(name, generator):
+    """torch 2.4's Adam and AdamW groups have no decoupled_weight_decay key (newer torch's Adam has it, True in
+    AdamW): loaded into fusedopt, Adam decays coupled and AdamW decoupled, as the uninterrupted torch run does."""
+    params = make_params(torch.float32, generator)
+    uninterrupted_params = clone_params(params)
+    kwargs = dict(lr=1e-2, weight_decay=0.5)  # strong decay: coupled and decoupled differ visibly
+    first = TORCH_CLASSES[name](params, foreach=False, **kwargs)
+    uninterrupted = TORCH_CLASSES[name](uninterrupted_params, foreach=False, **kwargs)
+    run_steps([(first, params), (uninterrupted, uninterrupted_params)], 3, generator)
+    checkpoint = _through_bytes(first.state_dict())
+    for group in checkpoint["param_groups"]:
+        group.pop("decoupled_weight_decay", None)
+    resumed_params = clone_params(params)
+    second = FUSED_CLASSES[name](resumed_params, **kwargs)
+    second.load_state_dict(checkpoint)
+    run_steps([(second, resumed_params), (uninterrupted, uninterrupted_params)], 3, generator)
+    for i, (p, q) in enumerate(zip(resumed_params, uninterrupted_params)):
+        assert_close_detailed(p, q, f"param {i}")
+
+
 @pytest.mark.parametrize("case", FULL_STATE_CASES, ids=case_id)
 def test_state_dict_layout_matches_torch(case, generator):
     """Same per-parameter keys, shapes and dtypes, and exactly the param-group keys torch.optim writes (fusedopt's
     own options are left out at their defaults, so torch.distributed.checkpoint, which requires every key of the
-    state dict it loads into, loads torch.optim's checkpoints: tests/test_fsdp2.py)."""
+    state dict it loads into, loads torch.optim's checkpoints: tests/test_two_ranks.py)."""
     name, kwargs = case
     params = make_params(torch.bfloat16, generator)
     twins = clone_params(params)

@@ -13,7 +13,7 @@ import weakref
 import pytest
 import torch
 from conftest import AVAILABLE_ON_CPU
-from helpers import FUSED_CLASSES, SECOND_GROUP
+from helpers import FUSED_CLASSES, SECOND_GROUP, DTensor, Shard, distribute_tensor
 
 import fusedopt
 from fusedopt import functional
@@ -294,7 +294,6 @@ def test_state_entries_assigned_from_outside_are_adopted(backend):
 # --- DTensor parameters (FSDP2): the plan gathers each step's local shards ---------------------------------------
 def _dtensor_twins(backend):
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
 
     mesh = init_device_mesh("cpu", (1,))
     (_, params), (_, twins) = _twins("AdamW", backend)
@@ -306,8 +305,6 @@ def _dtensor_twins(backend):
 
 
 def _dtensor_grads(generator, params):
-    from torch.distributed.tensor import DTensor
-
     return [
         DTensor.from_local(torch.randn(p.to_local().shape, generator=generator), p.device_mesh, p.placements)
         for p in params

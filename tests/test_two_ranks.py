@@ -19,7 +19,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import AVAILABLE_ON_CPU
-from helpers import FUSED_CLASSES, TORCH_CLASSES, assert_close_detailed, count_regular_steps, free_port
+from helpers import (
+    FUSED_CLASSES,
+    TORCH_CLASSES,
+    assert_close_detailed,
+    count_regular_steps,
+    free_port,
+    fully_shard,
+)
 
 WORLD_SIZE = 2
 BACKENDS = [b for b in AVAILABLE_ON_CPU if b in ("cpu", "triton")]
@@ -36,7 +43,6 @@ MAX_NORM = 0.05  # small enough that every step clips
 def _sharded_model(dtype=torch.float32):
     """Linear(16, 5) shards its rows 3 + 2, LayerNorm(5) too, Linear(5, 1) 1 + 0: rank 1 holds empty shards."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(

@@ -69,6 +69,19 @@ def variants():
     yield stream, dict(PARAM=tl.float32, STATE=tl.float32, NUM_STATES=2, ALIGNED=True, BLOCK=multi_tensor.BLOCK)
 
 
+def _source(kernel, signature: dict, constexprs: dict) -> ASTSource:
+    """The kernel's source for triton.compile in the installed Triton's form: newer Triton (3.6, 3.8) takes
+    constexprs keyed by argument position, with "constexpr" in the signature; Triton 3.0 (torch 2.4's) takes them
+    by name and leaves them out of the signature."""
+    try:
+        return ASTSource(
+            fn=kernel, signature=signature, constexprs={(kernel.arg_names.index(n),): v for n, v in constexprs.items()}
+        )
+    except TypeError:
+        runtime_signature = {name: kind for name, kind in signature.items() if kind != "constexpr"}
+        return ASTSource(fn=kernel, signature=runtime_signature, constants=dict(constexprs))
+
+
 def compile_variant(kernel, constexprs: dict, capability: int) -> dict:
     signature = {}
     for name in kernel.arg_names:
@@ -76,9 +89,8 @@ def compile_variant(kernel, constexprs: dict, capability: int) -> dict:
             signature[name] = "constexpr"
         else:
             signature[name] = ARG_TYPES.get(name, "*i64")
-    constants = {(kernel.arg_names.index(n),): v for n, v in constexprs.items()}
     compiled = triton_compile(
-        ASTSource(fn=kernel, signature=signature, constexprs=constants),
+        _source(kernel, signature, constexprs),
         target=GPUTarget("cuda", capability, 32),
         options={"num_warps": multi_tensor.NUM_WARPS},
     )

@@ -62,10 +62,26 @@ def block_of_program(block_tensor, block_start, numels, BLOCK: tl.constexpr):
     return t, start, tl.load(numels + t)
 
 
+def _pointer_type_unwraps_constexpr() -> bool:
+    try:
+        tl.pointer_type(tl.constexpr(tl.float32))
+    except TypeError:
+        return False
+    return True
+
+
+# Triton 3.0 (torch 2.4's) hands a jit helper its constexpr arguments wrapped in tl.constexpr, and its pointer_type
+# refuses them; later versions unwrap them there (their interpreter hands over the dtype itself).
+_UNWRAP_DTYPE = tl.constexpr(not _pointer_type_unwraps_constexpr())
+
+
 @triton.jit
 def operand(address_table, t, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
     """Typed pointer to operand `t` of a row of the address table; 16-byte aligned when ALIGNED says so."""
-    pointer = tl.load(address_table + t).to(tl.pointer_type(DTYPE))
+    if _UNWRAP_DTYPE:
+        pointer = tl.load(address_table + t).to(tl.pointer_type(DTYPE.value))
+    else:
+        pointer = tl.load(address_table + t).to(tl.pointer_type(DTYPE))
     if ALIGNED:
         # The hint goes on the pointer: on the integer address it does not survive the cast, and the loads
         # stay scalar (checked by tests/test_triton_compile.py on the compiled PTX).
