@@ -19,7 +19,7 @@ def source_root() -> str:
 
 
 CPU_EXTENSION_NAME = "fusedopt._cpu_ext"
-CPU_SOURCES = ("cpu/fused_cpu.cpp", "cpu/bindings_cpu.cpp")
+CPU_SOURCES = ("cpu/fused_cpu.cpp", "cpu/grad_norm.cpp", "cpu/bindings_cpu.cpp")
 CPU_INCLUDE_DIRS = ("include",)
 
 # -fno-math-errno lets GCC vectorize sqrt (otherwise every element calls libm to set errno, about 5x slower).

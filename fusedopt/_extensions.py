@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
 import types
 
@@ -89,6 +90,20 @@ def cpu_extension_error() -> str | None:
     """Why the CPU extension is unavailable, or None when it loads."""
     loaded = _load_cpu_extension()
     return str(loaded) if isinstance(loaded, ExtensionUnavailable) else None
+
+
+def cpu_extension_if_built() -> types.ModuleType | None:
+    """The CPU extension when it is prebuilt or loaded already; None otherwise, without starting a JIT build (for
+    callers that have a plain torch way too)."""
+    if _load_cpu_extension.cache_info().currsize == 0 and not _prebuilt_cpu_extension_exists():
+        return None
+    loaded = _load_cpu_extension()
+    return None if isinstance(loaded, ExtensionUnavailable) else loaded
+
+
+@functools.lru_cache(maxsize=None)
+def _prebuilt_cpu_extension_exists() -> bool:
+    return importlib.util.find_spec(_build_config.CPU_EXTENSION_NAME) is not None
 
 
 def cuda_extension() -> types.ModuleType:

@@ -8,11 +8,13 @@ csrc/include/fusedopt/update_rules.h), so grads are read once for the norm and o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
+from fusedopt import _extensions
 from fusedopt._tensors import bucket_by_device_and_dtype
 
 # torch.nn.utils.clip_grad_norm_'s guard against division by zero.
@@ -28,18 +30,42 @@ def nonfinite_norm_message(norm_type: float) -> str:
 
 
 def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
-    """The norm of all `grads` together, as torch.nn.utils.clip_grad_norm_ computes it."""
+    """The norm of all `grads` together, as torch.nn.utils.clip_grad_norm_ computes it: each grad's norm in its
+    own dtype, then the norm of those. CPU grads of one dtype take one pass in C++ (NOTE [cpu norms]); anything
+    else torch._foreach_norm per device and dtype."""
     if not grads:
         return torch.tensor(0.0)
     device = grads[0].device
+    if device.type == "cpu":  # the common case in one call: CPU grads of one dtype (an empty one's norm is 0)
+        norms = _cpu_norms(grads, norm_type)
+        if norms is not None:
+            return torch.linalg.vector_norm(norms.to(grads[0].dtype), norm_type)
     # An empty grad adds nothing to any norm (and has no infinity norm of its own).
     grouped = bucket_by_device_and_dtype([g for g in grads if g.numel()])
     if not grouped:
         return torch.zeros((), device=device)
-    norms = []
-    for tensors in grouped.values():
-        norms.extend(n.to(device) for n in torch._foreach_norm(tensors, norm_type))
-    return torch.linalg.vector_norm(torch.stack(norms), norm_type)
+    vectors, scalars = [], []
+    for (group_device, dtype), tensors in grouped.items():
+        norms = _cpu_norms(tensors, norm_type) if group_device.type == "cpu" else None
+        if norms is not None:
+            vectors.append(norms.to(dtype=dtype, device=device))
+        else:
+            scalars.extend(n.to(device) for n in torch._foreach_norm(tensors, norm_type))
+    if scalars:
+        vectors.append(torch.stack(scalars))
+    return torch.linalg.vector_norm(vectors[0] if len(vectors) == 1 else torch.cat(vectors), norm_type)
+
+
+# NOTE [cpu norms]: torch._foreach_norm on CPU tensors runs one reduction per tensor (1.7 ms for 1,000 tensors of
+# four elements here, most of a planned step with max_grad_norm=), while the CPU extension's tensor_norms reads every
+# tensor of a dtype in one multi-threaded pass, accumulating in double. Each norm is then rounded to its grad's
+# dtype, as torch's are, so the total is torch's up to the last bits. It is used when the extension is already
+# built (never to start a JIT build) and the grads are dense and contiguous; others go to torch.
+def _cpu_norms(tensors: list[Tensor], norm_type: float) -> Tensor | None:
+    if norm_type not in (2.0, math.inf):
+        return None
+    extension = _extensions.cpu_extension_if_built()
+    return None if extension is None else extension.tensor_norms(tensors, float(norm_type))
 
 
 def clip_coefficient(norm: Tensor, max_norm: float) -> Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import warnings
 
 import pytest
 import torch
@@ -322,5 +323,18 @@ def _worker(rank, scenario_name, backend, directory, port):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
 def test_two_ranks(scenario, backend, tmp_path):
-    """`scenario` on two ranks (a directory both share is there for checkpoints)."""
-    mp.spawn(_worker, args=(scenario.__name__, backend, str(tmp_path), free_port()), nprocs=WORLD_SIZE)
+    """`scenario` on two ranks (a directory both share is there for checkpoints).
+
+    A rank that dies of SIGABRT gets its scenario one more run: torch 2.13's gloo teardown aborts now and then
+    (see _worker; once also "double free or corruption" from glibc, in one of about 100 runs of this file, not
+    reproduced in 96 more). A failed assertion is never retried: it arrives as ProcessRaisedException."""
+    for attempt in range(2):
+        directory = tmp_path / f"attempt{attempt}"
+        directory.mkdir()
+        try:
+            mp.spawn(_worker, args=(scenario.__name__, backend, str(directory), free_port()), nprocs=WORLD_SIZE)
+            return
+        except mp.ProcessExitedException as death:
+            if attempt or death.signal_name != "SIGABRT":
+                raise
+            warnings.warn(f"{scenario.__name__}: a rank died of SIGABRT ({death}); running the scenario again")

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from fusedopt.triton_kernels._numerics import TORCH_TO_TRITON, compute_dtype
-from fusedopt.triton_kernels._param_modes import master_operands, rounding_key
+from fusedopt.triton_kernels._param_modes import master_operands, rounding_block_key, rounding_key
 
 # Elements per program and warps per program. 4096 fp32 elements over 8 warps give every thread 16 elements:
 # four 16-byte loads per operand in flight. Chosen by reasoning, to be replaced by the table that
@@ -97,9 +97,9 @@ def program_operands(
 ):  # fmt: skip
     """What every optimizer kernel's program starts from: its tensor t, typed pointers to the parameter, its master
     and its gradient, a pointer to its group's hyperparameters (the group's float64 scalars row after ROW_HEADER),
-    the grad factor read from that row's header (NOTE [grad factor]), the tensor's new step count (float64, NOTE [device
-    steps]) and stochastic rounding key, and the block's offsets, mask and whether the block is full (no mask
-    needed)."""
+    the grad factor read from that row's header (NOTE [grad factor]), the tensor's new step count (float64, NOTE
+    [device steps]), the stochastic rounding key of the block (rounding_block_key), and the block's offsets, mask
+    and whether the block is full (no mask needed)."""
     t, start, numel = block_of_program(block_tensor, block_start, numels, BLOCK)
     param = operand(param_table, t, PARAM, ALIGNED)
     master = operand(master_table, t, MASTER, ALIGNED)
@@ -111,7 +111,7 @@ def program_operands(
     if PARAM_MODE == 1:
         seed_low = tl.load(row + 1).to(tl.int64)
         seed_high = tl.load(row + 2).to(tl.int64)
-        key = rounding_key(seed_low, seed_high, step.to(tl.int64), t)
+        key = rounding_block_key(rounding_key(seed_low, seed_high, step.to(tl.int64), t), start)
     offsets = start + tl.arange(0, BLOCK).to(tl.int64)
     hyper = row + ROW_HEADER
     return t, param, master, grad, hyper, step, key, grad_factor, offsets, offsets < numel, start + BLOCK <= numel

@@ -23,9 +23,16 @@ def mix32(x):
 
 
 @triton.jit
-def rounding_bits(key, index):
-    """NOTE [stochastic rounding]: the random bits of element `index` (int64) of the tensor with `key`."""
-    return mix32((index & 0xFFFFFFFF) ^ mix32((key + (index >> 32)) & 0xFFFFFFFF))
+def rounding_block_key(key, first):
+    """NOTE [stochastic rounding]: the hash of the upper 32 bits of the element index, the same for a program's
+    whole block (its start `first` is a multiple of BLOCK, a power of two, so the block never straddles 2^32)."""
+    return mix32((key + (first >> 32)) & 0xFFFFFFFF)
+
+
+@triton.jit
+def rounding_bits_in_block(block_key, index):
+    """The random bits of element `index` (int64) of a block with `block_key`: fusedopt::rounding_bits."""
+    return mix32((index & 0xFFFFFFFF) ^ block_key)
 
 
 @triton.jit
@@ -50,7 +57,7 @@ def load_param(param, master, offsets, mask, MASKED: tl.constexpr, COMPUTE: tl.c
 
 
 @triton.jit
-def store_param(param, master, offsets, mask, value, key, MASKED: tl.constexpr, PARAM_MODE: tl.constexpr):
+def store_param(param, master, offsets, mask, value, block_key, MASKED: tl.constexpr, PARAM_MODE: tl.constexpr):
     if PARAM_MODE == 2:
         store(master, offsets, mask, value, MASKED)
         store(param, offsets, mask, value, MASKED)
@@ -62,7 +69,7 @@ def store_param(param, master, offsets, mask, value, key, MASKED: tl.constexpr, 
         _store_raw(master, offsets, mask, low, MASKED)
     elif PARAM_MODE == 1:  # NOTE [stochastic rounding]
         bits = value.to(tl.float32).to(tl.uint32, bitcast=True).to(tl.int64)
-        rounded = (bits + (rounding_bits(key, offsets) & 0xFFFF)) >> 16
+        rounded = (bits + (rounding_bits_in_block(block_key, offsets) & 0xFFFF)) >> 16
         rounded = tl.where(value != value, 0x7FC0, rounded)
         _store_raw(param, offsets, mask, rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True), MASKED)
     else:

@@ -8,6 +8,7 @@
 // the checks here guard the kernel's own contract.
 #include <torch/extension.h>
 
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "../common/operands.h"
 #include "../common/python_module.h"
 #include "fused_cpu.h"
+#include "grad_norm.h"
 
 namespace fusedopt::cpu {
 namespace {
@@ -146,6 +148,40 @@ std::optional<at::Tensor> gather_grad_addresses(const TensorList& params, const 
   return rows;
 }
 
+// The norms of CPU tensors of one dtype (float64, one per tensor): the 2-norm, or the largest magnitude when
+// `norm_type` is infinite, in one pass over all of them (fusedopt/clip.py). Nothing when a tensor is not a plain,
+// dense, contiguous CPU tensor of the first one's dtype: the caller then asks torch.
+std::optional<at::Tensor> norms_of(const TensorList& tensors, double norm_type) {
+  TORCH_CHECK(norm_type == 2.0 || norm_type == std::numeric_limits<double>::infinity(),
+              "fusedopt tensor_norms: norm_type must be 2 or inf, got ", norm_type);
+  const size_t n = tensors.size();
+  at::Tensor norms = at::empty({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kDouble));
+  if (n == 0) return norms;
+  const at::ScalarType dtype = tensors[0].scalar_type();
+  std::vector<const void*> data(n);
+  std::vector<int64_t> numels(n);
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& t = tensors[i];
+    // A tensor subclass that dispatches to Python (a DTensor) may wrap no memory of its own.
+    if (t.key_set().has(c10::DispatchKey::Python) || !t.has_storage() || t.layout() != at::kStrided ||
+        !t.device().is_cpu() || t.scalar_type() != dtype || !t.is_contiguous()) {
+      return std::nullopt;
+    }
+    data[i] = t.data_ptr();
+    numels[i] = t.numel();
+  }
+  if (dtype != at::kFloat && dtype != at::kDouble && dtype != at::kBFloat16 && dtype != at::kHalf) return std::nullopt;
+  const NormLaunch launch{binding::storage_type_of(tensors[0], "CPU", "tensor"),
+                          data.data(),
+                          numels.data(),
+                          static_cast<int64_t>(n),
+                          norm_type != 2.0,
+                          at::get_num_threads()};
+  pybind11::gil_scoped_release no_gil;
+  tensor_norms(launch, norms.data_ptr<double>());
+  return norms;
+}
+
 }  // namespace
 }  // namespace fusedopt::cpu
 
@@ -161,4 +197,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "NOTE [step plan] for the Triton kernels: the params' and grads' addresses when every grad fits the plan",
         py::arg("params"), py::arg("absent"), py::arg("numels"), py::arg("like"), py::arg("pinned"),
         py::arg("grads") = py::none());
+  m.def("tensor_norms", &fusedopt::cpu::norms_of,
+        "Each tensor's 2-norm or infinity norm (float64), in one pass over CPU tensors of one dtype; None when a "
+        "tensor is not a dense, contiguous CPU tensor of that dtype",
+        py::arg("tensors"), py::arg("norm_type"));
 }

@@ -1,9 +1,7 @@
 // csrc/cpu/fused_cpu.cpp -- the fused CPU update loops: one pass, OpenMP across chunks, SIMD within a chunk.
 //
 // Each element of param, grad and every state is loaded once, updated by the shared math of
-// fusedopt/update_rules.h, and stored once. The chunk functions are compiled three times (AVX-512, AVX2+FMA+F16C,
-// baseline x86-64) by GCC's target_clones and the best one is picked when the library loads, the way ATen's
-// CPU_CAPABILITY dispatch does it, so one binary is fast on new machines and still runs on old ones.
+// fusedopt/update_rules.h, and stored once. Chunks and target clones: parallel_chunks.h.
 // Build note: -fno-math-errno is required, or GCC keeps a scalar libm call for every sqrt and does not vectorize.
 #include "fused_cpu.h"
 
@@ -16,55 +14,17 @@
 
 #include "fusedopt/host_storage.h"
 #include "fusedopt/param_rounding.h"
-
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define FUSEDOPT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FUSEDOPT_CPU_CLONES
-#endif
-
-// The loop bodies must be inlined into each target clone: a call out of the clone would run baseline code.
-#if defined(__GNUC__)
-#define FUSEDOPT_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define FUSEDOPT_ALWAYS_INLINE inline
-#endif
+#include "parallel_chunks.h"
 
 namespace fusedopt::cpu {
 
 namespace {
 
-// 32K elements: 128 KiB per float32 stream, so the four to six streams of a chunk stay within L2 while
-// a 64M-element tensor still splits into 2,048 chunks, plenty to balance any thread count.
-constexpr int64_t kChunkElements = int64_t{1} << 15;
-// Below this many elements per thread, waking another thread costs more than it saves.
-constexpr int64_t kMinElementsPerThread = int64_t{1} << 16;
-
-struct Chunk {
-  int64_t tensor;
-  int64_t begin;
-  int64_t end;
-};
-
-// Calls `run_chunk` once for every chunk of every tensor; exceptions must not escape `run_chunk`.
+// Calls `run_chunk` once for every chunk of every tensor of the launch; exceptions must not escape `run_chunk`.
 template <typename ChunkFn>
 void parallel_over_chunks(const LaunchLayout& layout, const ChunkFn& run_chunk) {
-  std::vector<Chunk> chunks;
-  int64_t total_elements = 0;
-  for (int64_t t = 0; t < layout.num_tensors; ++t) {
-    const int64_t numel = layout.tensors[t].numel;
-    total_elements += numel;
-    for (int64_t begin = 0; begin < numel; begin += kChunkElements) {
-      chunks.push_back({t, begin, std::min(begin + kChunkElements, numel)});
-    }
-  }
-  const int64_t useful_threads = std::max<int64_t>(1, total_elements / kMinElementsPerThread);
-  const int threads = static_cast<int>(std::min<int64_t>(std::max(layout.num_threads, 1), useful_threads));
-  const int64_t num_chunks = static_cast<int64_t>(chunks.size());
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t i = 0; i < num_chunks; ++i) {
-    run_chunk(chunks[i]);
-  }
+  const std::vector<Chunk> chunks = chunks_of(layout.num_tensors, [&](int64_t t) { return layout.tensors[t].numel; });
+  parallel_for_chunks(chunks, layout.num_threads, [&](int64_t i) { run_chunk(chunks[i]); });
 }
 
 // Calls Body<Param, State>::run(args...) for the launch's storage pair; check_layout has vetted the pair.
@@ -95,15 +55,18 @@ struct PlainParam {  // ParamMode::kPlain: the parameter itself, rounded to near
   FUSEDOPT_ALWAYS_INLINE void store(int64_t i, compute_t<P> value) const { param[i] = store_as<P>(value); }
 };
 
+// A chunk never straddles a multiple of 2^32 elements, so all its elements share one rounding_block_key.
+static_assert((int64_t{1} << 32) % kChunkElements == 0, "chunks must tile the blocks of rounding_block_key");
+
 struct StochasticParam {  // ParamMode::kStochastic: NOTE [stochastic rounding]
   BFloat16Bits* __restrict param;
-  uint32_t key;
-  int64_t first;  // index of element 0 of the chunk in its tensor
+  uint32_t block_key;  // rounding_block_key of the tensor's key and the chunk's elements
+  int64_t first;       // index of element 0 of the chunk in its tensor
   FUSEDOPT_ALWAYS_INLINE float load(int64_t i) const { return bfloat16_to_float(param[i]); }
   FUSEDOPT_ALWAYS_INLINE void store(int64_t i, float value) const {
     uint32_t bits;
     std::memcpy(&bits, &value, sizeof(bits));
-    param[i] = BFloat16Bits{stochastic_round_to_bfloat16(bits, rounding_bits(key, first + i))};
+    param[i] = BFloat16Bits{stochastic_round_to_bfloat16(bits, rounding_bits_in_block(block_key, first + i))};
   }
 };
 
@@ -153,7 +116,8 @@ FUSEDOPT_ALWAYS_INLINE void with_param_access(const Launch& launch, const Chunk&
       break;
     case ParamMode::kStochastic:
       if constexpr (std::is_same_v<P, BFloat16Bits>) {
-        return Body::run_with(launch, chunk, StochasticParam{param, t.rounding_key, chunk.begin});
+        const uint32_t block_key = rounding_block_key(t.rounding_key, chunk.begin);
+        return Body::run_with(launch, chunk, StochasticParam{param, block_key, chunk.begin});
       }
       break;
     case ParamMode::kRemainder:

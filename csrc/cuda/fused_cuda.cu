@@ -39,9 +39,12 @@ struct PlainParam {
   }
 };
 
+// A chunk never straddles a multiple of 2^32 elements, so all its elements share one rounding_block_key.
+static_assert((int64_t{1} << 32) % kChunkElements == 0, "chunks must tile the blocks of rounding_block_key");
+
 struct StochasticParam {  // NOTE [stochastic rounding]
   __nv_bfloat16* __restrict__ param;
-  uint32_t key;
+  uint32_t block_key;  // rounding_block_key of the tensor's key and this CTA's chunk
   template <int kN>
   __device__ __forceinline__ void load(float (&out)[kN], int64_t i) const {
     load_vector(out, param + i);
@@ -51,7 +54,8 @@ struct StochasticParam {  // NOTE [stochastic rounding]
     VectorOf<__nv_bfloat16, kN> stored;
 #pragma unroll
     for (int e = 0; e < kN; ++e) {
-      const uint16_t bits = stochastic_round_to_bfloat16(__float_as_uint(in[e]), rounding_bits(key, i + e));
+      const uint16_t bits =
+          stochastic_round_to_bfloat16(__float_as_uint(in[e]), rounding_bits_in_block(block_key, i + e));
       stored.value[e] = __ushort_as_bfloat16(bits);
     }
     *reinterpret_cast<VectorOf<__nv_bfloat16, kN>*>(param + i) = stored;
@@ -169,7 +173,8 @@ __device__ __forceinline__ void update_chunk(const LaunchTables& tables, const T
       break;
     case ParamMode::kStochastic:
       if constexpr (std::is_same_v<P, __nv_bfloat16>) {
-        return update_chunk<P, S, kStates>(t, begin, end, update, StochasticParam{param, key});
+        return update_chunk<P, S, kStates>(t, begin, end, update,
+                                           StochasticParam{param, rounding_block_key(key, begin)});
       }
       break;
     case ParamMode::kRemainder:
