@@ -3,6 +3,7 @@ and max_grad_norm=, against float64 norms and torch's clip_grad_norm_."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -129,3 +130,24 @@ def test_more_accurate_than_float_accumulation(generator):
     grad = torch.randn(4_000_000, generator=generator)
     exact = torch.linalg.vector_norm(grad.double())
     assert clip.total_norm([grad]) == exact.float()
+
+
+def test_norm_never_starts_a_jit_build(monkeypatch, generator):
+    """Without a prebuilt or already loaded CPU extension, the norm is torch's: clipping must not wait for a build."""
+    from fusedopt import _extensions
+
+    class NeverLoaded:
+        def cache_info(self):
+            return functools.lru_cache(maxsize=None)(lambda: None).cache_info()  # currsize 0
+
+        def __call__(self):
+            raise AssertionError("a JIT build was started")
+
+    monkeypatch.setattr(_extensions, "_load_cpu_extension", NeverLoaded())
+    monkeypatch.setattr(_extensions, "_prebuilt_cpu_extension_exists", lambda: False)
+    assert _extensions.cpu_extension_if_built() is None
+    calls, foreach_norm = [], torch._foreach_norm
+    monkeypatch.setattr(torch, "_foreach_norm", lambda *args: calls.append(1) or foreach_norm(*args))
+    grads = [torch.randn(5, generator=generator), torch.randn(3, generator=generator)]
+    torch.testing.assert_close(clip.total_norm(grads), torch.linalg.vector_norm(torch.cat(grads)))
+    assert calls == [1]
