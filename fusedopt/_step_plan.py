@@ -70,8 +70,6 @@ class StepPlan:
             common = optimizer._common_kwargs(launch, 1.0)
             params, grads = [local_tensor(p) for p in launch.params], [local_tensor(g) for g in launch.grads]
             masters = [local_tensor(t) for t in common["masters"]]
-            if not all(functional._is_kernel_ready(t) for column in (params, grads, *columns, masters) for t in column):
-                return None
             sharded = is_dtensor(launch.params[0])
             if any(is_dtensor(p) != sharded or is_dtensor(g) != sharded for p, g in zip(launch.params, launch.grads)):
                 return None  # DTensor and plain params in one call: the regular path
@@ -81,7 +79,10 @@ class StepPlan:
                     absent if not calls else [], local_grads=grads if sharded else None,
                 )  # fmt: skip
             except (RuntimeError, TypeError, ValueError):
-                return None  # a plan only saves time: the regular path takes any step it cannot
+                # StepOperands checks every tensor (real dtype, dense, contiguous, plain: no complex views or
+                # non-contiguous proxies of the regular path). A plan only saves time: the regular path takes any
+                # step it cannot.
+                return None
             function = getattr(module, f"{optimizer._kernel}_planned")
             calls.append((launch, function, operands, launch.params if sharded else None))
         return cls(optimizer, calls)

@@ -311,6 +311,19 @@ def _dtensor_grads(generator, params):
     ]
 
 
+def test_bindings_refuse_tensors_that_dispatch_to_python(process_group):
+    """A DTensor handed to the C++ binding itself is refused by name (it may wrap no memory of its own), never read
+    through its data pointer; the optimizers hand the kernels local shards."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from fusedopt._extensions import cpu_extension
+
+    mesh = init_device_mesh("cpu", (1,))
+    sharded = distribute_tensor(torch.randn(8), mesh, [Shard(0)])
+    with pytest.raises(TypeError, match="dispatches to Python; pass its local tensor"):
+        cpu_extension().stream([sharded], [sharded], [], [], [])
+
+
 def test_dtensor_params_take_the_plan(process_group, backend, monkeypatch):
     """FSDP2-style DTensor params: after a regular step, steps run from the plan (no Python walk) and match a twin
     forced onto the regular path bit for bit, through a grad that vanishes and reappears and local shards that are

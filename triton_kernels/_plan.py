@@ -17,6 +17,8 @@ import torch
 
 from fusedopt.triton_kernels import _launch as multi_tensor
 
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
 
 def _gather():
     from fusedopt import _extensions
@@ -51,6 +53,12 @@ class StepOperands:
         #: Which state slots the call fills, in the entry point's slot order (RMSprop: centered, momentum).
         self.slots = [len(column) > 0 for column in columns]
         operands = [list(params), grads, *[list(column) for column in columns if column]]
+        if not all(type(t) in _PLAIN_TYPES for column in (*operands, masters) for t in column):
+            # A subclass (a DTensor, or one that dispatches to Python) may wrap no memory of its own.
+            raise TypeError("fusedopt StepOperands: only plain tensors are planned (local shards of DTensors)")
+        if not all(g.is_contiguous() and g.dtype == p.dtype and g.shape == p.shape for p, g in zip(params, grads)):
+            # As the C++ StepOperands: a plan is made only from grads the kernels read as they are.
+            raise ValueError("fusedopt StepOperands: every grad must be contiguous and like its param")
         self._launch = multi_tensor.prepare(operands, steps, masters, param_mode, 0, group_sizes)
         self._params, self._absent = list(params), list(absent)
         self._numels = [p.numel() for p in params]
