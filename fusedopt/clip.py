@@ -56,11 +56,13 @@ def total_norm(grads: list[Tensor], norm_type: float = 2.0) -> Tensor:
     return torch.linalg.vector_norm(vectors[0] if len(vectors) == 1 else torch.cat(vectors), norm_type)
 
 
-# NOTE [cpu norms]: torch._foreach_norm on CPU tensors runs one reduction per tensor (1.7 ms for 1,000 tensors of
-# four elements here, most of a planned step with max_grad_norm=), while the CPU extension's tensor_norms reads every
-# tensor of a dtype in one multi-threaded pass, accumulating in double. Each norm is then rounded to its grad's
-# dtype, as torch's are, so the total is torch's up to the last bits. It is used when the extension is already
-# built (never to start a JIT build) and the grads are dense and contiguous; others go to torch.
+# NOTE [cpu norms]: torch._foreach_norm on CPU tensors runs one reduction per tensor (it was most of a planned step
+# with max_grad_norm=), while the CPU extension's tensor_norms reads every tensor of a dtype in one multi-threaded
+# pass, accumulating in double (1,000 grads of four elements: 0.085 ms against 1.07 ms,
+# bench/results/2026-11-29-cpu/cpu_norm.txt). Each norm is then rounded to its grad's dtype, as torch's are, so the
+# total is torch's up to torch's own rounding (large float32 grads: fusedopt's is the float64 norm rounded, torch's
+# float accumulation drifts). It is used when the extension is already built (never to start a JIT build) and the
+# grads are plain, dense and contiguous; others go to torch.
 def _cpu_norms(tensors: list[Tensor], norm_type: float) -> Tensor | None:
     if norm_type not in (2.0, math.inf):
         return None
