@@ -22,6 +22,10 @@ namespace fusedopt::binding {
 
 using TensorList = std::vector<at::Tensor>;
 
+// A tensor subclass that dispatches to Python (a DTensor) may wrap no memory of its own, so the kernels never read
+// one: they take plain tensors (a DTensor's local shard).
+inline bool dispatches_to_python(const at::Tensor& tensor) { return tensor.key_set().has(c10::DispatchKey::Python); }
+
 inline StorageType storage_type_of(const at::Tensor& tensor, const char* backend, const char* role) {
   switch (tensor.scalar_type()) {
     case at::kFloat:

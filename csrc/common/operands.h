@@ -132,8 +132,7 @@ inline Operands check_operands(const char* backend, const TensorList& params, co
                 ", expected ", out.device);
     TORCH_CHECK(t.layout() == at::kStrided && t.is_contiguous(), "fusedopt ", backend, " backend: ", role, "[", i,
                 "] must be dense and contiguous");
-    // A subclass that dispatches to Python (a DTensor) may wrap no memory of its own: the kernels take local tensors.
-    TORCH_CHECK_TYPE(!t.key_set().has(c10::DispatchKey::Python), "fusedopt ", backend, " backend: ", role, "[", i,
+    TORCH_CHECK_TYPE(!dispatches_to_python(t), "fusedopt ", backend, " backend: ", role, "[", i,
                      "] is a tensor subclass that dispatches to Python; pass its local tensor");
     TORCH_CHECK(t.numel() == param.numel(), "fusedopt ", backend, " backend: ", role, "[", i, "] has ", t.numel(),
                 " elements but its parameter has ", param.numel());

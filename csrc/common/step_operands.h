@@ -42,11 +42,10 @@ inline bool gather_grads(const TensorList& params, const TensorList& absent, at:
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& param = params[i];
     const at::Tensor& grad = grads != nullptr ? (*grads)[i] : param.grad();  // both lvalues: no copy
-    // A grad that dispatches to Python (a DTensor grad of a plain param) may wrap no memory of its own.
     if (param.scalar_type() != dtype || param.numel() != numels[i] || !param.is_contiguous() ||
         param.device() != device || !grad.defined() || grad.layout() != at::kStrided || grad.scalar_type() != dtype ||
         grad.device() != device || !grad.is_contiguous() || !grad.sizes().equals(param.sizes()) ||
-        grad.key_set().has(c10::DispatchKey::Python)) {
+        dispatches_to_python(grad)) {
       return false;
     }
     param_addresses[i] = param.data_ptr();

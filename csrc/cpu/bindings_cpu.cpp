@@ -162,9 +162,8 @@ std::optional<at::Tensor> norms_of(const TensorList& tensors, double norm_type) 
   std::vector<int64_t> numels(n);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& t = tensors[i];
-    // A tensor subclass that dispatches to Python (a DTensor) may wrap no memory of its own.
-    if (t.key_set().has(c10::DispatchKey::Python) || !t.has_storage() || t.layout() != at::kStrided ||
-        !t.device().is_cpu() || t.scalar_type() != dtype || !t.is_contiguous()) {
+    if (binding::dispatches_to_python(t) || !t.has_storage() || t.layout() != at::kStrided || !t.device().is_cpu() ||
+        t.scalar_type() != dtype || !t.is_contiguous()) {
       return std::nullopt;
     }
     data[i] = t.data_ptr();
