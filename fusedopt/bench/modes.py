@@ -36,7 +36,7 @@ import fusedopt
 from fusedopt.bench import workloads
 from fusedopt.bench.cli import metadata, parse_size
 from fusedopt.bench.implementations import decay_groups
-from fusedopt.bench.runner import L2_MULTIPLE, _time_interleaved, quartiles_ms
+from fusedopt.bench.runner import L2_MULTIPLE, _time_interleaved, make_params, quartiles_ms
 from fusedopt.bench.traffic import step_traffic
 from fusedopt.bench.workloads import Workload
 
@@ -64,19 +64,9 @@ def _adamw_bytes(param_dtype, state_dtype=None, param_mode="plain") -> int:
     return step_traffic("adamw", {}, [1], param_dtype, state_dtype, param_mode=param_mode).bytes_per_element
 
 
-def _params(workload: Workload, dtype: torch.dtype, device: str, seed: int) -> list[torch.nn.Parameter]:
-    generator = torch.Generator(device=device).manual_seed(seed)
-    params = []
-    for shape in workload.shapes:
-        p = torch.nn.Parameter(torch.randn(shape, device=device, generator=generator).to(dtype))
-        p.grad = torch.randn(shape, device=device, generator=generator).to(dtype)
-        params.append(p)
-    return params
-
-
 def _torch_master(workload: Workload, device: str, seed: int) -> Callable[[], None]:
     """torch's mixed precision with a master copy: fused AdamW on float32 masters, then the bfloat16 copy."""
-    masters = _params(workload, torch.float32, device, seed)
+    masters = make_params(workload, torch.float32, device, seed)
     model_params = [m.detach().to(torch.bfloat16) for m in masters]
     optimizer = torch.optim.AdamW(decay_groups(masters), fused=True)
 
@@ -88,7 +78,7 @@ def _torch_master(workload: Workload, device: str, seed: int) -> Callable[[], No
 
 
 def _torch_clip(workload: Workload, device: str, seed: int) -> Callable[[], None]:
-    params = _params(workload, torch.float32, device, seed)
+    params = make_params(workload, torch.float32, device, seed)
     optimizer = torch.optim.AdamW(decay_groups(params), fused=True)
 
     def step() -> None:
@@ -111,13 +101,13 @@ def row_builders(backend: str) -> dict[str, tuple[float, Callable[[Workload, str
 
     def fused(dtype, **options):
         def build(workload, device, seed):
-            params = decay_groups(_params(workload, dtype, device, seed))
+            params = decay_groups(make_params(workload, dtype, device, seed))
             return fusedopt.AdamW(params, backend=backend, **options).step
 
         return build
 
     def torch_fused(workload, device, seed):
-        return torch.optim.AdamW(decay_groups(_params(workload, f32, device, seed)), fused=True).step
+        return torch.optim.AdamW(decay_groups(make_params(workload, f32, device, seed)), fused=True).step
 
     fp32 = _adamw_bytes(f32)
     return {

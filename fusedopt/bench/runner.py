@@ -70,7 +70,7 @@ class Row:
         return asdict(self)
 
 
-def _make_params(workload: Workload, dtype: torch.dtype, device: str, seed: int) -> list[torch.Tensor]:
+def make_params(workload: Workload, dtype: torch.dtype, device: str, seed: int) -> list[torch.Tensor]:
     generator = torch.Generator(device=device).manual_seed(seed)
     params = []
     for shape in workload.shapes:
@@ -191,7 +191,7 @@ def run_case(case: Case, implementations: list[Implementation], reps: int, seed:
             continue
         try:
             steppers[impl.name] = [
-                impl.build(case.optimizer, dict(case.options), _make_params(case.workload, dtype, case.device, seed))
+                impl.build(case.optimizer, dict(case.options), make_params(case.workload, dtype, case.device, seed))
                 for _ in range(replicas)
             ]
         except Unavailable as why:
