@@ -8,7 +8,8 @@
 #
 #   device run:  bash bench/gpu_check.sh          (the device tool sets $OUT)
 #   a second call for the stages the first one had no time for (each call builds what it needs):
-#                GPU_CHECK_STAGES="build gpu_tests_triton host_overhead triton_tune ptxas host_overhead_dtensor" \
+#                GPU_CHECK_STAGES="build gpu_tests_triton host_overhead triton_tune ptxas host_overhead_dtensor
+#                  host_overhead_without_grads" \
 #                  bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,9 @@ stage triton_tune 90 $PY bench/triton_tune.py --out "$OUT" --reps 10
 stage ptxas 60 bash scripts/check_cuda_compile.sh "$OUT/ptxas"
 stage host_overhead_dtensor 30 $PY bench/host_overhead.py --device cuda --dtensor --reps 50 \
   --json "$OUT/host_overhead_dtensor.json"
+# Planned steps that leave out parameters without a grad: the CUDA binding builds a device table per grad pattern.
+stage host_overhead_without_grads 30 $PY bench/host_overhead.py --device cuda --without-grads 10 --reps 100 \
+  --json "$OUT/host_overhead_without_grads.json"
 cp "$OUT/summary.log" "$OUT/summary.md" 2>/dev/null
 echo "== stages"; cat "$OUT/stages.txt"
 grep -E "^\| (fusedopt|torch-fused|roofline)" "$OUT/summary.md" 2>/dev/null | head -40

@@ -9,7 +9,9 @@ of step(): nothing waits for the GPU inside the timed call (the queue is drained
 With --max-grad-norm every implementation also clips the grads' total norm: fusedopt with its max_grad_norm=
 option, torch.optim with torch.nn.utils.clip_grad_norm_ before its step. With --dtensor the parameters and grads
 are DTensors sharded over a one-rank mesh, as FSDP2 hands them to an optimizer (the local shard is the whole
-tensor, so the kernels do the same work).
+tensor, so the kernels do the same work). With --without-grads K, K parameters drawn anew at every round (the same
+for every implementation) have no grad at that step, as the experts of a mixture-of-experts layer that got no
+tokens: torch.optim skips them, and so do fusedopt's plans.
 
     python bench/host_overhead.py --device cpu --json bench/results/<date>-cpu/host_overhead.json
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import time
 
@@ -111,7 +114,9 @@ def _skip_triton_kernel() -> None:
     importlib.import_module("fusedopt.triton_kernels.adam")._adam_kernel = NoLaunch()
 
 
-def measure(device: str, tensors: int, numel: int, reps: int, warmup: int = 10, interleave: bool = True) -> dict:
+def measure(
+    device: str, tensors: int, numel: int, reps: int, warmup: int = 10, interleave: bool = True, without_grads: int = 0
+) -> dict:
     runs = {}
     for index, (name, make) in enumerate(IMPLEMENTATIONS.items()):
         params = _params(tensors, numel, device, seed=index)
@@ -122,17 +127,23 @@ def measure(device: str, tensors: int, numel: int, reps: int, warmup: int = 10, 
             runs[name] = {"status": f"unsupported: {type(error).__name__}: {error}"}
             continue
         regular = name.endswith("(regular path)")
-        runs[name] = {"optimizer": optimizer, "regular": regular, "times": []}
+        runs[name] = {"optimizer": optimizer, "regular": regular, "times": [], "params": params}
+        runs[name]["grads"] = [p.grad for p in params]
     active = [run for run in runs.values() if "optimizer" in run]
     # Interleaved, each step finds the caches full of the other optimizers' tensors (as after a forward and
     # backward pass); back to back, each finds its own (the best case).
     rounds = [(i, active[i % len(active) :] + active[: i % len(active)]) for i in range(warmup + reps)]
     if not interleave:
         rounds = [(i, [run]) for run in active for i in range(warmup + reps)]
+    draw = random.Random(0)
     for round_index, order in rounds:
+        missing = set(draw.sample(range(tensors), without_grads))
         for run in order:
+            if without_grads:
+                for i, (p, grad) in enumerate(zip(run["params"], run["grads"])):
+                    p.grad = None if i in missing else grad
             if run["regular"]:
-                run["optimizer"]._step_plan = None
+                run["optimizer"]._step_plans.clear()
             start = time.perf_counter()
             run["optimizer"].step()
             elapsed = time.perf_counter() - start
@@ -168,6 +179,9 @@ def main() -> None:
     parser.add_argument("--dtensor", action="store_true", help="DTensor params and grads on a one-rank mesh (FSDP2)")
     parser.add_argument("--max-grad-norm", type=float, help="clip the grads' total norm too (see above)")
     parser.add_argument(
+        "--without-grads", type=int, default=0, help="this many params, drawn anew each round, have no grad"
+    )
+    parser.add_argument(
         "--without-triton-kernel",
         action="store_true",
         help="CPU only, with TRITON_INTERPRET=1: the triton rows time everything but the kernel itself (the "
@@ -180,11 +194,16 @@ def main() -> None:
     _MAX_GRAD_NORM = args.max_grad_norm
     if args.dtensor:
         _MESH = _one_rank_mesh(args.device)
-    results = measure(args.device, args.tensors, args.numel, args.reps, interleave=not args.back_to_back)
+    results = measure(
+        args.device, args.tensors, args.numel, args.reps, interleave=not args.back_to_back,
+        without_grads=args.without_grads,
+    )  # fmt: skip
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or "cpu"
     print(
         f"AdamW step host time, {args.tensors} {'DTensor ' if args.dtensor else ''}tensors of {args.numel} elements "
-        f"in 2 param groups{', clipped to a total norm' if args.max_grad_norm else ''}, {args.device} "
+        f"in 2 param groups{', clipped to a total norm' if args.max_grad_norm else ''}"
+        f"{f', {args.without_grads} of them without a grad (drawn anew each round)' if args.without_grads else ''}, "
+        f"{args.device} "
         f"({device_name}), torch {torch.__version__}, median of {args.reps} "
         + ("steps back to back (warm caches)" if args.back_to_back else "interleaved rounds (cold caches)")
         + ("; triton rows without the kernel itself" if args.without_triton_kernel else "")

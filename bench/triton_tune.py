@@ -59,7 +59,7 @@ def tune(numel: int, reps: int, device: str) -> list[dict]:
             for warps in WARPS:
                 multi_tensor.BLOCK, multi_tensor.NUM_WARPS = block, warps
                 multi_tensor._tables.clear()  # tables are laid out per BLOCK
-                optimizer._step_plan = None  # and so is the launch a step plan keeps (triton_kernels/_plan.py)
+                optimizer._step_plans.clear()  # and so is the launch a step plan keeps (triton_kernels/_plan.py)
                 seconds = _time(optimizer.step, reps, device)
                 roofline = _time(lambda: stream([param], [param.grad], [[s] for s in states]), reps, device)
                 bytes_moved = numel * 7 * size

@@ -142,8 +142,8 @@ class FusedOptimizer(Optimizer):
         self.error_if_nonfinite = error_if_nonfinite
         #: The total gradient norm of the last step (a tensor), when max_grad_norm is set.
         self.last_grad_norm: Tensor | None = None
-        #: NOTE [step plan] (fusedopt/_step_plan.py): the operands of the last regular step, kept in C++.
-        self._step_plan: _step_plan.StepPlan | None = None
+        #: NOTE [step plan] (fusedopt/_step_plan.py): the operands of the last regular steps, kept in C++.
+        self._step_plans = _step_plan.StepPlans()
         super().__init__(params, defaults)
         self.state = TrackedState()  # NOTE [foreign state]
 
@@ -197,7 +197,8 @@ class FusedOptimizer(Optimizer):
         return backend
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        self.__dict__["_step_plan"] = None  # add_param_group runs inside Optimizer.__init__ too
+        if "_step_plans" in self.__dict__:  # add_param_group runs inside Optimizer.__init__ too
+            self._step_plans.clear()
         first_new = len(self.param_groups)
         super().add_param_group(param_group)
         try:
@@ -341,12 +342,9 @@ class FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        step_plan = self._step_plan
-        if step_plan is not None and step_plan.is_current(self):
-            # NOTE [step plan]: the grads are checked in C++; a step the plan cannot take runs the regular path.
-            if step_plan.run(self, getattr(self, "found_inf", None)):
-                return loss
-        self._step_plan = None
+        # NOTE [step plan]: the grads are checked in C++; a step no plan can take runs the regular path.
+        if self._step_plans.run(self, getattr(self, "found_inf", None)):
+            return loss
         foreign = self.state.take_assigned()
         if foreign:  # NOTE [foreign state]: entries written by others (ZeroRedundancyOptimizer) become ours
             self._adopt_loaded_state({}, only=foreign)
@@ -363,7 +361,7 @@ class FusedOptimizer(Optimizer):
             self._update(launch, backend, grad_factor)
             launches.append((launch, backend))
         self.state.take_assigned()  # the entries this step made are fusedopt's own
-        self._step_plan = _step_plan.StepPlan.build(self, launches)
+        self._step_plans.add(_step_plan.StepPlan.build(self, launches))
         return loss
 
     def _launches(self, plan: list[tuple[dict[str, Any], list[list[Tensor]]]]):
@@ -433,7 +431,7 @@ class FusedOptimizer(Optimizer):
         self.__dict__.setdefault("error_if_nonfinite", False)
         self.__dict__.setdefault("last_grad_norm", None)
         self.__dict__.setdefault("rounding_seed", 0)
-        self._step_plan = None
+        self._step_plans = _step_plan.StepPlans()
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -444,7 +442,7 @@ class FusedOptimizer(Optimizer):
         torch.optim's loader casts every state tensor to its parameter's dtype; fusedopt then copies the state
         from the checkpoint's own tensors instead, so float32 state of bfloat16 params (state_dtype=) survives.
         """
-        self._step_plan = None
+        self._step_plans.clear()
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         own_params = [p for group in self.param_groups for p in group["params"]]
         originals = {p: state_dict["state"][i] for i, p in zip(saved_ids, own_params) if i in state_dict["state"]}

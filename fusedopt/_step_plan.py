@@ -15,8 +15,14 @@ O(number of groups) here:
 - the optimizer's state dict object, its length and its version (load_state_dict, state.clear(), `del state[p]`
   and `state[p] = {...}` change them (NOTE [foreign state] in fusedopt/_state.py), and every fusedopt method that
   replaces state drops the plan);
-and, in C++, that every planned parameter has a usable grad and every other parameter still has none.
-Hyperparameters (lr from schedulers, betas, weight decay, ...) and GradScaler's scale are read at every step.
+and, in C++, that every planned parameter's grad is usable or None (a parameter without a grad is left out of
+that step, as torch.optim skips it) and every other parameter still has none. Hyperparameters (lr from schedulers,
+betas, weight decay, ...) and GradScaler's scale are read at every step.
+
+The optimizer keeps the plans of its last few grad patterns (StepPlans), newest use first. Since a plan skips
+parameters without a grad, one plan made at a step where every parameter had one serves every later step (a
+mixture-of-experts layer whose experts get no tokens now and then); a few plans serve models whose parameters get
+grads in turns (task heads trained in alternation), where each plan's absent parameters are the other turn's.
 
 Not detected, as documented in the README: replacing a parameter inside a group's params list by assignment, or
 assigning a new tensor to optimizer.state[p][name] by hand (in-place changes such as zero_() are fine). After
@@ -91,8 +97,8 @@ class StepPlan:
         return _plan_key(optimizer) == self._key
 
     def grads(self) -> list:
-        """The grads of the planned parameters (for max_grad_norm's norm)."""
-        return [p.grad for launch, _, _, _ in self._calls for p in launch.params]
+        """This step's grads of the planned parameters (for max_grad_norm's norm)."""
+        return [p.grad for launch, _, _, _ in self._calls for p in launch.params if p.grad is not None]
 
     def run(self, optimizer, found_inf) -> bool:
         """One step over the planned operands; False, with nothing modified and nothing computed, when a grad does
@@ -120,8 +126,43 @@ def _gather(operands, sharded_params) -> bool:
     local_params, local_grads = [], []
     for p in sharded_params:
         grad = p.grad
-        if type(grad) is not DTensor:  # None, or a grad that is not a DTensor like its parameter
+        if grad is not None and type(grad) is not DTensor:  # a grad that is not a DTensor like its parameter
             return False
         local_params.append(p._local_tensor)
-        local_grads.append(grad._local_tensor)
+        local_grads.append(None if grad is None else grad._local_tensor)
     return operands.gather_grads(local_params, local_grads)
+
+
+class StepPlans:
+    """The plans of an optimizer's last few grad patterns, the one used last first (see the module's doc)."""
+
+    #: How many grad patterns are kept; each plan holds its calls' operands (a few pointers per parameter).
+    LIMIT = 4
+
+    def __init__(self) -> None:
+        self._plans: list[StepPlan] = []
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def newest(self) -> StepPlan | None:
+        """The plan used or made last."""
+        return self._plans[0] if self._plans else None
+
+    def clear(self) -> None:
+        self._plans.clear()
+
+    def add(self, plan: StepPlan | None) -> None:
+        if plan is not None:
+            self._plans = [plan, *self._plans[: self.LIMIT - 1]]
+
+    def run(self, optimizer, found_inf) -> bool:
+        """One step by the first current plan that fits this step's grads; False, with nothing modified, when none
+        does. Plans made before the optimizer changed are dropped."""
+        self._plans = [plan for plan in self._plans if plan.is_current(optimizer)]
+        for index, plan in enumerate(self._plans):
+            if plan.run(optimizer, found_inf):
+                if index:
+                    self._plans.insert(0, self._plans.pop(index))
+                return True
+        return False

@@ -242,5 +242,5 @@ def test_step_hooks_fire_on_every_step(generator):
             optimizer.step()
     finally:
         handle.remove()
-    assert optimizer._step_plan is not None
+    assert optimizer._step_plans
     assert seen == [("pre", 0), ("post", 2), ("global", True)] + [("pre", 2), ("post", 2), ("global", True)] * 2

@@ -53,7 +53,7 @@ def _step_both(planned, regular, grads):
         for p, g in zip(params, grads):
             p.grad = None if g is None else g.clone().to(p.dtype)  # clone keeps a transposed grad's strides
         if force_regular:
-            optimizer._step_plan = None
+            optimizer._step_plans.clear()
         optimizer.step()
 
 
@@ -91,16 +91,17 @@ def test_plan_matches_regular_steps_through_changes(name, backend):
         if step == 12:  # GradScaler's fused path: the planned step reads 1/scale on the device too
             for o in (optimizer, regular[0]):
                 o.grad_scale, o.found_inf = torch.tensor(8.0), torch.tensor(0.0)
+        newest = optimizer._step_plans.newest()
         _step_both(planned, regular, grads)
         if step in (10, 11):
             assert not optimizer.param_groups[0]["params"][2].grad.is_contiguous()
-            assert optimizer._step_plan is None
+            assert optimizer._step_plans.newest() is newest
         for o in (optimizer, regular[0]):
             o.__dict__.pop("grad_scale", None), o.__dict__.pop("found_inf", None)
         for s in schedulers:
             s.step()
         _assert_identical(planned, regular)
-    assert optimizer._step_plan is not None
+    assert optimizer._step_plans
 
 
 @pytest.mark.parametrize(
@@ -133,17 +134,144 @@ def test_plan_is_remade_when_groups_change(backend):
     for p in params:
         p.grad = torch.randn_like(p)
     optimizer.step()
-    first = optimizer._step_plan
+    first = optimizer._step_plans.newest()
     optimizer.param_groups[1]["amsgrad"] = False  # changes what the kernel reads
     optimizer.step()
-    assert optimizer._step_plan is not None and optimizer._step_plan is not first
+    assert len(optimizer._step_plans) == 1 and optimizer._step_plans.newest() not in (None, first)
     extra = torch.nn.Parameter(torch.randn(3))
     extra.grad = torch.randn(3)
-    second = optimizer._step_plan
+    second = optimizer._step_plans.newest()
     optimizer.add_param_group({"params": [extra]})
     optimizer.step()
-    assert optimizer._step_plan is not second
+    assert len(optimizer._step_plans) == 1 and optimizer._step_plans.newest() is not second
     assert float(optimizer.state[extra]["step"]) == 1.0
+
+
+# --- parameters without a grad at some steps (mixture-of-experts, task heads used in turns) ---------------------
+def _count_regular_steps(optimizer, monkeypatch) -> list:
+    regular_path = type(optimizer)._plan_step
+    taken = []
+    monkeypatch.setattr(type(optimizer), "_plan_step", lambda self: taken.append(self) or regular_path(self))
+    return taken
+
+
+# Which params have no grad, step after step: one, a whole group, one of each group, every one, none.
+MISSING = [(), (1,), (3, 4, 5), (), (0, 5), (0, 1, 2, 3, 4, 5), (2,), (), (4,)]
+
+
+def _step_through_missing_grads(planned, regular, seed):
+    generator = torch.Generator().manual_seed(seed)
+    for missing in MISSING:
+        grads = _grads(generator, planned[1])
+        _step_both(planned, regular, [None if i in missing else g for i, g in enumerate(grads)])
+        _assert_identical(planned, regular)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_plan_skips_parameters_without_a_grad(name, backend, monkeypatch):
+    """A plan made when every parameter had a grad takes every later step, leaving out the parameters whose grad is
+    None (their values, state and step counter untouched), bit for bit as the regular path does."""
+    planned, regular = _twins(name, backend)
+    taken = _count_regular_steps(planned[0], monkeypatch)
+    _step_through_missing_grads(planned, regular, seed=17)
+    assert taken.count(planned[0]) == 1  # the first step only
+    steps = [float(planned[0].state[p]["step"]) for p in planned[1]]
+    assert steps == [len(MISSING) - sum(i in missing for missing in MISSING) for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    "mode", [dict(master_weights=True), dict(master_weights="remainder"), dict(stochastic_rounding=True)]
+)
+def test_plan_skips_parameters_without_a_grad_in_mixed_precision(mode, backend, monkeypatch):
+    """The same with bf16 params: masters stay with their params, and stochastic rounding draws each tensor's bits
+    from its place in this step's call, as the regular path does."""
+    planned, regular = _twins("AdamW", backend, torch.bfloat16, state_dtype=torch.float32, **mode)
+    taken = _count_regular_steps(planned[0], monkeypatch)
+    _step_through_missing_grads(planned, regular, seed=19)
+    assert taken.count(planned[0]) == 1
+
+
+def test_plan_skips_parameters_without_a_grad_with_clipping_and_scaler(backend, monkeypatch):
+    """max_grad_norm= over the grads present, and GradScaler's factor and found_inf, on steps that skip."""
+    planned, regular = _twins("AdamW", backend, max_grad_norm=0.5)
+    optimizer = planned[0]
+    taken = _count_regular_steps(optimizer, monkeypatch)
+    generator = torch.Generator().manual_seed(23)
+    for step, missing in enumerate(MISSING):
+        for o in (optimizer, regular[0]):
+            o.grad_scale, o.found_inf = torch.tensor(4.0), torch.tensor(float(step == 4))
+        grads = [3 * g for g in _grads(generator, planned[1])]
+        _step_both(planned, regular, [None if i in missing else g for i, g in enumerate(grads)])
+        assert torch.equal(optimizer.last_grad_norm, regular[0].last_grad_norm)
+        _assert_identical(planned, regular)
+    assert taken.count(optimizer) == 1
+
+
+def test_plans_of_parameters_used_in_turns(backend, monkeypatch):
+    """Two task heads trained in turns: each turn's grads appear where the other turn's plan has none, so the
+    optimizer keeps a plan per turn (the last StepPlans.LIMIT grad patterns) and the regular path runs only for
+    a pattern it has not seen, or one it has forgotten."""
+    planned, regular = _twins("Adam", backend)
+    optimizer = planned[0]
+    taken = _count_regular_steps(optimizer, monkeypatch)
+    generator = torch.Generator().manual_seed(29)
+    turns = [(0, 1, 2), (3, 4, 5)]  # the heads of turn A have grads where B's have none, and the other way
+    for step in range(6):
+        grads = _grads(generator, planned[1])
+        _step_both(planned, regular, [g if i in turns[step % 2] else None for i, g in enumerate(grads)])
+        _assert_identical(planned, regular)
+    # A first step per turn, and turn A's once more: its plan was made before turn B's state existed.
+    assert taken.count(optimizer) == 3
+    # Patterns none of which lies within another (or within a turn): each needs a plan of its own. The cache
+    # holds the last LIMIT of them (the two turns' plans are forgotten first).
+    assert fusedopt._step_plan.StepPlans.LIMIT == 4
+    pairs = [(0, 3), (1, 4), (2, 5), (0, 4), (1, 5)]
+    for present, regular_step in [*((pair, True) for pair in pairs), ((1, 5), False), ((0, 3), True), ((0, 4), False)]:
+        before = taken.count(optimizer)
+        grads = _grads(generator, planned[1])
+        _step_both(planned, regular, [g if i in present else None for i, g in enumerate(grads)])
+        _assert_identical(planned, regular)
+        assert taken.count(optimizer) == before + regular_step, present
+    assert len(optimizer._step_plans) == 4
+
+
+@pytest.mark.skipif("triton" not in PLAN_BACKENDS, reason="needs Triton (interpreted on CPU)")
+@pytest.mark.parametrize("missing", [(), (3,)])
+def test_triton_plan_checks_the_alignment_of_each_steps_grads(monkeypatch, missing):
+    """The launch table's 16-byte promise covers the addresses it was made with; a planned step whose grad sits
+    elsewhere (a contiguous view at an odd offset) launches the kernel without it (vector accesses would fault on a
+    GPU), with or without parameters left out, and matches the regular path."""
+    import importlib
+
+    adam = importlib.import_module("fusedopt.triton_kernels.adam")
+    launched = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launched.append(kwargs["ALIGNED"]) or self.kernel[grid](*args, **kwargs)
+
+    monkeypatch.setattr(adam, "_adam_kernel", Recorder(adam._adam_kernel))
+    planned, regular = _twins("AdamW", "triton")
+    taken = _count_regular_steps(planned[0], monkeypatch)
+    generator = torch.Generator().manual_seed(31)
+    for step in range(3):
+        grads = _grads(generator, planned[1])
+        if step == 2:
+            grads = [None if i in missing else g for i, g in enumerate(grads)]
+            odd = torch.empty(grads[0].numel() + 1)[1:].view(grads[0].shape)  # 4 bytes past an aligned start
+            grads[0] = odd.copy_(grads[0])
+        for (optimizer, params), force_regular in ((planned, False), (regular, True)):
+            for p, g in zip(params, grads):
+                p.grad = None if g is None else g  # as they are: the odd grad keeps its address
+            if force_regular:
+                optimizer._step_plans.clear()
+            optimizer.step()
+        _assert_identical(planned, regular)
+    assert taken.count(planned[0]) == 1
+    assert launched[2] is True and launched[4] is False  # the planned optimizer's steps 2 and 3
 
 
 def test_a_bad_grad_after_planning_raises_torchs_error_and_changes_nothing(backend):
@@ -217,12 +345,12 @@ def test_no_plan_for_the_reference_backend_or_complex_params():
     params[0].grad = torch.randn(3)
     reference = fusedopt.AdamW(params, backend="reference")
     reference.step()
-    assert reference._step_plan is None
+    assert not reference._step_plans
     complex_param = [torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))]
     complex_param[0].grad = torch.randn(3, dtype=torch.complex64)
     as_real = fusedopt.AdamW(complex_param, backend="cpu")
     as_real.step()
-    assert as_real._step_plan is None
+    assert not as_real._step_plans
 
 
 def test_a_planned_optimizer_deep_copies_and_pickles_without_its_plan(backend):
@@ -231,15 +359,15 @@ def test_a_planned_optimizer_deep_copies_and_pickles_without_its_plan(backend):
         for p in params:
             p.grad = torch.randn_like(p)
         optimizer.step()
-    assert optimizer._step_plan is not None
+    assert optimizer._step_plans
     twin = copy.deepcopy(optimizer)
-    assert twin._step_plan is None
+    assert not twin._step_plans
     twin_params = [p for group in twin.param_groups for p in group["params"]]
     for p in twin_params:
         p.grad = torch.ones_like(p)
     twin.step()  # steps its own copies, through the regular path, then plans
-    assert twin._step_plan is not None and all(float(twin.state[p]["step"]) == 3.0 for p in twin_params)
-    assert pickle.loads(pickle.dumps(optimizer))._step_plan is None
+    assert twin._step_plans and all(float(twin.state[p]["step"]) == 3.0 for p in twin_params)
+    assert not pickle.loads(pickle.dumps(optimizer))._step_plans
 
 
 def test_a_replaced_params_list_is_noticed(backend):
@@ -277,7 +405,7 @@ def test_state_entries_assigned_from_outside_are_adopted(backend):
         for p in donor[1]:
             p.grad = torch.randn(p.shape, generator=generator)
         donor[0].step()
-    assert planned[0]._step_plan is not None
+    assert planned[0]._step_plans
     for p, q, d in zip(planned[1], regular[1], donor[1]):
         entry = dict(donor[0].state[d])
         planned[0].state[p] = {k: v.cpu() if v.dim() == 0 else v for k, v in entry.items()}
@@ -331,7 +459,7 @@ def test_dtensor_params_take_the_plan(process_group, backend, monkeypatch):
     planned, regular = _dtensor_twins(backend)
     generator = torch.Generator().manual_seed(11)
     _step_both(planned, regular, _dtensor_grads(generator, planned[1]))
-    assert planned[0]._step_plan is not None
+    assert planned[0]._step_plans
     regular_path = type(planned[0])._plan_step
     taken = []
     monkeypatch.setattr(type(planned[0]), "_plan_step", lambda self: taken.append(self) or regular_path(self))
@@ -344,12 +472,14 @@ def test_dtensor_params_take_the_plan(process_group, backend, monkeypatch):
     assert planned_steps(2) == 0
     grads = _dtensor_grads(generator, planned[1])
     grads[4] = None
-    _step_both(planned, regular, grads)  # a vanished grad: the regular path, and a plan without it
-    assert planned_steps(2) == 2  # its return: the regular path once more, then a plan with it
+    _step_both(planned, regular, grads)  # a vanished grad: the plan leaves its parameter out of the step
+    regular_steps = taken.count(planned[0])
+    assert regular_steps == 0
+    assert planned_steps(2) == regular_steps  # its return: the plan made with it serves again
     for _, params in (planned, regular):
         for p in params[:2]:
             p._local_tensor = p._local_tensor.clone()  # new memory for the same values
-    assert planned_steps(2) == 2  # the swapped shards are stepped by the plan
+    assert planned_steps(2) == regular_steps  # the swapped shards are stepped by the plan
     for i, (p, q) in enumerate(zip(planned[1], regular[1])):
         assert torch.equal(p.to_local(), q.to_local()), f"param {i}"
         for key, value in regular[0].state[q].items():

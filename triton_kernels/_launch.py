@@ -145,26 +145,21 @@ def finish_launch(step_table, num_tensors, finished, runs, BLOCK: tl.constexpr):
 
 # --- host side --------------------------------------------------------------------------------------------------
 class LaunchTable:
-    """The device-side table of one bucket (NOTE [multi-tensor launch]). `steps`, when given, are the bucket's step
-    counters: their addresses are the last row (they take no part in the alignment promise), and the table gets
-    the ticket of NOTE [device steps] (zero between launches). `group_sizes` (tensors per param group, in order)
-    give each tensor's group; without them every tensor is in group 0."""
+    """The device-side table of one bucket (NOTE [multi-tensor launch]), from host int64 tensors: `addresses`, one
+    row per operand (the step counters' last, when the launch has them: they take no part in the `aligned`
+    promise, and the table gets the ticket of NOTE [device steps], zero between launches), `numels`, and each
+    tensor's param group `tensor_group` (int32)."""
 
     def __init__(
-        self,
-        operands: Sequence[Sequence[torch.Tensor]],
-        device: torch.device,
-        steps: Sequence[torch.Tensor] = (),
-        group_sizes: Sequence[int] = (),
-    ) -> None:
-        numels = [t.numel() for t in operands[0]]
-        addresses = [[t.data_ptr() for t in column] for column in operands]
-        self.aligned = all(a % _ALIGN_BYTES == 0 for column in addresses for a in column)
-        if steps:
-            addresses.append([t.data_ptr() for t in steps])
-        self.addresses = torch.tensor(addresses, dtype=torch.int64).to(device)
+        self, addresses: torch.Tensor, numels: torch.Tensor, tensor_group: torch.Tensor, device: torch.device,
+        aligned: bool,
+    ) -> None:  # fmt: skip
+        #: The host tensors, for the tables of planned steps that leave some tensors out (_plan.py).
+        self.host = (addresses, numels, tensor_group)
+        self.aligned = aligned
+        self.addresses = addresses.to(device)
         self.num_tensors = len(numels)
-        counts = torch.tensor([-(-n // BLOCK) for n in numels], dtype=torch.int64)
+        counts = (numels + BLOCK - 1) // BLOCK
         if int(counts.sum()) == 0:
             counts[0] = 1  # one program (over nothing) still advances the step counters of empty tensors
         self.num_blocks = int(counts.sum())
@@ -173,10 +168,39 @@ class LaunchTable:
         block_index = torch.arange(self.num_blocks, dtype=torch.int64) - first_block.repeat_interleave(counts)
         self.block_tensor = block_tensor.to(device)
         self.block_start = (block_index * BLOCK).to(device)
-        self.numels = torch.tensor(numels, dtype=torch.int64).to(device)
-        sizes = torch.tensor(list(group_sizes) or [len(numels)], dtype=torch.int64)
-        self.tensor_group = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32), sizes).to(device)
+        self.numels = numels.to(device)
+        self.tensor_group = tensor_group.to(device)
         self.finished = torch.zeros(1, dtype=torch.int32, device=device)
+
+    @classmethod
+    def of(
+        cls,
+        operands: Sequence[Sequence[torch.Tensor]],
+        device: torch.device,
+        steps: Sequence[torch.Tensor] = (),
+        group_sizes: Sequence[int] = (),
+    ) -> LaunchTable:
+        """The table of these operands and step counters; `group_sizes` (tensors per param group, in order) give
+        each tensor's group, and without them every tensor is in group 0."""
+        numels = [t.numel() for t in operands[0]]
+        addresses = [[t.data_ptr() for t in column] for column in operands]
+        aligned = all(a % _ALIGN_BYTES == 0 for column in addresses for a in column)
+        if steps:
+            addresses.append([t.data_ptr() for t in steps])
+        sizes = torch.tensor(list(group_sizes) or [len(numels)], dtype=torch.int64)
+        tensor_group = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32), sizes)
+        addresses = torch.tensor(addresses, dtype=torch.int64)
+        return cls(addresses, torch.tensor(numels, dtype=torch.int64), tensor_group, device, aligned)
+
+    def keeping(self, kept: torch.Tensor, param_row: torch.Tensor, grad_row: torch.Tensor, aligned: bool):
+        """The table of the tensors `kept` (a boolean mask) with the params and grads at the addresses of
+        `param_row` and `grad_row` (host tensors over all tensors) that are `aligned` or not: a planned step that
+        leaves out the parameters without a grad (triton_kernels/_plan.py)."""
+        addresses, numels, tensor_group = self.host
+        addresses = addresses[:, kept]
+        addresses[0], addresses[1] = param_row[kept], grad_row[kept]
+        device = self.addresses.device
+        return LaunchTable(addresses, numels[kept], tensor_group[kept], device, self.aligned and aligned)
 
 
 _tables: OrderedDict[tuple, LaunchTable] = OrderedDict()
@@ -194,7 +218,7 @@ def launch_table(
     key += (tuple(t.numel() for t in operands[0]), tuple(t.data_ptr() for t in steps), tuple(group_sizes), BLOCK)
     table = _tables.get(key)
     if table is None:
-        table = LaunchTable(operands, device, steps, group_sizes)
+        table = LaunchTable.of(operands, device, steps, group_sizes)
         _tables[key] = table
         if len(_tables) > _TABLE_CACHE_SIZE:
             _tables.popitem(last=False)
@@ -249,7 +273,7 @@ class Launch:
     table: LaunchTable
     param_row: torch.Tensor  # the params' addresses: the table's, or this step's (NOTE [step plan], _plan.py)
     grad_row: torch.Tensor  # the grads' addresses, likewise
-    master_row: torch.Tensor  # the masters' addresses (PARAM_MODE 2, 3), else any row
+    master_index: int  # the table row of the masters' addresses (PARAM_MODE 2, 3), else any row
     device: torch.device
     constexprs: dict  # PARAM, STATE, COMPUTE, PARAM_MODE, MASTER, ALIGNED, BLOCK, SCALED, FOUND_INF
     group_sizes: Sequence[int]  # tensors per param group (NOTE [param groups in one launch])
@@ -257,17 +281,26 @@ class Launch:
     device_grad_factor: torch.Tensor | None  # NOTE [grad factor]'s device part, read by the kernel (SCALED)
     found_inf: torch.Tensor | None  # GradScaler's found_inf, read by the kernel (FOUND_INF)
 
+    @property
+    def master_row(self) -> torch.Tensor:
+        return self.table.addresses[self.master_index]
+
     def for_step(
         self,
         param_row: torch.Tensor,
         grad_row: torch.Tensor,
+        aligned: bool,
         rounding_seed: int,
         device_grad_factor: torch.Tensor | None,
         found_inf: torch.Tensor | None,
     ) -> Launch:
-        """This launch with one step's param and grad addresses and inputs (NOTE [step plan], _plan.py)."""
+        """This launch with one step's param and grad addresses (16-byte `aligned` or not) and inputs (NOTE [step
+        plan], _plan.py)."""
         check_factors(self.device, device_grad_factor, found_inf)
-        constexprs = dict(self.constexprs, SCALED=device_grad_factor is not None, FOUND_INF=found_inf is not None)
+        constexprs = dict(
+            self.constexprs, ALIGNED=self.table.aligned and aligned, SCALED=device_grad_factor is not None,
+            FOUND_INF=found_inf is not None,
+        )  # fmt: skip
         return replace(
             self, param_row=param_row, grad_row=grad_row, rounding_seed=rounding_seed, constexprs=constexprs,
             device_grad_factor=device_grad_factor, found_inf=found_inf,
@@ -332,9 +365,9 @@ def prepare(
         SCALED=device_grad_factor is not None, FOUND_INF=found_inf is not None,
     )  # fmt: skip
     rows = table.addresses
-    master_row = rows[len(columns) if master_columns else 0]
+    master_index = len(columns) if master_columns else 0
     return Launch(
-        table, rows[0], rows[1], master_row, device, constexprs, group_sizes, rounding_seed, device_grad_factor,
+        table, rows[0], rows[1], master_index, device, constexprs, group_sizes, rounding_seed, device_grad_factor,
         found_inf,
     )  # fmt: skip
 

@@ -3,15 +3,19 @@ a later step only reads its params and grads.
 
 The launch table (state, master and step-counter addresses, sizes, blocks) is made once, from a regular step's
 checked operands. At each planned step the CPU extension's gather_grad_addresses reads every parameter's grad in
-C++ (the same checks as the CPU and CUDA plans: present, dense, contiguous, like its parameter, and no grad for the
+C++ (the same checks as the CPU and CUDA plans: dense, contiguous, like its parameter, and no grad for the
 parameters that had none) and returns this step's param and grad addresses, which go to the device with one
-asynchronous copy; the kernel takes them in place of the table's first two rows. Without the CPU extension there is
-no Triton plan, and every step takes the regular path.
+asynchronous copy; the kernel takes them in place of the table's first two rows. A step where some planned
+parameters have no grad (they are skipped, as torch.optim skips them) launches over the others with a table cut
+from the planned one by a few tensor operations (LaunchTable.keeping), so each tensor has the index (and the
+stochastic rounding bits) it would have in the regular path's launch. Without the CPU extension there is no
+Triton plan, and every step takes the regular path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -65,6 +69,8 @@ class StepOperands:
         self._like = torch.empty(0, dtype=params[0].dtype, device=params[0].device)
         self._gather = _gather()
         self._rows: torch.Tensor | None = None
+        self._without_grad: list[int] = []  # this step's planned params whose grad is None
+        self._aligned = True  # whether this step's param and grad addresses are 16-byte aligned
 
     def gather_grads(
         self, local_params: Sequence[torch.Tensor] | None = None, local_grads: Sequence[torch.Tensor] | None = None
@@ -75,15 +81,37 @@ class StepOperands:
             raise ValueError("fusedopt StepOperands: local params and local grads come together")
         params = self._params if local_params is None else local_params
         pinned = self._launch.device.type == "cuda"
-        self._rows = self._gather(params, self._absent, self._numels, self._like, pinned, local_grads)
-        return self._rows is not None
+        gathered = self._gather(params, self._absent, self._numels, self._like, pinned, local_grads)
+        if gathered is None:
+            self._rows = None
+            return False
+        self._rows, self._without_grad, self._aligned = gathered
+        return True
 
     def take(
         self, rounding_seed: int, device_grad_factor: torch.Tensor | None, found_inf: torch.Tensor | None
-    ) -> multi_tensor.Launch:
-        """This step's launch, once per successful gather_grads()."""
+    ) -> multi_tensor.Launch | None:
+        """This step's launch, once per successful gather_grads(); None when no planned parameter has a grad."""
         rows, self._rows = self._rows, None
         if rows is None:
             raise RuntimeError("fusedopt: a planned step needs gather_grads() to have returned true first")
+        if self._without_grad:
+            return self._launch_without_grads(rows, rounding_seed, device_grad_factor, found_inf)
         rows = rows.to(self._launch.device, non_blocking=True)
-        return self._launch.for_step(rows[0], rows[1], rounding_seed, device_grad_factor, found_inf)
+        return self._launch.for_step(rows[0], rows[1], self._aligned, rounding_seed, device_grad_factor, found_inf)
+
+    def _launch_without_grads(
+        self, rows: torch.Tensor, rounding_seed: int, device_grad_factor: torch.Tensor | None,
+        found_inf: torch.Tensor | None,
+    ) -> multi_tensor.Launch | None:  # fmt: skip
+        """The launch over the planned parameters that have a grad this step."""
+        kept = torch.ones(len(self._params), dtype=torch.bool)
+        kept[self._without_grad] = False
+        if not kept.any():
+            return None
+        table = self._launch.table.keeping(kept, rows[0], rows[1], self._aligned)
+        group_sizes = torch.bincount(table.host[2], minlength=len(self._launch.group_sizes)).tolist()
+        launch = replace(self._launch, table=table, group_sizes=group_sizes)
+        return launch.for_step(
+            table.addresses[0], table.addresses[1], True, rounding_seed, device_grad_factor, found_inf
+        )

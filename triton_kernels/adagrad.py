@@ -129,6 +129,8 @@ def adagrad_planned(
 ) -> None:
     """adagrad over the operands of a step plan (NOTE [step plan]), after a successful operands.gather_grads()."""
     launch = operands.take(rounding_seed, device_grad_factor, found_inf)
+    if launch is None:  # no planned parameter has a grad this step
+        return
     _run(launch, (lr, lr_decay, weight_decay, eps, maximize), grad_factor)
 
 

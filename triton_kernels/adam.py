@@ -196,6 +196,8 @@ def adam_planned(
 ) -> None:
     """adam over the operands of a step plan (NOTE [step plan]), after a successful operands.gather_grads()."""
     launch = operands.take(rounding_seed, device_grad_factor, found_inf)
+    if launch is None:  # no planned parameter has a grad this step
+        return
     _run(launch, amsgrad, (lr, beta1, beta2, weight_decay, eps, maximize, decoupled), grad_factor)
 
 

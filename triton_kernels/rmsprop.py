@@ -178,6 +178,8 @@ def rmsprop_planned(
     """rmsprop over the operands of a step plan (NOTE [step plan]), after a successful operands.gather_grads();
     momentum is on when the plan's third state slot (momentum_buffers) is filled."""
     launch = operands.take(rounding_seed, device_grad_factor, found_inf)
+    if launch is None:  # no planned parameter has a grad this step
+        return
     hyper = (lr, alpha, eps, weight_decay, momentum, maximize)
     _run(launch, centered, operands.slots[2], hyper, grad_factor)
 

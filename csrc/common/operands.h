@@ -173,4 +173,46 @@ inline Operands check_operands(const char* backend, const TensorList& params, co
   return out;
 }
 
+// The operands without the tensors at `dropped` (ascending indices), the rest in the same order: a planned step
+// over the parameters that have a grad this time (NOTE [step plan]).
+inline Operands without(const Operands& ops, const std::vector<size_t>& dropped) {
+  Operands out;
+  out.param_type = ops.param_type;
+  out.state_type = ops.state_type;
+  out.param_mode = ops.param_mode;
+  out.device = ops.device;
+  out.steps.place = ops.steps.place;
+  size_t next_dropped = 0;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    if (next_dropped < dropped.size() && dropped[next_dropped] == i) {
+      ++next_dropped;
+      continue;
+    }
+    out.params.push_back(ops.params[i]);
+    out.grads.push_back(ops.grads[i]);
+    out.numels.push_back(ops.numels[i]);
+    for (size_t k = 0; k < kMaxStateColumns; ++k) {
+      if (!ops.states[k].empty()) out.states[k].push_back(ops.states[k][i]);
+    }
+    if (!ops.masters.empty()) out.masters.push_back(ops.masters[i]);
+    if (!ops.steps.values.empty()) {
+      out.steps.values.push_back(ops.steps.values[i]);
+      out.steps.is_double.push_back(ops.steps.is_double[i]);
+    }
+  }
+  return out;
+}
+
+// Per-group tensor counts (tensors come group after group) without the tensors at `dropped` (ascending indices).
+inline std::vector<int64_t> without(const std::vector<int64_t>& group_sizes, const std::vector<size_t>& dropped) {
+  std::vector<int64_t> out(group_sizes);
+  size_t group = 0;
+  size_t group_end = group_sizes.empty() ? 0 : static_cast<size_t>(group_sizes[0]);
+  for (size_t index : dropped) {
+    while (index >= group_end) group_end += static_cast<size_t>(group_sizes[++group]);
+    --out[group];
+  }
+  return out;
+}
+
 }  // namespace fusedopt::binding

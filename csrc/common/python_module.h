@@ -143,8 +143,8 @@ void define_optimizers(pybind11::module_& module, const char* backend) {
            py::arg("params"), py::arg("columns"), py::arg("steps"), py::arg("masters"), py::arg("group_sizes"),
            py::arg("param_mode"), py::arg("absent"), py::arg("local_grads") = py::none())
       .def("gather_grads", &StepOperands::gather_grads,
-           "Reads every parameter and its grad (or checks the given local shards of DTensor params and grads); False "
-           "when the regular step must run instead",
+           "Reads every parameter and its grad (or checks the given local shards of DTensor params and grads, None "
+           "for a grad that is None); False when the regular step must run instead",
            py::arg("local_params") = py::none(), py::arg("local_grads") = py::none());
   module.def(
       "adam_planned",
@@ -153,6 +153,7 @@ void define_optimizers(pybind11::module_& module, const char* backend) {
                 const std::optional<at::Tensor>& device_grad_factor, const std::optional<at::Tensor>& found_inf,
                 int64_t rounding_seed) {
         const Operands& ops = planned.take();
+        if (ops.size() == 0) return;  // no planned parameter has a grad this time
         require_states(ops, backend, {true, true, amsgrad});
         const AdamHyperparameters hyper{std::move(lr),           std::move(beta1), std::move(beta2),
                                         std::move(weight_decay), std::move(eps),   std::move(maximize),
@@ -170,6 +171,7 @@ void define_optimizers(pybind11::module_& module, const char* backend) {
                 Flags maximize, bool centered, double grad_factor, const std::optional<at::Tensor>& device_grad_factor,
                 const std::optional<at::Tensor>& found_inf, int64_t rounding_seed) {
         const Operands& ops = planned.take();
+        if (ops.size() == 0) return;  // no planned parameter has a grad this time
         const bool use_momentum = !ops.states[2].empty();
         require_states(ops, backend, {true, centered, use_momentum});
         const RmspropHyperparameters hyper{std::move(lr),           std::move(alpha),    std::move(eps),
@@ -186,6 +188,7 @@ void define_optimizers(pybind11::module_& module, const char* backend) {
                 double grad_factor, const std::optional<at::Tensor>& device_grad_factor,
                 const std::optional<at::Tensor>& found_inf, int64_t rounding_seed) {
         const Operands& ops = planned.take();
+        if (ops.size() == 0) return;  // no planned parameter has a grad this time
         require_states(ops, backend, {true, false, false});
         const AdagradHyperparameters hyper{std::move(lr), std::move(lr_decay), std::move(weight_decay), std::move(eps),
                                            std::move(maximize)};

@@ -5,11 +5,14 @@
 // regular step, fusedopt/_step_plan.py keeps each fused call's operands in a StepOperands: the params as C++
 // tensors, and the addresses of their state, masters and step counters, which live in fusedopt's own buffers and
 // do not move (operands.h). A later step then only reads every parameter and its .grad here, in C++, checks that
-// each grad is present, dense, contiguous and like its parameter, and that the parameters that had no grad still
-// have none, and calls the same entry point as the regular path. Anything else (a grad appeared or
-// vanished, a dtype changed) makes gather_grads() return false, and the step takes the regular path, which
-// validates with torch.optim's messages and builds a new plan. Only the grads' addresses are kept, for the one
-// step, so zero_grad(set_to_none=True) frees them as usual (on a GPU, stream order protects the launched kernel).
+// each grad is dense, contiguous and like its parameter, and that the parameters that had no grad still have none,
+// and calls the same entry point as the regular path. A planned parameter whose grad is None this time is left out
+// of this step's call, as torch.optim skips it (its state and step counter stay as they are): models whose
+// parameters do not all get a grad at every step (mixture-of-experts layers whose experts get no tokens, task
+// heads used in turns) keep their plan. Anything else (a grad appeared for a parameter that had none, a dtype
+// changed) makes gather_grads() return false, and the step takes the regular path, which validates with
+// torch.optim's messages and builds a new plan. Only the grads' addresses are kept, for the one step, so
+// zero_grad(set_to_none=True) frees them as usual (on a GPU, stream order protects the launched kernel).
 //
 // FSDP2's parameters are DTensors, whose memory is their local shard (a Python attribute): for them Python hands
 // each step's local params and local grads in (`params` and `grads` below), and the same checks run on those.
@@ -28,27 +31,36 @@ namespace fusedopt::binding {
 // NOTE [step plan]'s check of one step's grads: every `absent` parameter still has no grad, every param still has
 // `dtype`, its planned element count and address (`param_addresses`; a `param.data = other` moves it), is
 // contiguous on `device`, and has a grad that is dense, contiguous and like it: its .grad, or `grads[i]` when
-// `grads` is given (DTensor shards). Fills `grad_addresses` and returns true when all hold; reads nothing but tensor
-// metadata.
+// `grads` is given (DTensor shards; an undefined tensor where the grad is None). With `without_grad`, a param whose
+// grad is None is listed there (ascending) instead of failing the check. Fills `grad_addresses` (null for a param
+// without a grad) and returns true when all hold; reads nothing but tensor metadata.
 inline bool gather_grads(const TensorList& params, const TensorList& absent, at::ScalarType dtype,
                          const at::Device& device, const std::vector<int64_t>& numels,
                          std::vector<void*>& param_addresses, std::vector<const void*>& grad_addresses,
-                         const TensorList* grads = nullptr) {
+                         const TensorList* grads = nullptr, std::vector<size_t>* without_grad = nullptr) {
   if (params.size() != numels.size() || (grads != nullptr && grads->size() != params.size())) return false;
   for (const at::Tensor& param : absent) {
     if (param.grad().defined()) return false;
   }
+  if (without_grad != nullptr) without_grad->clear();
   grad_addresses.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& param = params[i];
-    const at::Tensor& grad = grads != nullptr ? (*grads)[i] : param.grad();  // both lvalues: no copy
     if (param.scalar_type() != dtype || param.numel() != numels[i] || !param.is_contiguous() ||
-        param.device() != device || !grad.defined() || grad.layout() != at::kStrided || grad.scalar_type() != dtype ||
-        grad.device() != device || !grad.is_contiguous() || !grad.sizes().equals(param.sizes()) ||
-        dispatches_to_python(grad)) {
+        param.device() != device) {
       return false;
     }
     param_addresses[i] = param.data_ptr();
+    const at::Tensor& grad = grads != nullptr ? (*grads)[i] : param.grad();  // both lvalues: no copy
+    if (!grad.defined() && without_grad != nullptr) {
+      without_grad->push_back(i);
+      grad_addresses[i] = nullptr;
+      continue;
+    }
+    if (!grad.defined() || grad.layout() != at::kStrided || grad.scalar_type() != dtype || grad.device() != device ||
+        !grad.is_contiguous() || !grad.sizes().equals(param.sizes()) || dispatches_to_python(grad)) {
+      return false;
+    }
     grad_addresses[i] = grad.data_ptr();
   }
   return true;
@@ -80,26 +92,39 @@ class StepOperands {
   }
 
   // Reads every parameter and its grad, or, for DTensor shards, checks this step's `local_params` and
-  // `local_grads`; true when the planned call can run on them (see NOTE [step plan]).
-  bool gather_grads(const std::optional<TensorList>& local_params, const std::optional<TensorList>& local_grads) {
+  // `local_grads` (None where a grad is None); true when the planned call can run on them (see NOTE [step plan]).
+  bool gather_grads(const std::optional<TensorList>& local_params,
+                    const std::optional<std::vector<std::optional<at::Tensor>>>& local_grads) {
     // The params' addresses are refreshed too: `param.data = other` may have given one other storage (FSDP-style
     // flat params do), and the kernels address it directly.
     TORCH_CHECK(local_params.has_value() == local_grads.has_value(),
                 "fusedopt StepOperands: local params and local grads come together");
-    gathered_ =
-        binding::gather_grads(local_params.value_or(params_), absent_, dtype_, operands_.device, operands_.numels,
-                              operands_.params, operands_.grads, local_grads.has_value() ? &*local_grads : nullptr);
+    TensorList grads;
+    if (local_grads.has_value()) {
+      grads.reserve(local_grads->size());
+      for (const auto& grad : *local_grads) grads.push_back(grad.value_or(at::Tensor()));
+    }
+    gathered_ = binding::gather_grads(local_params.value_or(params_), absent_, dtype_, operands_.device,
+                                      operands_.numels, operands_.params, operands_.grads,
+                                      local_grads.has_value() ? &grads : nullptr, &without_grad_);
     return gathered_;
   }
 
-  // The operands of this step's call, once per successful gather_grads().
+  // The operands of this step's call, once per successful gather_grads(): the planned ones, less the params whose
+  // grad is None this time (possibly all of them).
   const Operands& take() {
     TORCH_CHECK(gathered_, "fusedopt: a planned step needs gather_grads() to have returned true first");
     gathered_ = false;
-    return operands_;
+    if (without_grad_.empty()) return operands_;
+    this_step_ = without(operands_, without_grad_);
+    this_step_group_sizes_ = without(group_sizes_, without_grad_);
+    return this_step_;
   }
 
-  const std::vector<int64_t>& group_sizes() const { return group_sizes_; }
+  // The group sizes of the operands take() returned last.
+  const std::vector<int64_t>& group_sizes() const {
+    return without_grad_.empty() ? group_sizes_ : this_step_group_sizes_;
+  }
 
  private:
   TensorList params_;
@@ -108,6 +133,9 @@ class StepOperands {
   Operands operands_;
   at::ScalarType dtype_;
   bool gathered_ = false;
+  std::vector<size_t> without_grad_;  // the params whose grad is None at this step
+  Operands this_step_;                // operands_ without them
+  std::vector<int64_t> this_step_group_sizes_;
 };
 
 }  // namespace fusedopt::binding

@@ -124,28 +124,37 @@ void stream(const TensorList& params, const TensorList& grads, const TensorList&
 }
 
 // NOTE [step plan] for the Triton kernels (triton_kernels/_plan.py), which have no binding of their own: the
-// addresses of the params (row 0) and their grads (row 1) as an int64 CPU tensor, pinned when `pinned` (for an
-// asynchronous upload), when every grad (each param's .grad, or `grads`, the local shards of DTensor grads) passes
-// binding::gather_grads for params of `like`'s dtype and device; nothing otherwise. Reads only tensor metadata,
-// on any device.
-std::optional<at::Tensor> gather_grad_addresses(const TensorList& params, const TensorList& absent,
-                                                const std::vector<int64_t>& numels, const at::Tensor& like, bool pinned,
-                                                const std::optional<TensorList>& grads) {
+// addresses of the params (row 0) and their grads (row 1; 0 where a grad is None) as an int64 CPU tensor, pinned
+// when `pinned` (for an asynchronous upload), the indices of the params whose grad is None, and whether every
+// address is a multiple of 16 bytes (the kernels' vector accesses need it), when every grad (each param's .grad,
+// or `grads`, the local shards of DTensor grads) passes binding::gather_grads for params of `like`'s dtype and
+// device; nothing otherwise. Reads only tensor metadata, on any device.
+std::optional<std::tuple<at::Tensor, std::vector<size_t>, bool>> gather_grad_addresses(
+    const TensorList& params, const TensorList& absent, const std::vector<int64_t>& numels, const at::Tensor& like,
+    bool pinned, const std::optional<std::vector<std::optional<at::Tensor>>>& grads) {
   const size_t n = params.size();
   TORCH_CHECK(numels.size() == n, "fusedopt gather_grad_addresses: ", n, " params but ", numels.size(), " sizes");
+  TensorList local_grads;
+  if (grads.has_value()) {
+    local_grads.reserve(grads->size());
+    for (const auto& grad : *grads) local_grads.push_back(grad.value_or(at::Tensor()));
+  }
   std::vector<void*> param_addresses(n);
   std::vector<const void*> grad_addresses;
+  std::vector<size_t> without_grad;
   if (!binding::gather_grads(params, absent, like.scalar_type(), like.device(), numels, param_addresses, grad_addresses,
-                             grads.has_value() ? &*grads : nullptr)) {
+                             grads.has_value() ? &local_grads : nullptr, &without_grad)) {
     return std::nullopt;
   }
   at::Tensor rows = at::empty({2, static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kLong).pinned_memory(pinned));
   int64_t* out = rows.data_ptr<int64_t>();
+  int64_t address_bits = 0;
   for (size_t i = 0; i < n; ++i) {
     out[i] = reinterpret_cast<int64_t>(param_addresses[i]);
     out[n + i] = reinterpret_cast<int64_t>(grad_addresses[i]);
+    address_bits |= out[i] | out[n + i];
   }
-  return rows;
+  return std::make_tuple(std::move(rows), std::move(without_grad), address_bits % 16 == 0);
 }
 
 // The norms of CPU tensors of one dtype (float64, one per tensor): the 2-norm, or the largest magnitude when
@@ -193,7 +202,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Roofline for the benchmark: an optimizer step's loads and stores with one add per element", py::arg("params"),
         py::arg("grads"), py::arg("states0"), py::arg("states1"), py::arg("states2"));
   m.def("gather_grad_addresses", &fusedopt::cpu::gather_grad_addresses,
-        "NOTE [step plan] for the Triton kernels: the params' and grads' addresses when every grad fits the plan",
+        "NOTE [step plan] for the Triton kernels: the params' and grads' addresses, which params have no grad and "
+        "whether all addresses are 16-byte aligned, when every grad fits the plan",
         py::arg("params"), py::arg("absent"), py::arg("numels"), py::arg("like"), py::arg("pinned"),
         py::arg("grads") = py::none());
   m.def("tensor_norms", &fusedopt::cpu::norms_of,
