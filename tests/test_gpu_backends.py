@@ -215,3 +215,41 @@ def test_gpu_group_rows_follow_each_tensors_group(backend, generator):
     for together, apart in zip(runs["together"], runs["apart"]):
         for a, b in zip(together, apart):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", [dict(), dict(stochastic_rounding=True)], ids=["plain", "stochastic_rounding"])
+@pytest.mark.parametrize("name", ["AdamW", "RMSprop", "Adagrad"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_planned_steps_skip_parameters_without_a_grad(backend, name, mode, generator):
+    """NOTE [step plan]: a plan made when every parameter had a grad takes the later steps where some have none,
+    leaving them out of the launch (the cuda binding and the Triton plan each make a table of the others), without
+    waiting for the GPU, and computes bit for bit what the regular path computes; parameters without a grad and
+    their step counters stay as they are."""
+    dtype = torch.bfloat16 if mode else torch.float32
+    params = _on_device(make_params(dtype, generator, SHAPES)[:-1])  # without the transposed one: no plan for it
+    twins = clone_params(params)
+    planned = FUSED_CLASSES[name](_groups(name, params), backend=backend, **mode)
+    regular = FUSED_CLASSES[name](_groups(name, twins), backend=backend, **mode)
+    count = len(params)
+    missing_by_step = [(), (1,), tuple(range(4, count)), tuple(range(count)), (0, count - 1), ()]
+    for step, missing in enumerate(missing_by_step):
+        grads = [None if i in missing else torch.randn(p.shape, generator=generator).to(DEVICE, dtype) for i, p in
+                 enumerate(params)]  # fmt: skip
+        for optimizer, ps in ((planned, params), (regular, twins)):
+            for p, g in zip(ps, grads):
+                p.grad = None if g is None else g.clone()
+        regular._step_plans.clear()
+        before = [p.detach().clone() for p in params]
+        with _no_synchronisation(enabled=step > 0):
+            planned.step()
+        regular.step()
+        for i, (p, q) in enumerate(zip(params, twins)):
+            assert torch.equal(p, q), f"param {i} after step {step}"
+            if i in missing:
+                assert torch.equal(p, before[i]), f"param {i} has no grad at step {step} but changed"
+        for p, q in zip(params, twins):
+            for key, value in regular.state[q].items():
+                assert torch.equal(planned.state[p][key], value), f"state {key} after step {step}"
+    assert len(planned._step_plans) == 1  # the plan of the first step took every later one
+    expected = [len(missing_by_step) - sum(i in m for m in missing_by_step) for i in range(count)]
+    assert [float(planned.state[p]["step"]) for p in params] == expected

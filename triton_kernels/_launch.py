@@ -157,7 +157,7 @@ class LaunchTable:
         #: The host tensors, for the tables of planned steps that leave some tensors out (_plan.py).
         self.host = (addresses, numels, tensor_group)
         self.aligned = aligned
-        self.addresses = addresses.to(device)
+        self.addresses = _upload(addresses, device)
         self.num_tensors = len(numels)
         counts = (numels + BLOCK - 1) // BLOCK
         if int(counts.sum()) == 0:
@@ -166,10 +166,10 @@ class LaunchTable:
         block_tensor = torch.repeat_interleave(torch.arange(len(numels), dtype=torch.int32), counts)
         first_block = torch.cumsum(counts, 0) - counts
         block_index = torch.arange(self.num_blocks, dtype=torch.int64) - first_block.repeat_interleave(counts)
-        self.block_tensor = block_tensor.to(device)
-        self.block_start = (block_index * BLOCK).to(device)
-        self.numels = numels.to(device)
-        self.tensor_group = tensor_group.to(device)
+        self.block_tensor = _upload(block_tensor, device)
+        self.block_start = _upload(block_index * BLOCK, device)
+        self.numels = _upload(numels, device)
+        self.tensor_group = _upload(tensor_group, device)
         self.finished = torch.zeros(1, dtype=torch.int32, device=device)
 
     @classmethod
@@ -201,6 +201,14 @@ class LaunchTable:
         addresses[0], addresses[1] = param_row[kept], grad_row[kept]
         device = self.addresses.device
         return LaunchTable(addresses, numels[kept], tensor_group[kept], device, self.aligned and aligned)
+
+
+def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`host` on `device`; to a GPU from pinned memory, so that the copy is queued and the host goes on (from
+    pageable memory it waits for the stream: a planned step that leaves tensors out makes a table every step)."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 _tables: OrderedDict[tuple, LaunchTable] = OrderedDict()
