@@ -79,7 +79,7 @@ def test_plan_matches_regular_steps_through_changes(name, backend):
     for step in range(14):
         grads = _grads(generator, params)
         if step in (3, 4):
-            grads[1] = None  # a parameter without a grad: the plan steps aside, then a new one is made
+            grads[1] = None  # a parameter without a grad: the plan leaves it out
         if step == 6:
             for o in (optimizer, regular[0]):
                 o.param_groups[1]["weight_decay"] = 0.0  # read at every step: the plan stays
