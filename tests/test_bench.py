@@ -137,6 +137,9 @@ def test_end_to_end_cpu_run(tmp_path, capsys):
     document = json.loads(json_path.read_text())
     assert document["schema"] == report.JSON_SCHEMA_VERSION
     assert {"date", "command", "torch", "cpu"} <= document["metadata"].keys()
+    libraries = document["metadata"]["libraries"]
+    assert libraries.keys() == {"deepspeed", "apex", "bitsandbytes", "torchao"}
+    assert libraries["deepspeed"] == cli._installed_version("deepspeed")
     rows = {(r["variant"], r["implementation"]): r for r in document["rows"]}
     fused = rows[("adamw", "fusedopt-cpu")]
     assert fused["status"] == "ok" and fused["reps"] == 2 and fused["bytes_per_step"] == (1 << 20) * 28 + 8
@@ -174,15 +177,58 @@ def test_an_implementation_refusing_a_case_becomes_a_row():
     assert rows[1].status == "ok" and rows[1].median_ms > 0
 
 
-@pytest.mark.parametrize("interleave", [True, False])
-def test_host_overhead_script_measures_every_implementation(interleave):
+def _bench_script(name: str):
+    """bench/NAME.py loaded as a module (the bench folder is scripts, not a package)."""
     import importlib.util
     import pathlib
 
-    path = pathlib.Path(__file__).parent.parent / "bench" / "host_overhead.py"
-    spec = importlib.util.spec_from_file_location("host_overhead", path)
-    host_overhead = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(host_overhead)
+    spec = importlib.util.spec_from_file_location(name, pathlib.Path(__file__).parent.parent / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_deepspeed_cpu_adam_keeps_state_in_the_params_dtype(monkeypatch):
+    """DeepSpeedCPUAdam keeps float32 state for bfloat16 params unless told otherwise; the benchmark tells it, so
+    its row moves the bytes every other row moves (a stand-in module records the arguments)."""
+    import sys
+    import types
+
+    made = []
+
+    class DeepSpeedCPUAdam:
+        def __init__(self, model_params, lr=1e-3, adamw_mode=True, fp32_optimizer_states=True):
+            made.append(dict(adamw_mode=adamw_mode, fp32_optimizer_states=fp32_optimizer_states))
+
+        def step(self):
+            pass
+
+    ops = types.ModuleType("deepspeed.ops.adam")
+    ops.DeepSpeedCPUAdam = DeepSpeedCPUAdam
+    monkeypatch.setitem(sys.modules, "deepspeed.ops.adam", ops)
+    deepspeed = next(i for i in implementations.IMPLEMENTATIONS if i.name == "deepspeed")
+    params = [torch.zeros(4, dtype=torch.bfloat16)]
+    deepspeed.build("adamw", {}, params)()
+    deepspeed.build("adam", {}, params)
+    assert made == [
+        dict(adamw_mode=True, fp32_optimizer_states=False),
+        dict(adamw_mode=False, fp32_optimizer_states=False),
+    ]
+    with pytest.raises(implementations.Unavailable, match="without amsgrad"):
+        deepspeed.build("adam", {"amsgrad": True}, params)
+
+
+def test_host_overhead_script_without_some_grads():
+    """--without-grads: every implementation steps with some parameters' grads set to None, drawn anew each round."""
+    host_overhead = _bench_script("host_overhead")
+    results = host_overhead.measure("cpu", tensors=10, numel=3, reps=3, warmup=1, without_grads=4)
+    assert set(results) == set(host_overhead.IMPLEMENTATIONS)
+    assert all(row["status"] == "ok" for row in results.values())
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_host_overhead_script_measures_every_implementation(interleave):
+    host_overhead = _bench_script("host_overhead")
     results = host_overhead.measure("cpu", tensors=10, numel=3, reps=3, warmup=1, interleave=interleave)
     assert set(results) == set(host_overhead.IMPLEMENTATIONS)
     for row in results.values():
@@ -194,13 +240,9 @@ def test_host_overhead_script_measures_every_implementation(interleave):
 def test_triton_tune_launches_each_block_size_it_reports(monkeypatch):
     """bench/triton_tune.py times one configuration per row: every step it times runs with that row's BLOCK (a
     kept step plan must not carry the previous BLOCK's launch over)."""
-    import importlib.util
-    import os
+    import importlib
 
-    path = os.path.join(os.path.dirname(__file__), "..", "bench", "triton_tune.py")
-    spec = importlib.util.spec_from_file_location("triton_tune", path)
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)
+    tune = _bench_script("triton_tune")
     monkeypatch.setattr(tune, "BLOCKS", (1024, 4096))
     monkeypatch.setattr(tune, "WARPS", (4,))
     adam_module = importlib.import_module("fusedopt.triton_kernels.adam")
@@ -221,13 +263,7 @@ def test_triton_tune_launches_each_block_size_it_reports(monkeypatch):
 
 
 def test_host_overhead_script_with_clipping(monkeypatch):
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).parent.parent / "bench" / "host_overhead.py"
-    spec = importlib.util.spec_from_file_location("host_overhead", path)
-    host_overhead = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(host_overhead)
+    host_overhead = _bench_script("host_overhead")
     monkeypatch.setattr(host_overhead, "_MAX_GRAD_NORM", 1.0)
     clipped, clip = [], torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *args, **kw: clipped.append(1) or clip(*args, **kw))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import platform
 import sys
 
@@ -141,7 +142,16 @@ def metadata(argv: list[str]) -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
+    # The other libraries' versions (None: not installed), read from their package metadata without importing them.
+    info["libraries"] = {name: _installed_version(name) for name in ("deepspeed", "apex", "bitsandbytes", "torchao")}
     return info
+
+
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _cpu_model() -> str:

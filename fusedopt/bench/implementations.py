@@ -4,6 +4,7 @@ installed, and the roofline kernels. Each builds a `step()` over given params, o
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -96,10 +97,14 @@ def _deepspeed(optimizer: str, options: dict, params: list[torch.Tensor]) -> Ste
     if optimizer not in ("adam", "adamw") or options.get("amsgrad"):
         raise Unavailable("unsupported: DeepSpeed fuses Adam/AdamW without amsgrad only")
     decoupled = optimizer == "adamw"
-    if params[0].device.type == "cpu":
-        ops = _import("deepspeed.ops.adam")
-        return ops.DeepSpeedCPUAdam(decay_groups(params), adamw_mode=decoupled).step
     ops = _import("deepspeed.ops.adam")
+    if params[0].device.type == "cpu":
+        # DeepSpeedCPUAdam keeps float32 state for bfloat16 params by default (8 more bytes per parameter and
+        # step); every other row keeps state in the param's dtype (torch's rule), and so does this one.
+        extra = {"fp32_optimizer_states": False}
+        if "fp32_optimizer_states" not in inspect.signature(ops.DeepSpeedCPUAdam).parameters:
+            extra = {}  # a DeepSpeed without the option: its own choice of state dtype
+        return ops.DeepSpeedCPUAdam(decay_groups(params), adamw_mode=decoupled, **extra).step
     return ops.FusedAdam(decay_groups(params), adam_w_mode=decoupled).step
 
 
