@@ -177,6 +177,22 @@ def test_an_implementation_refusing_a_case_becomes_a_row():
     assert rows[1].status == "ok" and rows[1].median_ms > 0
 
 
+def test_rows_of_8bit_optimizers_report_time_not_bytes():
+    """An 8-bit optimizer moves bytes of its own layout, not the case's count: its row has a time and
+    parameters/s, and no GB/s or roofline percentage; other rows keep theirs."""
+    from fusedopt.bench.implementations import IMPLEMENTATIONS, Implementation
+    from fusedopt.bench.runner import Case, run_case
+
+    fused = next(i for i in IMPLEMENTATIONS if i.name == "fusedopt-cpu")
+    roofline = next(i for i in IMPLEMENTATIONS if i.name == "roofline-stream")
+    eight_bit = Implementation("eight-bit", "other", fused.build, counted_bytes=False)
+    assert {i.name for i in IMPLEMENTATIONS if not i.counted_bytes} == {"bitsandbytes-8bit", "torchao-8bit"}
+    rows = run_case(Case("cpu", "adamw", {}, "float32", workloads.flat(4096)), [eight_bit, fused, roofline], reps=2)
+    assert rows[0].median_ms > 0 and rows[0].params_per_s > 0
+    assert rows[0].gb_per_s is None and rows[0].pct_of_roofline is None
+    assert rows[1].gb_per_s > 0 and rows[1].pct_of_roofline > 0
+
+
 def _bench_script(name: str):
     """bench/NAME.py loaded as a module (the bench folder is scripts, not a package)."""
     import importlib.util

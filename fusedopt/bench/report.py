@@ -41,7 +41,11 @@ class Progress:
 
 
 def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    """`value` formatted by `spec`, or "-" in the same width (the digits before the spec's point or type)."""
+    if value is not None:
+        return format(value, spec)
+    width = spec.split(".")[0].rstrip("dfs")
+    return format("-", f">{width}") if width else "-"
 
 
 def format_table(rows: list[Row], info: dict) -> str:

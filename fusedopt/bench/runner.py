@@ -199,6 +199,7 @@ def run_case(case: Case, implementations: list[Implementation], reps: int, seed:
         except (RuntimeError, TypeError, ValueError) as error:  # a library refusing this case's options
             row.status = unsupported(error)
     timings = _time_interleaved(steppers, reps, case.device)
+    counted = {impl.name: impl.counted_bytes for impl in implementations}
     cuda = case.device == "cuda"
     for row in rows:
         if row.implementation not in timings:
@@ -208,7 +209,8 @@ def run_case(case: Case, implementations: list[Implementation], reps: int, seed:
         row.reps = len(samples)
         row.median_ms, row.p25_ms, row.p75_ms = quartiles_ms(samples)
         row.params_per_s = case.workload.numel / median
-        row.gb_per_s = traffic.total_bytes / median / 1e9
+        if counted[row.implementation]:
+            row.gb_per_s = traffic.total_bytes / median / 1e9
         step = steppers[row.implementation][0]
         peak = _cuda_peak_extra_bytes(step, torch.device("cuda")) if cuda else _cpu_peak_extra_bytes(step)
         row.peak_extra_mb = peak / 2**20
