@@ -102,6 +102,57 @@ def test_one_launch_for_many_tensors(generator, monkeypatch):
     assert launches[0] == (1 + 1 + 2 + 1 + 1,)  # blocks of 4096: 5, 4096, 4097 (two), 39, transposed 48
 
 
+def _specialization(kernel, args: tuple, kwargs: dict) -> tuple:
+    """What picks a compiled variant of a launch, by Triton's own rule (native_specialize_impl): each runtime
+    argument's type and its alignment or value class (unless the kernel says do_not_specialize), and the constexpr
+    keyword arguments."""
+    import inspect
+
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    not_specialized = getattr(kernel, "do_not_specialize", None) or getattr(kernel, "kwargs", {}).get(
+        "do_not_specialize", ()
+    )
+    names = list(inspect.signature(kernel.fn).parameters)
+    runtime = [
+        (name, native_specialize_impl(BaseBackend, value, False, name not in not_specialized, True))
+        for name, value in zip(names, args)
+    ]
+    return tuple(runtime), tuple(sorted((name, repr(value)) for name, value in kwargs.items()))
+
+
+def test_launches_keep_one_specialization_when_lr_step_and_sizes_change(generator, monkeypatch):
+    """No recompilation when the learning rate, the step or the sizes change, checked without a GPU: every launch of
+    AdamW over 1, 2, 3, 16 or 17 tensors, with a scheduler and planned steps that leave parameters out, has the
+    same specialization (Triton specializes integers equal to 1 or divisible by 16, and pointers on 16-byte
+    alignment: the address rows start on 16-byte boundaries whatever the tensor count, and num_tensors is not
+    specialized)."""
+    pytest.importorskip("triton._C.libtriton", reason="Triton's native specializer")
+    adam_module = importlib.import_module("fusedopt.triton_kernels.adam")
+    original, keys = adam_module._adam_kernel, set()
+
+    class Recording:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                keys.add(_specialization(original, args, kwargs))
+                return original[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(adam_module, "_adam_kernel", Recording())
+    for count in (1, 2, 3, 16, 17):
+        params = _on_device([torch.randn(n, generator=generator) for n in range(7, 7 + 5 * count, 5)])
+        optimizer = fusedopt.AdamW(params, backend="triton", lr=1e-2)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
+        for step in range(3):
+            for i, p in enumerate(params):  # the last step leaves the first parameter out (one tensor less)
+                p.grad = None if (step == 2 and i == 0 and count > 1) else torch.randn_like(p)
+            optimizer.step()
+            scheduler.step()
+    assert len(keys) == 1, keys
+
+
 def test_launch_table_uses_64_bit_offsets_and_is_cached():
     """Block starts past 2^31 elements are exact (int64); a table is reused until an operand moves."""
     from fusedopt.triton_kernels import _launch as multi_tensor

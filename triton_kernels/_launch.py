@@ -157,7 +157,7 @@ class LaunchTable:
         #: The host tensors, for the tables of planned steps that leave some tensors out (_plan.py).
         self.host = (addresses, numels, tensor_group)
         self.aligned = aligned
-        self.addresses = _upload(addresses, device)
+        self.addresses = _upload(even_columns(addresses), device)
         self.num_tensors = len(numels)
         counts = (numels + BLOCK - 1) // BLOCK
         if int(counts.sum()) == 0:
@@ -201,6 +201,15 @@ class LaunchTable:
         addresses[0], addresses[1] = param_row[kept], grad_row[kept]
         device = self.addresses.device
         return LaunchTable(addresses, numels[kept], tensor_group[kept], device, self.aligned and aligned)
+
+
+def even_columns(rows: torch.Tensor) -> torch.Tensor:
+    """`rows` (int64, one row per operand) with a zero column added when their count is odd, so that every row
+    starts on a 16-byte boundary. Triton specializes a pointer argument on whether it is 16-byte aligned: the rows
+    handed to the kernels are views of one table, so with an odd tensor count every other row would not be, and a
+    count that changes from odd to even (a planned step that leaves parameters out, another bucket) would compile
+    the kernel once more. The kernels never read past num_tensors."""
+    return rows if rows.shape[-1] % 2 == 0 else torch.nn.functional.pad(rows, (0, 1))
 
 
 def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:

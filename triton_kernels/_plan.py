@@ -109,7 +109,8 @@ class StepOperands:
         kept[self._without_grad] = False
         if not kept.any():
             return None
-        table = self._launch.table.keeping(kept, rows[0], rows[1], self._aligned)
+        count = len(self._params)  # rows has a zero column more when the count is odd (multi_tensor.even_columns)
+        table = self._launch.table.keeping(kept, rows[0, :count], rows[1, :count], self._aligned)
         group_sizes = torch.bincount(table.host[2], minlength=len(self._launch.group_sizes)).tolist()
         launch = replace(self._launch, table=table, group_sizes=group_sizes)
         return launch.for_step(

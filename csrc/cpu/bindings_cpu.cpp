@@ -124,11 +124,12 @@ void stream(const TensorList& params, const TensorList& grads, const TensorList&
 }
 
 // NOTE [step plan] for the Triton kernels (triton_kernels/_plan.py), which have no binding of their own: the
-// addresses of the params (row 0) and their grads (row 1; 0 where a grad is None) as an int64 CPU tensor, pinned
-// when `pinned` (for an asynchronous upload), the indices of the params whose grad is None, and whether every
-// address is a multiple of 16 bytes (the kernels' vector accesses need it), when every grad (each param's .grad,
-// or `grads`, the local shards of DTensor grads) passes binding::gather_grads for params of `like`'s dtype and
-// device; nothing otherwise. Reads only tensor metadata, on any device.
+// addresses of the params (row 0) and their grads (row 1; 0 where a grad is None; rows of even length, the last
+// entry 0 when the count is odd) as an int64 CPU tensor, pinned when `pinned` (for an asynchronous upload), the
+// indices of the params whose grad is None, and whether every address is a multiple of 16 bytes (the kernels'
+// vector accesses need it), when every grad (each param's .grad, or `grads`, the local shards of DTensor grads)
+// passes binding::gather_grads for params of `like`'s dtype and device; nothing otherwise. Reads only tensor
+// metadata, on any device.
 std::optional<std::tuple<at::Tensor, std::vector<size_t>, bool>> gather_grad_addresses(
     const TensorList& params, const TensorList& absent, const std::vector<int64_t>& numels, const at::Tensor& like,
     bool pinned, const std::optional<std::vector<std::optional<at::Tensor>>>& grads) {
@@ -146,13 +147,17 @@ std::optional<std::tuple<at::Tensor, std::vector<size_t>, bool>> gather_grad_add
                              grads.has_value() ? &local_grads : nullptr, &without_grad)) {
     return std::nullopt;
   }
-  at::Tensor rows = at::empty({2, static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kLong).pinned_memory(pinned));
+  // An even row length, so that the grad row starts on a 16-byte boundary as the param row does (Triton
+  // specializes pointer arguments on it: multi_tensor.even_columns in triton_kernels/_launch.py).
+  const size_t row_length = n + n % 2;
+  at::Tensor rows =
+      at::zeros({2, static_cast<int64_t>(row_length)}, at::TensorOptions().dtype(at::kLong).pinned_memory(pinned));
   int64_t* out = rows.data_ptr<int64_t>();
   int64_t address_bits = 0;
   for (size_t i = 0; i < n; ++i) {
     out[i] = reinterpret_cast<int64_t>(param_addresses[i]);
-    out[n + i] = reinterpret_cast<int64_t>(grad_addresses[i]);
-    address_bits |= out[i] | out[n + i];
+    out[row_length + i] = reinterpret_cast<int64_t>(grad_addresses[i]);
+    address_bits |= out[i] | out[row_length + i];
   }
   return std::make_tuple(std::move(rows), std::move(without_grad), address_bits % 16 == 0);
 }
