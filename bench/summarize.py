@@ -14,6 +14,12 @@ import sys
 from collections import defaultdict
 
 
+def _cell(value, spec: str) -> str:
+    """A measured value, or "-" where the row has none (8-bit optimizers report no GB/s; launches are counted on
+    GPUs only)."""
+    return "-" if value is None else format(value, spec)
+
+
 def summarize(document: dict) -> str:
     meta = document["metadata"]
     lines = [
@@ -22,6 +28,11 @@ def summarize(document: dict) -> str:
         f"- device: {meta.get('gpu') or meta['cpu']} ({meta['cpu_threads']} CPU threads)",
         f"- versions: fusedopt {meta['fusedopt']}, torch {meta['torch']}, triton {meta.get('triton')}, "
         f"CUDA {meta.get('cuda')}, python {meta['python']}",
+        "- other libraries: "
+        + (
+            ", ".join(f"{name} {version or 'not installed'}" for name, version in meta.get("libraries", {}).items())
+            or "not recorded"
+        ),
         f"- command: `{meta['command']}`",
         "- GB/s counts the bytes a single-pass step must move (fusedopt/bench/traffic.py); % roofline is against "
         "the fastest roofline row of the same case, measured in the same run",
@@ -45,9 +56,9 @@ def summarize(document: dict) -> str:
                 continue
             speedup = f"{baseline['median_ms'] / r['median_ms']:.2f}x" if baseline else ""
             lines.append(
-                f"| {r['implementation']} | {r['median_ms']:.3f} | {r['gb_per_s']:.1f} | "
-                f"{r['pct_of_roofline'] or 0:.1f} | {speedup} | {r['peak_extra_mb']:.1f} | "
-                f"{'-' if r.get('launches') is None else r['launches']} | {r['status']} |"
+                f"| {r['implementation']} | {r['median_ms']:.3f} | {_cell(r['gb_per_s'], '.1f')} | "
+                f"{_cell(r['pct_of_roofline'], '.1f')} | {speedup} | {_cell(r['peak_extra_mb'], '.1f')} | "
+                f"{_cell(r.get('launches'), 'd')} | {r['status']} |"
             )
         lines.append("")
     return "\n".join(lines)

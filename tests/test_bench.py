@@ -193,6 +193,25 @@ def test_rows_of_8bit_optimizers_report_time_not_bytes():
     assert rows[1].gb_per_s > 0 and rows[1].pct_of_roofline > 0
 
 
+def test_summary_of_a_run_with_rows_that_report_no_bytes(tmp_path):
+    """bench/summarize.py (gpu_check.sh's summary) writes every row, "-" where a row has no GB/s (8-bit
+    optimizers), no roofline percentage or no launch count, and the speed against torch's fused kernel."""
+    from fusedopt.bench.implementations import IMPLEMENTATIONS, Implementation
+    from fusedopt.bench.runner import Case, run_case
+
+    fused = next(i for i in IMPLEMENTATIONS if i.name == "fusedopt-cpu")
+    torch_fused = next(i for i in IMPLEMENTATIONS if i.name == "torch-fused")
+    eight_bit = Implementation("eight-bit", "other", fused.build, counted_bytes=False)
+    rows = run_case(Case("cpu", "adamw", {}, "float32", workloads.flat(4096)), [fused, torch_fused, eight_bit], reps=1)
+    path = tmp_path / "rows.json"
+    report.write_json(str(path), rows, cli.metadata(["--device", "cpu"]))
+    summary = _bench_script("summarize").summarize(json.loads(path.read_text()))
+    assert "- other libraries: deepspeed " in summary
+    lines = {line.split(" | ")[0]: line for line in summary.splitlines() if line.startswith("| ")}
+    assert lines["| eight-bit"].split(" | ")[2:4] == ["-", "-"]
+    assert lines["| fusedopt-cpu"].split(" | ")[4].endswith("x") and lines["| torch-fused"].split(" | ")[4] == "1.00x"
+
+
 def _bench_script(name: str):
     """bench/NAME.py loaded as a module (the bench folder is scripts, not a package)."""
     import importlib.util
