@@ -53,7 +53,8 @@ def _keyed_objects(optimizer) -> list:
 
 class StepPlan:
     def __init__(self, optimizer, calls: list[tuple[Any, Any, Any]]) -> None:
-        self._key = _plan_key(optimizer)
+        #: What the plan was made from (_plan_key): the plan is current while the optimizer's key equals it.
+        self.key = _plan_key(optimizer)
         self._keyed_objects = _keyed_objects(optimizer)
         self._calls = calls  # (launch, planned function, StepOperands, its DTensor params or None)
 
@@ -92,9 +93,6 @@ class StepPlan:
             function = getattr(module, f"{optimizer._kernel}_planned")
             calls.append((launch, function, operands, launch.params if sharded else None))
         return cls(optimizer, calls)
-
-    def is_current(self, optimizer) -> bool:
-        return _plan_key(optimizer) == self._key
 
     def grads(self) -> list:
         """This step's grads of the planned parameters (for max_grad_norm's norm)."""
@@ -159,7 +157,8 @@ class StepPlans:
     def run(self, optimizer, found_inf) -> bool:
         """One step by the first current plan that fits this step's grads; False, with nothing modified, when none
         does. Plans made before the optimizer changed are dropped."""
-        self._plans = [plan for plan in self._plans if plan.is_current(optimizer)]
+        key = _plan_key(optimizer)
+        self._plans = [plan for plan in self._plans if plan.key == key]
         for index, plan in enumerate(self._plans):
             if plan.run(optimizer, found_inf):
                 if index:
