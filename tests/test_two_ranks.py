@@ -132,6 +132,33 @@ def optimizers_with_clipping(backend, directory):
         _assert_models_close(model, twin, name)
 
 
+def parameters_without_a_grad_keep_the_plan(backend, directory):
+    """Steps where some parameters have no grad on any rank (as after a module that did not run): the plan made at
+    the first step leaves them out as torch.optim does, and max_grad_norm's norm (a collective) covers the grads
+    present, as torch's clip_grad_norm_ does."""
+    for name in OPTIMIZERS:
+        model, twin = _sharded_model(), _sharded_model()
+        fused = _make(name, model, backend, max_grad_norm=MAX_NORM)
+        reference = _make(name, twin)
+        regular_steps = count_regular_steps(fused)
+        for step in range(4):
+            for m in (model, twin):
+                _backward(m, step)
+                if step in (1, 2):
+                    m[3].weight.grad = None  # rank 1's shard of it is empty
+                if step == 2:
+                    m[0].bias.grad = None
+            fused.step()
+            norm = torch.nn.utils.clip_grad_norm_(twin.parameters(), MAX_NORM).full_tensor()
+            reference.step()
+            assert_close_detailed(fused.last_grad_norm, norm, f"{name} step {step} grad norm")
+            fused.zero_grad()
+            reference.zero_grad()
+        assert len(regular_steps) == 1
+        _assert_models_close(model, twin, name)
+        assert float(fused.state[model[3].weight]["step"]) == 2.0
+
+
 def grad_scaler_skips_on_every_rank(backend, directory):
     """torch.amp.GradScaler over FSDP2: an inf in one rank's shard skips the step on both ranks (fusedopt takes
     grad_scale and found_inf into its kernels), as torch.optim's step does after unscaling."""
@@ -297,7 +324,8 @@ def zero_redundancy_optimizer(backend, directory):
 
 
 SCENARIOS = [
-    optimizers_with_clipping, grad_scaler_skips_on_every_rank, clip_grad_norm_equals_torch,
+    optimizers_with_clipping, parameters_without_a_grad_keep_the_plan, grad_scaler_skips_on_every_rank,
+    clip_grad_norm_equals_torch,
     distributed_checkpoints_interchange, mixed_precision_checkpoints, zero_redundancy_optimizer,
 ]  # fmt: skip
 
