@@ -224,16 +224,17 @@ def _bench_script(name: str):
 
 
 def test_deepspeed_cpu_adam_keeps_state_in_the_params_dtype(monkeypatch):
-    """DeepSpeedCPUAdam keeps float32 state for bfloat16 params unless told otherwise; the benchmark tells it, so
-    its row moves the bytes every other row moves (a stand-in module records the arguments)."""
+    """DeepSpeedCPUAdam keeps float32 state for bfloat16 params and no weight decay unless told otherwise; the
+    benchmark tells it, so its row moves the bytes and does the arithmetic every other row does (a stand-in module
+    records the arguments)."""
     import sys
     import types
 
     made = []
 
     class DeepSpeedCPUAdam:
-        def __init__(self, model_params, lr=1e-3, adamw_mode=True, fp32_optimizer_states=True):
-            made.append(dict(adamw_mode=adamw_mode, fp32_optimizer_states=fp32_optimizer_states))
+        def __init__(self, model_params, lr=1e-3, weight_decay=0, adamw_mode=True, fp32_optimizer_states=True):
+            made.append(dict(adamw_mode=adamw_mode, fp32_optimizer_states=fp32_optimizer_states, decay=weight_decay))
 
         def step(self):
             pass
@@ -245,9 +246,9 @@ def test_deepspeed_cpu_adam_keeps_state_in_the_params_dtype(monkeypatch):
     params = [torch.zeros(4, dtype=torch.bfloat16)]
     deepspeed.build("adamw", {}, params)()
     deepspeed.build("adam", {}, params)
-    assert made == [
-        dict(adamw_mode=True, fp32_optimizer_states=False),
-        dict(adamw_mode=False, fp32_optimizer_states=False),
+    assert made == [  # and torch.optim's default weight decay, as the other rows have it (AdamW 0.01, Adam 0)
+        dict(adamw_mode=True, fp32_optimizer_states=False, decay=0.01),
+        dict(adamw_mode=False, fp32_optimizer_states=False, decay=0),
     ]
     with pytest.raises(implementations.Unavailable, match="without amsgrad"):
         deepspeed.build("adam", {"amsgrad": True}, params)

@@ -96,6 +96,13 @@ def _import(module: str):
         raise Unavailable(f"not installed: {module} ({type(error).__name__})") from None
 
 
+def _torch_weight_decay(optimizer: str) -> dict:
+    """torch.optim's default weight decay for `optimizer` (AdamW 0.01, the others 0), which the fusedopt and torch
+    rows use: DeepSpeed's and Apex's Adam classes default to 0 in both modes, which would spare their AdamW rows
+    the decay's multiply."""
+    return {"weight_decay": inspect.signature(TORCH_CLASSES[optimizer]).parameters["weight_decay"].default}
+
+
 def _deepspeed(optimizer: str, options: dict, params: list[torch.Tensor]) -> StepFn:
     if optimizer not in ("adam", "adamw") or options.get("amsgrad"):
         raise Unavailable("unsupported: DeepSpeed fuses Adam/AdamW without amsgrad only")
@@ -107,8 +114,10 @@ def _deepspeed(optimizer: str, options: dict, params: list[torch.Tensor]) -> Ste
         extra = {"fp32_optimizer_states": False}
         if "fp32_optimizer_states" not in inspect.signature(ops.DeepSpeedCPUAdam).parameters:
             extra = {}  # a DeepSpeed without the option: its own choice of state dtype
-        return ops.DeepSpeedCPUAdam(decay_groups(params), adamw_mode=decoupled, **extra).step
-    return ops.FusedAdam(decay_groups(params), adam_w_mode=decoupled).step
+        return ops.DeepSpeedCPUAdam(
+            decay_groups(params), adamw_mode=decoupled, **_torch_weight_decay(optimizer), **extra
+        ).step
+    return ops.FusedAdam(decay_groups(params), adam_w_mode=decoupled, **_torch_weight_decay(optimizer)).step
 
 
 def _apex(optimizer: str, options: dict, params: list[torch.Tensor]) -> StepFn:
@@ -116,7 +125,9 @@ def _apex(optimizer: str, options: dict, params: list[torch.Tensor]) -> StepFn:
         raise Unavailable("unsupported: Apex's fused optimizers run on CUDA only")
     apex_optimizers = _import("apex.optimizers")
     if optimizer in ("adam", "adamw"):
-        return apex_optimizers.FusedAdam(decay_groups(params), adam_w_mode=optimizer == "adamw", **options).step
+        return apex_optimizers.FusedAdam(
+            decay_groups(params), adam_w_mode=optimizer == "adamw", **_torch_weight_decay(optimizer), **options
+        ).step
     if optimizer == "adagrad":
         return apex_optimizers.FusedAdagrad(decay_groups(params)).step
     raise Unavailable("unsupported: Apex has no fused RMSprop")
