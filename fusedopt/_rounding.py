@@ -31,7 +31,8 @@ def rounding_key(seed: int, step: int, tensor_index: int) -> int:
 
 
 def rounding_bits(key: int, numel: int, device: torch.device) -> Tensor:
-    """Random bits of elements 0..numel-1 of the tensor with `key` (fusedopt::rounding_bits), as int64."""
+    """Random bits of elements 0..numel-1 of the tensor with `key` (fusedopt::rounding_bits_in_block of
+    fusedopt::rounding_block_key), as int64."""
     index = torch.arange(numel, dtype=torch.int64, device=device)
     return mix32((index & _MASK32) ^ mix32((key + (index >> 32)) & _MASK32))
 

@@ -31,7 +31,7 @@ def rounding_block_key(key, first):
 
 @triton.jit
 def rounding_bits_in_block(block_key, index):
-    """The random bits of element `index` (int64) of a block with `block_key`: fusedopt::rounding_bits."""
+    """The random bits of element `index` (int64) of a block with `block_key` (fusedopt::rounding_bits_in_block)."""
     return mix32((index & 0xFFFFFFFF) ^ block_key)
 
 

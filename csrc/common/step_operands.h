@@ -66,6 +66,15 @@ inline bool gather_grads(const TensorList& params, const TensorList& absent, at:
   return true;
 }
 
+// Grads handed in from Python with None where a parameter has no grad, as the undefined tensors gather_grads reads
+// as "no grad".
+inline TensorList undefined_where_none(const std::vector<std::optional<at::Tensor>>& grads) {
+  TensorList out;
+  out.reserve(grads.size());
+  for (const auto& grad : grads) out.push_back(grad.value_or(at::Tensor()));
+  return out;
+}
+
 class StepOperands {
  public:
   // `columns` are the state lists in the entry point's slot order, an empty list for a slot the call does not use;
@@ -99,11 +108,7 @@ class StepOperands {
     // flat params do), and the kernels address it directly.
     TORCH_CHECK(local_params.has_value() == local_grads.has_value(),
                 "fusedopt StepOperands: local params and local grads come together");
-    TensorList grads;
-    if (local_grads.has_value()) {
-      grads.reserve(local_grads->size());
-      for (const auto& grad : *local_grads) grads.push_back(grad.value_or(at::Tensor()));
-    }
+    const TensorList grads = local_grads.has_value() ? undefined_where_none(*local_grads) : TensorList{};
     gathered_ = binding::gather_grads(local_params.value_or(params_), absent_, dtype_, operands_.device,
                                       operands_.numels, operands_.params, operands_.grads,
                                       local_grads.has_value() ? &grads : nullptr, &without_grad_);

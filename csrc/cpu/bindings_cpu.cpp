@@ -16,6 +16,7 @@
 #include "../common/binding_utils.h"
 #include "../common/operands.h"
 #include "../common/python_module.h"
+#include "../common/step_operands.h"
 #include "fused_cpu.h"
 #include "grad_norm.h"
 
@@ -135,11 +136,7 @@ std::optional<std::tuple<at::Tensor, std::vector<size_t>, bool>> gather_grad_add
     bool pinned, const std::optional<std::vector<std::optional<at::Tensor>>>& grads) {
   const size_t n = params.size();
   TORCH_CHECK(numels.size() == n, "fusedopt gather_grad_addresses: ", n, " params but ", numels.size(), " sizes");
-  TensorList local_grads;
-  if (grads.has_value()) {
-    local_grads.reserve(grads->size());
-    for (const auto& grad : *grads) local_grads.push_back(grad.value_or(at::Tensor()));
-  }
+  const TensorList local_grads = grads.has_value() ? binding::undefined_where_none(*grads) : TensorList{};
   std::vector<void*> param_addresses(n);
   std::vector<const void*> grad_addresses;
   std::vector<size_t> without_grad;

@@ -48,19 +48,17 @@ FUSEDOPT_ROUNDING_INLINE uint32_t rounding_key(uint64_t seed, uint64_t step, uin
   return mix32(low ^ mix32(high + mix32(static_cast<uint32_t>(step) ^ mix32(static_cast<uint32_t>(tensor_index)))));
 }
 
-// The random bits of element `index` of the tensor with `key`, in two parts: the hash of the index's upper 32 bits
-// is the same for every element of an aligned block of up to 2^32 elements, so a loop over such a block (a CPU
-// chunk) computes it once and hashes once per element instead of twice.
+// The random bits of element `index` of the tensor with `key` are
+//   rounding_bits_in_block(rounding_block_key(key, index), index),
+// in two parts: the hash of the index's upper 32 bits is the same for every element of an aligned block of up to
+// 2^32 elements, so a loop over such a block (a CPU chunk, a CUDA CTA's chunk, a Triton program's block) computes
+// it once and hashes once per element instead of twice.
 FUSEDOPT_ROUNDING_INLINE uint32_t rounding_block_key(uint32_t key, int64_t index) {
   return mix32(key + static_cast<uint32_t>(static_cast<uint64_t>(index) >> 32));
 }
 
 FUSEDOPT_ROUNDING_INLINE uint32_t rounding_bits_in_block(uint32_t block_key, int64_t index) {
   return mix32(static_cast<uint32_t>(static_cast<uint64_t>(index)) ^ block_key);
-}
-
-FUSEDOPT_ROUNDING_INLINE uint32_t rounding_bits(uint32_t key, int64_t index) {
-  return rounding_bits_in_block(rounding_block_key(key, index), index);
 }
 
 // float32 bits -> bfloat16 bits, rounding up with probability (dropped bits) / 2^16. NaN stays a quiet NaN.
