@@ -105,22 +105,21 @@ def _assert_models_close(model, other, what, **tolerances):
         assert_close_detailed(p.full_tensor(), q.full_tensor(), f"rank {dist.get_rank()} {what} {name}", **tolerances)
 
 
-# --- scenarios (run on every rank) -------------------------------------------------------------------------------
-def optimizers_with_clipping(backend, directory):
-    """Every optimizer, with max_grad_norm=, against torch.optim after torch's clip_grad_norm_: the clip norm is the
+def _clipped_steps_against_torch(backend, steps, drop_grads=lambda model, step: None) -> list:
+    """Every optimizer, with max_grad_norm=, against torch.optim after torch's clip_grad_norm_ for `steps` steps
+    (`drop_grads(model, step)` may set grads to None after each backward pass, on both models): the clip norm is the
     norm over all ranks' shards, and last_grad_norm is torch's total norm. Steps after the first run from the step
-    plan, whose norm (a collective) every rank computes once per step."""
-    local_shapes = [tuple(p.to_local().shape) for p in _sharded_model().parameters()]
-    rows = (3, 3, 3, 1) if dist.get_rank() == 0 else (2, 2, 2, 0)  # Linear, LayerNorm, Linear
-    assert local_shapes == [(rows[0], 16), (rows[0],), (rows[1],), (rows[2],), (rows[3], 5), (rows[3],)]
+    plan, whose norm (a collective) every rank computes once per step. Returns each (fused optimizer, its model)."""
+    runs = []
     for name in OPTIMIZERS:
         model, twin = _sharded_model(), _sharded_model()
         fused = _make(name, model, backend, max_grad_norm=MAX_NORM)
         reference = _make(name, twin)
         regular_steps = count_regular_steps(fused)
-        for step in range(3):
+        for step in range(steps):
             for m in (model, twin):
                 _backward(m, step)
+                drop_grads(m, step)
             fused.step()
             norm = torch.nn.utils.clip_grad_norm_(twin.parameters(), MAX_NORM).full_tensor()
             reference.step()
@@ -130,32 +129,32 @@ def optimizers_with_clipping(backend, directory):
             reference.zero_grad()
         assert len(regular_steps) == 1
         _assert_models_close(model, twin, name)
+        runs.append((fused, model))
+    return runs
+
+
+# --- scenarios (run on every rank) -------------------------------------------------------------------------------
+def optimizers_with_clipping(backend, directory):
+    """Every optimizer with max_grad_norm= against torch.optim after torch's clip_grad_norm_, on FSDP2 shards of
+    different sizes on the two ranks (_clipped_steps_against_torch)."""
+    local_shapes = [tuple(p.to_local().shape) for p in _sharded_model().parameters()]
+    rows = (3, 3, 3, 1) if dist.get_rank() == 0 else (2, 2, 2, 0)  # Linear, LayerNorm, Linear
+    assert local_shapes == [(rows[0], 16), (rows[0],), (rows[1],), (rows[2],), (rows[3], 5), (rows[3],)]
+    _clipped_steps_against_torch(backend, steps=3)
 
 
 def parameters_without_a_grad_keep_the_plan(backend, directory):
     """Steps where some parameters have no grad on any rank (as after a module that did not run): the plan made at
     the first step leaves them out as torch.optim does, and max_grad_norm's norm (a collective) covers the grads
     present, as torch's clip_grad_norm_ does."""
-    for name in OPTIMIZERS:
-        model, twin = _sharded_model(), _sharded_model()
-        fused = _make(name, model, backend, max_grad_norm=MAX_NORM)
-        reference = _make(name, twin)
-        regular_steps = count_regular_steps(fused)
-        for step in range(4):
-            for m in (model, twin):
-                _backward(m, step)
-                if step in (1, 2):
-                    m[3].weight.grad = None  # rank 1's shard of it is empty
-                if step == 2:
-                    m[0].bias.grad = None
-            fused.step()
-            norm = torch.nn.utils.clip_grad_norm_(twin.parameters(), MAX_NORM).full_tensor()
-            reference.step()
-            assert_close_detailed(fused.last_grad_norm, norm, f"{name} step {step} grad norm")
-            fused.zero_grad()
-            reference.zero_grad()
-        assert len(regular_steps) == 1
-        _assert_models_close(model, twin, name)
+
+    def drop_grads(model, step):
+        if step in (1, 2):
+            model[3].weight.grad = None  # rank 1's shard of it is empty
+        if step == 2:
+            model[0].bias.grad = None
+
+    for fused, model in _clipped_steps_against_torch(backend, steps=4, drop_grads=drop_grads):
         assert float(fused.state[model[3].weight]["step"]) == 2.0
 
 
