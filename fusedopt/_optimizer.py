@@ -23,6 +23,7 @@ from torch.optim import Optimizer
 
 from fusedopt import _rounding, _step_plan, backends, clip, functional
 from fusedopt._state import TrackedState
+from fusedopt._step_hooks import hooked_step
 from fusedopt._tensors import bucket_by_device_and_dtype, is_dtensor, local_tensor, state_views
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128)
@@ -67,12 +68,11 @@ class LaunchGroup:
         """Every parameter's state tensor `name`."""
         return [state[name] for state in self.states]
 
-    def values(self, key: str, index: int | None = None) -> list[float]:
-        """A hyperparameter of every group as floats (`index` picks from a tuple such as betas)."""
-        return [scalar(group[key] if index is None else group[key][index]) for group in self.groups]
-
-    def flags(self, key: str) -> list[bool]:
-        return [bool(group[key]) for group in self.groups]
+    def columns(self, read: Callable[[dict[str, Any]], tuple]) -> list[list[Any]]:
+        """The values `read(group)` returns, one list per value with one entry per group: the per-group
+        hyperparameter lists of a fused call, read in one pass over the groups (a planned step reads them at every
+        step; NOTE [cold step] in _step_hooks.py)."""
+        return list(map(list, zip(*map(read, self.groups))))
 
 
 def check_lr(lr: float | Tensor) -> None:
@@ -327,11 +327,9 @@ class FusedOptimizer(Optimizer):
             for p, view in zip(missing, state_views(missing, 0, initial=initial, dtype=MASTER_STATE[name])):
                 self.state[p][name] = view
 
-    # The step is already fused (one kernel per launch); inside a torch.compile'd function it runs as it is,
-    # behind a graph break, instead of being traced: Dynamo cannot trace the kernels' extension calls and would only
-    # add seconds of compile time and guards on the step plan's Python state.
-    @torch.compiler.disable
-    @torch.no_grad()
+    # torch.optim's hooks, profiler label and no_grad around the step, in less host time; inside a torch.compile'd
+    # function the step runs as it is, behind a graph break (NOTE [cold step] in _step_hooks.py).
+    @hooked_step
     def step(self, closure: Callable[[], float] | None = None) -> Any:
         """Performs a single optimization step.
 
@@ -383,12 +381,8 @@ class FusedOptimizer(Optimizer):
 
     def _plan_signature(self, group: dict[str, Any]) -> tuple:
         """The settings of a group that decide how its parameters split into fused calls (NOTE [step plan])."""
-        return (
-            self._launch_signature(group),
-            _option(group, "state_dtype"),
-            _option(group, "master_weights"),
-            _option(group, "stochastic_rounding"),
-        )
+        # The fusedopt options (_option of each), read without a Python call per option: this runs at every step.
+        return (self._launch_signature(group), *map(group.get, _OPTION_DEFAULTS, _OPTION_DEFAULTS.values()))
 
     def _grad_factor(self, grads_to_clip: Callable[[], list[Tensor]]) -> float | Tensor | None:
         """The factor every gradient is multiplied by as it is read (NOTE [grad factor]): GradScaler's 1/scale

@@ -97,10 +97,10 @@ class Adagrad(FusedOptimizer):
         return [launch.column("sum")]
 
     def _hyperparameters(self, launch: LaunchGroup) -> dict[str, Any]:
-        return {
-            "lr": launch.values("lr"),
-            "lr_decay": launch.values("lr_decay"),
-            "weight_decay": launch.values("weight_decay"),
-            "eps": launch.values("eps"),
-            "maximize": launch.flags("maximize"),
-        }
+        lr, lr_decay, weight_decay, eps, maximize = launch.columns(self._group_hyperparameters)
+        return {"lr": lr, "lr_decay": lr_decay, "weight_decay": weight_decay, "eps": eps, "maximize": maximize}
+
+    @staticmethod
+    def _group_hyperparameters(group: dict[str, Any]) -> tuple:
+        keys = ("lr", "lr_decay", "weight_decay", "eps")
+        return (*map(float, map(group.__getitem__, keys)), bool(group["maximize"]))  # float(): as scalar()

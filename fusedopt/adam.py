@@ -122,16 +122,29 @@ class Adam(FusedOptimizer):
         return [launch.column("exp_avg"), launch.column("exp_avg_sq"), max_exp_avg_sqs]
 
     def _hyperparameters(self, launch: LaunchGroup) -> dict[str, Any]:
+        lr, beta1, beta2, weight_decay, eps, maximize, decoupled = launch.columns(self._group_hyperparameters)
         return {
-            "lr": launch.values("lr"),
-            "beta1": launch.values("betas", 0),
-            "beta2": launch.values("betas", 1),
-            "weight_decay": launch.values("weight_decay"),
-            "eps": launch.values("eps"),
-            "maximize": launch.flags("maximize"),
-            "decoupled": [self._decouples(group) for group in launch.groups],
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "weight_decay": weight_decay,
+            "eps": eps,
+            "maximize": maximize,
+            "decoupled": decoupled,
             "amsgrad": bool(launch.groups[0]["amsgrad"]),
         }
+
+    def _group_hyperparameters(self, group: dict[str, Any]) -> tuple:
+        beta1, beta2 = group["betas"]  # float() reads a one-element tensor as scalar() does
+        return (
+            float(group["lr"]),
+            float(beta1),
+            float(beta2),
+            float(group["weight_decay"]),
+            float(group["eps"]),
+            bool(group["maximize"]),
+            self._decouples(group),
+        )
 
 
 class AdamW(Adam):

@@ -97,12 +97,18 @@ class RMSprop(FusedOptimizer):
         ]
 
     def _hyperparameters(self, launch: LaunchGroup) -> dict[str, Any]:
+        lr, alpha, eps, weight_decay, momentum, maximize = launch.columns(self._group_hyperparameters)
         return {
-            "lr": launch.values("lr"),
-            "alpha": launch.values("alpha"),
-            "eps": launch.values("eps"),
-            "weight_decay": launch.values("weight_decay"),
-            "momentum": launch.values("momentum"),
-            "maximize": launch.flags("maximize"),
+            "lr": lr,
+            "alpha": alpha,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "maximize": maximize,
             "centered": bool(launch.groups[0]["centered"]),
         }
+
+    @staticmethod
+    def _group_hyperparameters(group: dict[str, Any]) -> tuple:
+        keys = ("lr", "alpha", "eps", "weight_decay", "momentum")
+        return (*map(float, map(group.__getitem__, keys)), bool(group["maximize"]))  # float(): as scalar()
