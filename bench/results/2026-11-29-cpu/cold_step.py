@@ -3,8 +3,8 @@
 Each measured call runs right after two AdamW kernel calls over 1M float32 elements each (32 MiB streamed, as
 many steps of a CPU training run do), and once more right after itself (warm); medians of 200 rounds, the first
 20 dropped. The optimizers step one element, so what is timed is the host path of a step: torch.optim's wrapper
-pieces, fusedopt's step (regular path once, then its step plan), torch's fused CPU AdamW and DeepSpeed's CPU Adam
-when it is installed.
+pieces, fusedopt's step (regular path once, then its step plan) and pieces of it, torch's fused CPU AdamW and
+DeepSpeed's CPU Adam when it is installed.
 
     OMP_NUM_THREADS=1 python bench/results/2026-11-29-cpu/cold_step.py
 """
@@ -15,7 +15,7 @@ import time
 import torch
 
 import fusedopt
-from fusedopt import _extensions
+from fusedopt import _extensions, _step_plan
 
 extension = _extensions.cpu_extension()
 
@@ -71,6 +71,22 @@ calls = {
     "torch AdamW fused=True (1 element)": one_element_step(lambda ps: torch.optim.AdamW(ps, fused=True)),
     "torch AdamW for-loop (1 element)": one_element_step(lambda ps: torch.optim.AdamW(ps, foreach=False)),
 }
+# Pieces of fusedopt's planned step, on a one-element AdamW whose plan is made.
+planned = fusedopt.AdamW([torch.nn.Parameter(torch.randn(1))], backend="cpu")
+planned.param_groups[0]["params"][0].grad = torch.randn(1)
+planned.step()
+launch = planned._step_plans.newest()._calls[0][0]
+calls["  fusedopt plan check (_plan_key)"] = lambda: _step_plan._plan_key(planned)
+calls["  fusedopt hyperparameter lists"] = lambda: planned._hyperparameters(launch)
+hooked_step = vars(fusedopt._optimizer).get("hooked_step")  # the step wrapper of 28051e1 on
+if hooked_step is not None:
+
+    class EmptyHookedOptimizer(EmptyOptimizer):
+        @hooked_step
+        def step(self, closure=None):
+            return None
+
+    calls["fusedopt's wrapper (empty step)"] = EmptyHookedOptimizer().step
 try:
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
