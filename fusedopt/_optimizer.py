@@ -362,6 +362,14 @@ class FusedOptimizer(Optimizer):
         self._step_plans.add(_step_plan.StepPlan.build(self, launches))
         return loss
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch.optim's zero_grad. With set_to_none (the default) and a current step plan, in one C++ loop over the
+        plan's parameters instead of a Python one (NOTE [planned zero_grad] in csrc/common/step_operands.h); while a
+        profiler records, torch.optim's, with its label."""
+        if set_to_none and not torch.autograd._profiler_enabled() and self._step_plans.clear_grads(self):
+            return
+        super().zero_grad(set_to_none)
+
     def _launches(self, plan: list[tuple[dict[str, Any], list[list[Tensor]]]]):
         """The buckets of a step merged into fused calls: one per device, dtype, parameter mode, state dtype and
         launch signature, spanning param groups (NOTE [param groups in one launch])."""

@@ -33,8 +33,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from fusedopt import functional
 from fusedopt._tensors import DTensor, is_dtensor, local_tensor
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _plan_key(optimizer) -> tuple:
@@ -57,6 +61,10 @@ class StepPlan:
         self.key = _plan_key(optimizer)
         self._keyed_objects = _keyed_objects(optimizer)
         self._calls = calls  # (launch, planned function, StepOperands, its DTensor params or None)
+        # NOTE [planned zero_grad] in csrc/common/step_operands.h: only plain tensors, none of them a local shard.
+        self._clears_grads = all(sharded is None for *_, sharded in calls) and all(
+            type(p) in _PLAIN_TYPES for group in optimizer.param_groups for p in group["params"]
+        )
 
     @classmethod
     def build(cls, optimizer, launches: list[tuple[Any, Any]]) -> StepPlan | None:
@@ -93,6 +101,16 @@ class StepPlan:
             function = getattr(module, f"{optimizer._kernel}_planned")
             calls.append((launch, function, operands, launch.params if sharded else None))
         return cls(optimizer, calls)
+
+    def clear_grads(self) -> bool:
+        """optimizer.zero_grad() with set_to_none over the plan's params, planned and absent: every param of the
+        optimizer while the plan is current; False, with nothing changed, for a plan that must leave it to
+        torch.optim (DTensor shards, tensor subclasses)."""
+        if not self._clears_grads:
+            return False
+        for _, _, operands, _ in self._calls:
+            operands.clear_grads()
+        return True
 
     def grads(self) -> list:
         """This step's grads of the planned parameters (for max_grad_norm's norm)."""
@@ -153,6 +171,12 @@ class StepPlans:
     def add(self, plan: StepPlan | None) -> None:
         if plan is not None:
             self._plans = [plan, *self._plans[: self.LIMIT - 1]]
+
+    def clear_grads(self, optimizer) -> bool:
+        """optimizer.zero_grad() with set_to_none by the newest plan, when it is current and can (StepPlan.clear_grads);
+        False, with nothing changed, otherwise."""
+        plan = self.newest()
+        return plan is not None and plan.key == _plan_key(optimizer) and plan.clear_grads()
 
     def run(self, optimizer, found_inf) -> bool:
         """One step by the first current plan that fits this step's grads; False, with nothing modified, when none

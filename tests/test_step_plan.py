@@ -13,7 +13,7 @@ import weakref
 import pytest
 import torch
 from conftest import AVAILABLE_ON_CPU
-from helpers import FUSED_CLASSES, SECOND_GROUP, DTensor, Shard, distribute_tensor
+from helpers import FUSED_CLASSES, SECOND_GROUP, DTensor, Shard, count_regular_steps, distribute_tensor
 
 import fusedopt
 from fusedopt import functional
@@ -61,8 +61,9 @@ def _assert_identical(planned, regular):
     (a, params), (b, twins) = planned, regular
     for i, (p, q) in enumerate(zip(params, twins)):
         assert torch.equal(p, q), f"param {i}"
-        assert a.state[p].keys() == b.state[q].keys()
-        for key, value in b.state[q].items():
+        # state.get: indexing the state (a defaultdict) would add an entry for a param that never had a grad
+        assert a.state.get(p, {}).keys() == b.state.get(q, {}).keys()
+        for key, value in b.state.get(q, {}).items():
             assert torch.equal(a.state[p][key], value), f"state {key} of param {i}"
 
 
@@ -514,3 +515,108 @@ def test_tracked_state_sees_every_way_to_replace_an_entry():
     for twin in (copy.deepcopy(state), pickle.loads(pickle.dumps(state))):
         assert type(twin) is TrackedState and float(next(iter(twin.values()))["step"]) == 5.0
         assert twin[torch.nn.Parameter(torch.zeros(1))] == {}  # still a defaultdict(dict)
+
+
+# --- zero_grad from the plan (NOTE [planned zero_grad] in csrc/common/step_operands.h) ----------------------------
+def _spy_on_torch_zero_grad(monkeypatch) -> list:
+    """A list that gets the set_to_none of every call that reaches torch.optim's own zero_grad."""
+    calls = []
+    torch_zero_grad = torch.optim.Optimizer.zero_grad
+
+    def spy(self, set_to_none=True):
+        calls.append(set_to_none)
+        torch_zero_grad(self, set_to_none)
+
+    monkeypatch.setattr(torch.optim.Optimizer, "zero_grad", spy)
+    return calls
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_leaves_grads_as_torch_optim_does(backend, set_to_none, monkeypatch):
+    """Planned steps with zero_grad between them, a parameter without a grad every other step and one that never
+    has one: every grad ends as torch.optim's zero_grad leaves it, the plan is kept, and the params match a twin on
+    the regular path bit for bit. set_to_none goes through the plan; zeroing in place through torch.optim."""
+    planned, regular = _twins("AdamW", backend)
+    (optimizer, params), (twin_optimizer, _) = planned, regular
+    torch_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    torch_optimizer = torch.optim.AdamW([{"params": torch_params[:3]}, {"params": torch_params[3:]}], lr=1e-2)
+    generator = torch.Generator().manual_seed(5)
+    _step_both(planned, regular, [*_grads(generator, params[:5]), None])
+    taken, torch_calls = count_regular_steps(optimizer), _spy_on_torch_zero_grad(monkeypatch)
+    for step in range(4):
+        grads = [*_grads(generator, params[:5]), None]
+        if step % 2:
+            grads[1] = None
+        _step_both(planned, regular, grads)
+        for p, g in zip(torch_params, grads):
+            p.grad = None if g is None else g.clone()
+        for zeroed in (optimizer, twin_optimizer, torch_optimizer):
+            zeroed.zero_grad(set_to_none)
+        for i, (p, q) in enumerate(zip(params, torch_params)):
+            assert (p.grad is None) == (q.grad is None), f"grad {i} at step {step}"
+            assert p.grad is None or torch.equal(p.grad, q.grad), f"grad {i} at step {step}"
+        _assert_identical(planned, regular)
+    assert not taken
+    # torch.optim's zero_grad (the spy sits on the base class): with set_to_none only for torch.optim.AdamW itself
+    # (the twin too makes a plan at each of its regular steps); zeroing in place, for all three.
+    assert torch_calls == [set_to_none] * (1 * 4 if set_to_none else 3 * 4)
+
+
+def _planned_optimizer(backend, params):
+    optimizer = fusedopt.AdamW(params, lr=1e-2, backend=backend)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator)
+        optimizer.step()
+    return optimizer
+
+
+def test_zero_grad_goes_to_torch_optim_when_the_plan_cannot(backend, monkeypatch):
+    """While a profiler records (its label is torch.optim's), and when the plan is not current, zero_grad is
+    torch.optim's; either way every grad ends None."""
+    params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+    optimizer = _planned_optimizer(backend, params)
+    assert optimizer._step_plans
+    torch_calls = _spy_on_torch_zero_grad(monkeypatch)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        optimizer.zero_grad()
+    assert torch_calls == [True] and all(p.grad is None for p in params)
+    assert [event.name for event in prof.events()].count("Optimizer.zero_grad#AdamW.zero_grad") == 1
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    optimizer.zero_grad()  # the plan is current: not torch.optim's
+    assert torch_calls == [True] and all(p.grad is None for p in params)
+    extra = torch.nn.Parameter(torch.randn(3))
+    extra.grad = torch.randn(3)
+    optimizer.add_param_group({"params": [extra]})  # drops the plan
+    for p in params:
+        p.grad = torch.randn(p.shape)
+    optimizer.zero_grad()
+    assert torch_calls == [True, True] and all(p.grad is None for p in [*params, extra])
+
+
+def test_zero_grad_of_parameter_subclasses_goes_to_torch_optim(backend, monkeypatch):
+    """A parameter of a tensor subclass may have a grad setter of its own: the plan leaves zero_grad to torch."""
+
+    class TaggedParameter(torch.nn.Parameter):
+        pass
+
+    params = [TaggedParameter(torch.randn(s)) for s in SHAPES]
+    optimizer = _planned_optimizer(backend, params)
+    assert optimizer._step_plans or backend == "triton"  # the Triton plan itself takes plain tensors only
+    torch_calls = _spy_on_torch_zero_grad(monkeypatch)
+    optimizer.zero_grad()
+    assert torch_calls == [True] and all(p.grad is None for p in params)
+
+
+def test_zero_grad_of_dtensor_params_goes_to_torch_optim(process_group, backend, monkeypatch):
+    """A plan over DTensor params holds their local shards, whose grads are not the params' grads."""
+    planned, regular = _dtensor_twins(backend)
+    generator = torch.Generator().manual_seed(13)
+    for _ in range(2):
+        _step_both(planned, regular, _dtensor_grads(generator, planned[1]))
+    optimizer, params = planned
+    torch_calls = _spy_on_torch_zero_grad(monkeypatch)
+    optimizer.zero_grad()
+    assert torch_calls == [True] and all(p.grad is None for p in params)

@@ -88,6 +88,12 @@ class StepOperands:
         self._rows, self._without_grad, self._aligned = gathered
         return True
 
+    def clear_grads(self) -> None:
+        """Sets the grad of every planned and absent param to None (NOTE [planned zero_grad] in
+        csrc/common/step_operands.h; the Triton plan holds its params in Python)."""
+        for param in (*self._params, *self._absent):
+            param.grad = None
+
     def take(
         self, rounding_seed: int, device_grad_factor: torch.Tensor | None, found_inf: torch.Tensor | None
     ) -> multi_tensor.Launch | None:

@@ -145,7 +145,9 @@ void define_optimizers(pybind11::module_& module, const char* backend) {
       .def("gather_grads", &StepOperands::gather_grads,
            "Reads every parameter and its grad (or checks the given local shards of DTensor params and grads, None "
            "for a grad that is None); False when the regular step must run instead",
-           py::arg("local_params") = py::none(), py::arg("local_grads") = py::none());
+           py::arg("local_params") = py::none(), py::arg("local_grads") = py::none())
+      .def("clear_grads", &StepOperands::clear_grads,
+           "Sets the grad of every planned and absent param to None (NOTE [planned zero_grad])");
   module.def(
       "adam_planned",
       [backend](StepOperands& planned, Values lr, Values beta1, Values beta2, Values weight_decay, Values eps,

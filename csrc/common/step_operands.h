@@ -126,6 +126,16 @@ class StepOperands {
     return this_step_;
   }
 
+  // NOTE [planned zero_grad]: optimizer.zero_grad() with set_to_none over the plan's params, planned and absent.
+  // For a plain tensor, Python's `p.grad = None` drops the grad reference and does nothing else
+  // (THPVariable_set_grad); this does it in one C++ loop over the tensors the plan holds, instead of a Python loop
+  // over param groups. The caller keeps DTensor calls (params_ are their local shards) and tensor subclasses (whose
+  // grad setter may dispatch to Python) to torch.optim's zero_grad.
+  void clear_grads() const {
+    for (const at::Tensor& param : params_) param.mutable_grad().reset();
+    for (const at::Tensor& param : absent_) param.mutable_grad().reset();
+  }
+
   // The group sizes of the operands take() returned last.
   const std::vector<int64_t>& group_sizes() const {
     return without_grad_.empty() ? group_sizes_ : this_step_group_sizes_;
