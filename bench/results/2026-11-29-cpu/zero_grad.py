@@ -6,7 +6,7 @@ their element counts, so that the host part dominates): torch.optim.AdamW(fused=
 plan is current (after two steps), and the same fusedopt optimizer with its plans dropped before each call (what
 zero_grad costs without a plan: torch.optim's own). Before each timed call every parameter gets a new grad (not
 timed), so the call frees them as a training loop's zero_grad does. Interleaved, 300 rounds, median; "cold" runs
-each call after two 1M-element kernel calls, as in cold_step.py.
+each call after two calls of the stream kernel over 1M-element tensors (32 MiB streamed).
 
     python bench/results/2026-11-29-cpu/zero_grad.py
 """
@@ -23,13 +23,10 @@ from fusedopt.bench import workloads
 extension = _extensions.cpu_extension()
 
 
-def kernel_call(n):
-    p, g, m, v, step = torch.randn(n), torch.randn(n), torch.zeros(n), torch.zeros(n), torch.zeros(())
-    hyper = dict(lr=[1e-3], beta1=[0.9], beta2=[0.999], weight_decay=[0.01], eps=[1e-8], maximize=[False])
-    return lambda: extension.adam(
-        [p], [g], [m], [v], [], [step], **hyper, decoupled=[True], group_sizes=[1], amsgrad=False, grad_factor=1.0,
-        device_grad_factor=None, found_inf=None, masters=[], param_mode=0, rounding_seed=0,
-    )  # fmt: skip
+def cache_flush(n):
+    """fusedopt's stream kernel over four n-element tensors (16 MiB at 1M): what a CPU optimizer step streams."""
+    tensors = [torch.randn(n) for _ in range(4)]
+    return lambda: extension.stream([tensors[0]], [tensors[1]], [tensors[2]], [tensors[3]], [])
 
 
 def two_groups(shapes):
@@ -60,7 +57,7 @@ def optimizers(shapes):
 
 
 gpt2_shapes = [(max(1, numel // 64),) for numel in workloads.gpt2_like().sizes]
-streams = [kernel_call(1 << 20), kernel_call(1 << 20)]
+streams = [cache_flush(1 << 20), cache_flush(1 << 20)]
 print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; zero_grad host time, median of 300, us")
 for label, shapes in (("1000 x 4 elements", [(4,)] * 1000), (f"GPT-2 small's {len(gpt2_shapes)} shapes", gpt2_shapes)):
     made = optimizers(shapes)
