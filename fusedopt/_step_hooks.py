@@ -5,10 +5,10 @@ _patch_step_function) in a profiler record_function, its step hooks and a marker
 torch's own optimizers add no_grad (and fusedopt torch.compiler.disable). On a CPU, a step streams the optimizer's
 parameters, grads and state through the caches, so the next step starts with caches that hold none of the Python
 objects a step touches: measured on this project's 2-core CPU machine (bench/results/2026-11-29-cpu/cold_step.txt),
-an empty torch.optim step costs 6 us when the caches are warm and about 90 us when two 1M-element steps ran
-before it, of which record_function alone is 54 us and a no_grad decorator 26 us. For an AdamW step over 1M
-float32 elements (0.3 ms) that is a third of the step, and it is most of the difference to DeepSpeed's CPU Adam
-at that size (bench/NOTES.md). This wrapper does everything the torch.optim wrapper does, with the same results:
+an empty torch.optim step costs 6 us when the caches are warm and 59 us when two 1M-element kernel calls ran
+before it, of which record_function alone is 45 us; a no_grad decorator adds 20 us and torch.compiler.disable 13
+us. Next to an AdamW step over 1M float32 elements (0.3 ms) that was most of the difference to DeepSpeed's CPU
+Adam at that size (bench/NOTES.md). This wrapper does everything the torch.optim wrapper does, with the same results:
 - the step pre hooks (global, then the optimizer's), which may replace the arguments, and the post hooks (the
   optimizer's, then global), around the step;
 - `_optimizer_step_code()` after the step, the marker torch's memory profiler looks for;

@@ -24,6 +24,9 @@ parameters without a grad, one plan made at a step where every parameter had one
 mixture-of-experts layer whose experts get no tokens now and then); a few plans serve models whose parameters get
 grads in turns (task heads trained in alternation), where each plan's absent parameters are the other turn's.
 
+The newest plan, while current, also serves zero_grad(set_to_none=True): it holds every parameter of the
+optimizer, so one C++ loop clears their grads (NOTE [planned zero_grad] in csrc/common/step_operands.h).
+
 Not detected, as documented in the README: replacing a parameter inside a group's params list by assignment, or
 assigning a new tensor to optimizer.state[p][name] by hand (in-place changes such as zero_() are fine). After
 such surgery, call optimizer.load_state_dict(optimizer.state_dict()) or start a new optimizer.
