@@ -253,3 +253,28 @@ def test_gpu_planned_steps_skip_parameters_without_a_grad(backend, name, mode, g
     assert len(planned._step_plans) == 1  # the plan of the first step took every later one
     expected = [len(missing_by_step) - sum(i in m for m in missing_by_step) for i in range(count)]
     assert [float(planned.state[p]["step"]) for p in params] == expected
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_zero_grad_from_the_plan(backend, generator, monkeypatch):
+    """NOTE [planned zero_grad]: with a current plan, zero_grad() clears every grad (planned parameters and one the
+    plan was made without) without torch.optim's loop and without waiting for the GPU; the next steps keep the
+    plan."""
+    params = _on_device(make_params(torch.float32, generator, SHAPES)[:-1])
+    optimizer = FUSED_CLASSES["AdamW"](_groups("AdamW", params), backend=backend)
+    absent = 3  # a parameter of 7 elements
+    torch_zero_grad_calls = []
+    monkeypatch.setattr(
+        torch.optim.Optimizer, "zero_grad", lambda self, set_to_none=True: torch_zero_grad_calls.append(1)
+    )
+    for step in range(3):
+        for i, p in enumerate(params):
+            if i != absent:  # the plan is made without params[absent]
+                p.grad = torch.randn(p.shape, generator=generator).to(DEVICE)
+        optimizer.step()
+        if step == 0:
+            params[absent].grad = torch.randn(params[absent].shape, generator=generator).to(DEVICE)
+        with _no_synchronisation(enabled=step > 0):
+            optimizer.zero_grad()
+        assert all(p.grad is None for p in params), f"a grad is left after zero_grad at step {step}"
+    assert not torch_zero_grad_calls and len(optimizer._step_plans) == 1
