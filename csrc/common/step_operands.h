@@ -61,7 +61,7 @@ inline bool gather_grads(const TensorList& params, const TensorList& absent, at:
         !grad.is_contiguous() || !grad.sizes().equals(param.sizes()) || dispatches_to_python(grad)) {
       return false;
     }
-    grad_addresses[i] = grad.data_ptr();
+    grad_addresses[i] = grad.const_data_ptr();
   }
   return true;
 }
@@ -109,9 +109,10 @@ class StepOperands {
     TORCH_CHECK(local_params.has_value() == local_grads.has_value(),
                 "fusedopt StepOperands: local params and local grads come together");
     const TensorList grads = local_grads.has_value() ? undefined_where_none(*local_grads) : TensorList{};
-    gathered_ = binding::gather_grads(local_params.value_or(params_), absent_, dtype_, operands_.device,
-                                      operands_.numels, operands_.params, operands_.grads,
-                                      local_grads.has_value() ? &grads : nullptr, &without_grad_);
+    // A reference, not value_or's copy: copying the list would bump and drop every param's refcount at each step.
+    const TensorList& params = local_params.has_value() ? *local_params : params_;
+    gathered_ = binding::gather_grads(params, absent_, dtype_, operands_.device, operands_.numels, operands_.params,
+                                      operands_.grads, local_grads.has_value() ? &grads : nullptr, &without_grad_);
     return gathered_;
   }
 
