@@ -2,10 +2,10 @@
 a later step only reads its params and grads.
 
 The launch table (state, master and step-counter addresses, sizes, blocks) is made once, from a regular step's
-checked operands. At each planned step the CPU extension's gather_grad_addresses reads every parameter's grad in
-C++ (the same checks as the CPU and CUDA plans: dense, contiguous, like its parameter, and no grad for the
-parameters that had none) and returns this step's param and grad addresses, which go to the device with one
-asynchronous copy; the kernel takes them in place of the table's first two rows. A step where some planned
+checked operands, and the params are kept in C++ by the CPU extension's GradAddresses. At each planned step that
+reads every parameter's grad (the same checks as the CPU and CUDA plans: dense, contiguous, like its parameter, and
+no grad for the parameters that had none) and returns this step's param and grad addresses, which go to the device
+with one asynchronous copy; the kernel takes them in place of the table's first two rows. A step where some planned
 parameters have no grad (they are skipped, as torch.optim skips them) launches over the others with a table cut
 from the planned one by a few tensor operations (LaunchTable.keeping), so each tensor has the index (and the
 stochastic rounding bits) it would have in the regular path's launch. Without the CPU extension there is no
@@ -24,10 +24,10 @@ from fusedopt.triton_kernels import _launch as multi_tensor
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
-def _gather():
+def _grad_addresses():
     from fusedopt import _extensions
 
-    return _extensions.cpu_extension().gather_grad_addresses
+    return _extensions.cpu_extension().GradAddresses
 
 
 def available() -> bool:
@@ -64,10 +64,11 @@ class StepOperands:
             # As the C++ StepOperands: a plan is made only from grads the kernels read as they are.
             raise ValueError("fusedopt StepOperands: every grad must be contiguous and like its param")
         self._launch = multi_tensor.prepare(operands, steps, masters, param_mode, 0, group_sizes)
-        self._params, self._absent = list(params), list(absent)
-        self._numels = [p.numel() for p in params]
-        self._like = torch.empty(0, dtype=params[0].dtype, device=params[0].device)
-        self._gather = _gather()
+        self._count = len(params)
+        like = torch.empty(0, dtype=params[0].dtype, device=params[0].device)
+        numels = [p.numel() for p in params]
+        pinned = self._launch.device.type == "cuda"
+        self._addresses = _grad_addresses()(list(params), list(absent), numels, like, pinned)
         self._rows: torch.Tensor | None = None
         self._without_grad: list[int] = []  # this step's planned params whose grad is None
         self._aligned = True  # whether this step's param and grad addresses are 16-byte aligned
@@ -79,9 +80,7 @@ class StepOperands:
         False when the regular step must run instead."""
         if (local_params is None) != (local_grads is None):
             raise ValueError("fusedopt StepOperands: local params and local grads come together")
-        params = self._params if local_params is None else local_params
-        pinned = self._launch.device.type == "cuda"
-        gathered = self._gather(params, self._absent, self._numels, self._like, pinned, local_grads)
+        gathered = self._addresses.gather(local_params, local_grads)
         if gathered is None:
             self._rows = None
             return False
@@ -90,9 +89,8 @@ class StepOperands:
 
     def clear_grads(self) -> None:
         """Sets the grad of every planned and absent param to None (NOTE [planned zero_grad] in
-        csrc/common/step_operands.h; the Triton plan holds its params in Python)."""
-        for param in (*self._params, *self._absent):
-            param.grad = None
+        csrc/common/step_operands.h)."""
+        self._addresses.clear_grads()
 
     def take(
         self, rounding_seed: int, device_grad_factor: torch.Tensor | None, found_inf: torch.Tensor | None
@@ -111,11 +109,11 @@ class StepOperands:
         found_inf: torch.Tensor | None,
     ) -> multi_tensor.Launch | None:  # fmt: skip
         """The launch over the planned parameters that have a grad this step."""
-        kept = torch.ones(len(self._params), dtype=torch.bool)
+        kept = torch.ones(self._count, dtype=torch.bool)
         kept[self._without_grad] = False
         if not kept.any():
             return None
-        count = len(self._params)  # rows has a zero column more when the count is odd (multi_tensor.even_columns)
+        count = self._count  # rows has a zero column more when the count is odd (multi_tensor.even_columns)
         table = self._launch.table.keeping(kept, rows[0, :count], rows[1, :count], self._aligned)
         group_sizes = torch.bincount(table.host[2], minlength=len(self._launch.group_sizes)).tolist()
         launch = replace(self._launch, table=table, group_sizes=group_sizes)

@@ -66,6 +66,16 @@ inline bool gather_grads(const TensorList& params, const TensorList& absent, at:
   return true;
 }
 
+// NOTE [planned zero_grad]: optimizer.zero_grad() with set_to_none over a plan's params, planned and absent. For a
+// plain tensor, Python's `p.grad = None` drops the grad reference and does nothing else (THPVariable_set_grad);
+// this does it in one C++ loop over the tensors a plan holds, instead of a Python loop over param groups. Callers
+// keep DTensor plans (which hold local shards) and tensor subclasses (whose grad setter may dispatch to Python) to
+// torch.optim's zero_grad (fusedopt/_step_plan.py).
+inline void clear_grads(const TensorList& params, const TensorList& absent) {
+  for (const at::Tensor& param : params) param.mutable_grad().reset();
+  for (const at::Tensor& param : absent) param.mutable_grad().reset();
+}
+
 // Grads handed in from Python with None where a parameter has no grad, as the undefined tensors gather_grads reads
 // as "no grad".
 inline TensorList undefined_where_none(const std::vector<std::optional<at::Tensor>>& grads) {
@@ -127,15 +137,8 @@ class StepOperands {
     return this_step_;
   }
 
-  // NOTE [planned zero_grad]: optimizer.zero_grad() with set_to_none over the plan's params, planned and absent.
-  // For a plain tensor, Python's `p.grad = None` drops the grad reference and does nothing else
-  // (THPVariable_set_grad); this does it in one C++ loop over the tensors the plan holds, instead of a Python loop
-  // over param groups. The caller keeps DTensor calls (params_ are their local shards) and tensor subclasses (whose
-  // grad setter may dispatch to Python) to torch.optim's zero_grad.
-  void clear_grads() const {
-    for (const at::Tensor& param : params_) param.mutable_grad().reset();
-    for (const at::Tensor& param : absent_) param.mutable_grad().reset();
-  }
+  // NOTE [planned zero_grad]
+  void clear_grads() const { binding::clear_grads(params_, absent_); }
 
   // The group sizes of the operands take() returned last.
   const std::vector<int64_t>& group_sizes() const {

@@ -11,6 +11,8 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../common/binding_utils.h"
@@ -124,40 +126,69 @@ void stream(const TensorList& params, const TensorList& grads, const TensorList&
   stream_step(launch);
 }
 
-// NOTE [step plan] for the Triton kernels (triton_kernels/_plan.py), which have no binding of their own: the
-// addresses of the params (row 0) and their grads (row 1; 0 where a grad is None; rows of even length, the last
-// entry 0 when the count is odd) as an int64 CPU tensor, pinned when `pinned` (for an asynchronous upload), the
-// indices of the params whose grad is None, and whether every address is a multiple of 16 bytes (the kernels'
-// vector accesses need it), when every grad (each param's .grad, or `grads`, the local shards of DTensor grads)
-// passes binding::gather_grads for params of `like`'s dtype and device; nothing otherwise. Reads only tensor
-// metadata, on any device.
-std::optional<std::tuple<at::Tensor, std::vector<size_t>, bool>> gather_grad_addresses(
-    const TensorList& params, const TensorList& absent, const std::vector<int64_t>& numels, const at::Tensor& like,
-    bool pinned, const std::optional<std::vector<std::optional<at::Tensor>>>& grads) {
-  const size_t n = params.size();
-  TORCH_CHECK(numels.size() == n, "fusedopt gather_grad_addresses: ", n, " params but ", numels.size(), " sizes");
-  const TensorList local_grads = grads.has_value() ? binding::undefined_where_none(*grads) : TensorList{};
-  std::vector<void*> param_addresses(n);
-  std::vector<const void*> grad_addresses;
-  std::vector<size_t> without_grad;
-  if (!binding::gather_grads(params, absent, like.scalar_type(), like.device(), numels, param_addresses, grad_addresses,
-                             grads.has_value() ? &local_grads : nullptr, &without_grad)) {
-    return std::nullopt;
+// NOTE [step plan] for the Triton kernels (triton_kernels/_plan.py), which have no binding of their own: a plan's
+// params, the params that had no grad, their element counts and the dtype and device of the launch, kept in C++
+// so that a planned step converts no Python list of them.
+class GradAddresses {
+ public:
+  GradAddresses(TensorList params, TensorList absent, std::vector<int64_t> numels, const at::Tensor& like, bool pinned)
+      : params_(std::move(params)),
+        absent_(std::move(absent)),
+        numels_(std::move(numels)),
+        dtype_(like.scalar_type()),
+        device_(like.device()),
+        pinned_(pinned) {
+    TORCH_CHECK(numels_.size() == params_.size(), "fusedopt GradAddresses: ", params_.size(), " params but ",
+                numels_.size(), " sizes");
   }
-  // An even row length, so that the grad row starts on a 16-byte boundary as the param row does (Triton
-  // specializes pointer arguments on it: multi_tensor.even_columns in triton_kernels/_launch.py).
-  const size_t row_length = n + n % 2;
-  at::Tensor rows =
-      at::zeros({2, static_cast<int64_t>(row_length)}, at::TensorOptions().dtype(at::kLong).pinned_memory(pinned));
-  int64_t* out = rows.data_ptr<int64_t>();
-  int64_t address_bits = 0;
-  for (size_t i = 0; i < n; ++i) {
-    out[i] = reinterpret_cast<int64_t>(param_addresses[i]);
-    out[row_length + i] = reinterpret_cast<int64_t>(grad_addresses[i]);
-    address_bits |= out[i] | out[row_length + i];
+
+  // The addresses of the params (row 0) and their grads (row 1; 0 where a grad is None; rows of even length, the
+  // last entry 0 when the count is odd) as an int64 CPU tensor, pinned when asked (for an asynchronous upload), the
+  // indices of the params whose grad is None, and whether every address is a multiple of 16 bytes (the kernels'
+  // vector accesses need it), when every grad (each param's .grad, or for DTensor params `local_grads`, the local
+  // shards of their grads, with `local_params`) passes binding::gather_grads; nothing otherwise. Reads only tensor
+  // metadata, on any device.
+  std::optional<std::tuple<at::Tensor, std::vector<size_t>, bool>> gather(
+      const std::optional<TensorList>& local_params,
+      const std::optional<std::vector<std::optional<at::Tensor>>>& local_grads) const {
+    TORCH_CHECK(local_params.has_value() == local_grads.has_value(),
+                "fusedopt GradAddresses: local params and local grads come together");
+    const TensorList& params = local_params.has_value() ? *local_params : params_;
+    const TensorList grads = local_grads.has_value() ? binding::undefined_where_none(*local_grads) : TensorList{};
+    const size_t n = params.size();
+    std::vector<void*> param_addresses(n);
+    std::vector<const void*> grad_addresses;
+    std::vector<size_t> without_grad;
+    if (!binding::gather_grads(params, absent_, dtype_, device_, numels_, param_addresses, grad_addresses,
+                               local_grads.has_value() ? &grads : nullptr, &without_grad)) {
+      return std::nullopt;
+    }
+    // An even row length, so that the grad row starts on a 16-byte boundary as the param row does (Triton
+    // specializes pointer arguments on it: multi_tensor.even_columns in triton_kernels/_launch.py).
+    const size_t row_length = n + n % 2;
+    at::Tensor rows =
+        at::zeros({2, static_cast<int64_t>(row_length)}, at::TensorOptions().dtype(at::kLong).pinned_memory(pinned_));
+    int64_t* out = rows.data_ptr<int64_t>();
+    int64_t address_bits = 0;
+    for (size_t i = 0; i < n; ++i) {
+      out[i] = reinterpret_cast<int64_t>(param_addresses[i]);
+      out[row_length + i] = reinterpret_cast<int64_t>(grad_addresses[i]);
+      address_bits |= out[i] | out[row_length + i];
+    }
+    return std::make_tuple(std::move(rows), std::move(without_grad), address_bits % 16 == 0);
   }
-  return std::make_tuple(std::move(rows), std::move(without_grad), address_bits % 16 == 0);
-}
+
+  // NOTE [planned zero_grad]
+  void clear_grads() const { binding::clear_grads(params_, absent_); }
+
+ private:
+  TensorList params_;
+  TensorList absent_;
+  std::vector<int64_t> numels_;
+  at::ScalarType dtype_;
+  at::Device device_;
+  bool pinned_;
+};
 
 // The norms of CPU tensors of one dtype (float64, one per tensor): the 2-norm, or the largest magnitude when
 // `norm_type` is infinite, in one pass over all of them (fusedopt/clip.py). Nothing when a tensor is not a plain,
@@ -203,11 +234,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stream", &fusedopt::cpu::stream,
         "Roofline for the benchmark: an optimizer step's loads and stores with one add per element", py::arg("params"),
         py::arg("grads"), py::arg("states0"), py::arg("states1"), py::arg("states2"));
-  m.def("gather_grad_addresses", &fusedopt::cpu::gather_grad_addresses,
-        "NOTE [step plan] for the Triton kernels: the params' and grads' addresses, which params have no grad and "
-        "whether all addresses are 16-byte aligned, when every grad fits the plan",
-        py::arg("params"), py::arg("absent"), py::arg("numels"), py::arg("like"), py::arg("pinned"),
-        py::arg("grads") = py::none());
+  py::class_<fusedopt::cpu::GradAddresses>(m, "GradAddresses",
+                                           "NOTE [step plan] for the Triton kernels: a plan's params, kept in C++")
+      .def(py::init<fusedopt::binding::TensorList, fusedopt::binding::TensorList, std::vector<int64_t>,
+                    const at::Tensor&, bool>(),
+           py::arg("params"), py::arg("absent"), py::arg("numels"), py::arg("like"), py::arg("pinned"))
+      .def("gather", &fusedopt::cpu::GradAddresses::gather,
+           "The params' and grads' addresses, which params have no grad and whether all addresses are 16-byte "
+           "aligned, when every grad fits the plan; None otherwise",
+           py::arg("local_params") = py::none(), py::arg("local_grads") = py::none())
+      .def("clear_grads", &fusedopt::cpu::GradAddresses::clear_grads,
+           "Sets the grad of every planned and absent param to None (NOTE [planned zero_grad])");
   m.def("tensor_norms", &fusedopt::cpu::norms_of,
         "Each tensor's 2-norm or infinity norm (float64), in one pass over CPU tensors of one dtype; None when a "
         "tensor is not a dense, contiguous CPU tensor of that dtype",
