@@ -195,8 +195,8 @@ def test_dtensor_parameters(process_group, generator):
 
 
 def test_step_inside_torch_compile(generator):
-    """A torch.compile'd function that steps the optimizer and its scheduler runs the fused step as it is (nothing
-    of it traced into a graph) and computes bit for bit what eager calls compute."""
+    """A torch.compile'd function that steps the optimizer and its scheduler and zeroes the grads runs the fused
+    step as it is (nothing of it traced into a graph) and computes bit for bit what eager calls compute."""
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()
@@ -211,6 +211,7 @@ def test_step_inside_torch_compile(generator):
     def compiled_step():
         compiled_optimizer.step()
         compiled_scheduler.step()
+        compiled_optimizer.zero_grad()
 
     for _ in range(3):
         for p, q in zip(params, twins):
@@ -219,6 +220,7 @@ def test_step_inside_torch_compile(generator):
         compiled_step()
         eager_optimizer.step()
         eager_scheduler.step()
+        assert all(p.grad is None for p in params)  # zero_grad from the plan after the first step
     assert counter.op_count == 0
     for p, q in zip(params, twins):
         assert torch.equal(p, q)
