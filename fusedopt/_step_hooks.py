@@ -19,7 +19,9 @@ Adam at that size (bench/NOTES.md). This wrapper does everything the torch.optim
 - inside torch.compile (Dynamo traces this wrapper), the same wrapper as a torch.compiler.disable'd function, so
   the fused step runs as it is behind a graph break: Dynamo cannot trace the kernels' extension calls and would
   only add compile time and guards on the step plan's Python state.
-The wrapped step is marked `hooked`, so _patch_step_function leaves it as it is.
+The wrapped step is marked `hooked`, so _patch_step_function leaves it as it is. The wrapper reads a few private
+names of torch.optim (the global hook dicts, the marker); on a torch without one of them, the step is left to
+torch.optim's own wrapper (with no_grad and torch.compiler.disable around it, as before), slower but the same.
 """
 
 from __future__ import annotations
@@ -33,8 +35,21 @@ import torch
 from torch.optim import optimizer as torch_optimizer
 
 
+def _reads_torch_optim_internals() -> bool:
+    """Whether this torch has the private names the wrapper reads (torch 2.4 to 2.14 have them all)."""
+    return (
+        hasattr(torch_optimizer, "_global_optimizer_pre_hooks")
+        and hasattr(torch_optimizer, "_global_optimizer_post_hooks")
+        and hasattr(torch_optimizer.Optimizer, "_optimizer_step_code")
+        and hasattr(torch.autograd, "_profiler_enabled")
+        and hasattr(torch._C, "_set_grad_enabled")
+    )
+
+
 def hooked_step(step: Callable[..., Any]) -> Callable[..., Any]:
     """`step` (a method taking the optimizer and torch.optim's step arguments) wrapped as NOTE [cold step] says."""
+    if not _reads_torch_optim_internals():
+        return torch.compiler.disable(torch.no_grad()(step))  # not `hooked`: torch.optim wraps it
 
     def with_hooks(*args: Any, **kwargs: Any) -> Any:
         optimizer = args[0]

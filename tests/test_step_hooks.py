@@ -135,3 +135,31 @@ def test_subclass_hooks_like_torch_optim(name, generator):
     optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append(1))
     optimizer.step()
     assert len(calls) == 2
+
+
+def test_without_torch_optim_internals_torch_wraps_the_step(monkeypatch, generator):
+    """On a torch without a private name the wrapper reads, the step is left to torch.optim's own wrapper: hooks
+    still run once per step, and the step body still runs without grad."""
+    from torch.optim import optimizer as torch_optimizer
+
+    from fusedopt._step_hooks import hooked_step
+
+    monkeypatch.delattr(torch_optimizer, "_global_optimizer_post_hooks")
+    modes = []
+
+    class Minimal(torch.optim.Optimizer):
+        def __init__(self, params):
+            super().__init__(params, {})
+
+        @hooked_step
+        def step(self, closure=None):
+            modes.append(torch.is_grad_enabled())
+
+    assert not getattr(Minimal.step, "hooked", False)
+    optimizer = Minimal(_params(generator))
+    assert Minimal.step.hooked  # torch.optim's profile_hook_step
+    calls = []
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append(1))
+    monkeypatch.undo()  # torch's wrapper itself reads the global post hooks
+    optimizer.step()
+    assert calls == [1] and modes == [False]
