@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 
 from fusedopt import _rounding, _step_plan, backends, clip, functional
 from fusedopt._state import TrackedState
-from fusedopt._step_hooks import hooked_step
+from fusedopt._step_hooks import hooked_step, profiler_recording
 from fusedopt._tensors import bucket_by_device_and_dtype, is_dtensor, local_tensor, state_views
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128)
@@ -366,7 +366,7 @@ class FusedOptimizer(Optimizer):
         """torch.optim's zero_grad. With set_to_none (the default) and a current step plan, in one C++ loop over the
         plan's parameters instead of a Python one (NOTE [planned zero_grad] in csrc/common/step_operands.h); while a
         profiler records, torch.optim's, with its label."""
-        if set_to_none and not torch.autograd._profiler_enabled() and self._step_plans.clear_grads(self):
+        if set_to_none and not profiler_recording() and self._step_plans.clear_grads(self):
             return
         super().zero_grad(set_to_none)
 

@@ -46,6 +46,13 @@ def _reads_torch_optim_internals() -> bool:
     )
 
 
+def profiler_recording() -> bool:
+    """Whether a profiler records now (the C++ profiler state, so on-demand tracing counts); True on a torch that
+    cannot tell, so that callers then take torch.optim's labelled path."""
+    enabled = getattr(torch.autograd, "_profiler_enabled", None)
+    return True if enabled is None else enabled()
+
+
 def hooked_step(step: Callable[..., Any]) -> Callable[..., Any]:
     """`step` (a method taking the optimizer and torch.optim's step arguments) wrapped as NOTE [cold step] says."""
     if not _reads_torch_optim_internals():
@@ -78,7 +85,7 @@ def hooked_step(step: Callable[..., Any]) -> Callable[..., Any]:
         return out
 
     def labelled(*args: Any, **kwargs: Any) -> Any:
-        if not torch.autograd._profiler_enabled():
+        if not profiler_recording():
             return with_hooks(*args, **kwargs)
         with torch.autograd.profiler.record_function(f"Optimizer.step#{type(args[0]).__name__}.step"):
             return with_hooks(*args, **kwargs)

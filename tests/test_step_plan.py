@@ -620,3 +620,13 @@ def test_zero_grad_of_dtensor_params_goes_to_torch_optim(process_group, backend,
     torch_calls = _spy_on_torch_zero_grad(monkeypatch)
     optimizer.zero_grad()
     assert torch_calls == [True] and all(p.grad is None for p in params)
+
+
+def test_zero_grad_goes_to_torch_optim_on_a_torch_that_cannot_tell_profiling(backend, monkeypatch):
+    params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+    optimizer = _planned_optimizer(backend, params)
+    assert optimizer._step_plans
+    torch_calls = _spy_on_torch_zero_grad(monkeypatch)
+    monkeypatch.delattr(torch.autograd, "_profiler_enabled")
+    optimizer.zero_grad()
+    assert torch_calls == [True] and all(p.grad is None for p in params)
