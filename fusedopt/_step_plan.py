@@ -36,12 +36,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from fusedopt import functional
-from fusedopt._tensors import DTensor, is_dtensor, local_tensor
-
-_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+from fusedopt._tensors import DTensor, is_dtensor, is_plain, local_tensor
 
 
 def _plan_key(optimizer) -> tuple:
@@ -64,10 +60,9 @@ class StepPlan:
         self.key = _plan_key(optimizer)
         self._keyed_objects = _keyed_objects(optimizer)
         self._calls = calls  # (launch, planned function, StepOperands, its DTensor params or None)
-        # NOTE [planned zero_grad] in csrc/common/step_operands.h: only plain tensors, none of them a local shard.
-        self._clears_grads = all(sharded is None for *_, sharded in calls) and all(
-            type(p) in _PLAIN_TYPES for group in optimizer.param_groups for p in group["params"]
-        )
+        # NOTE [planned zero_grad] in csrc/common/step_operands.h: only plain tensors (DTensor params are not, so no
+        # call of such a plan holds local shards).
+        self._clears_grads = all(is_plain(p) for group in optimizer.param_groups for p in group["params"])
 
     @classmethod
     def build(cls, optimizer, launches: list[tuple[Any, Any]]) -> StepPlan | None:

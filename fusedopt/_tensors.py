@@ -24,10 +24,17 @@ except ImportError:  # pragma: no cover -- torch 2.4, or builds without torch.di
         DTensor = None
 
 _ALIGN_BYTES = 64
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 
 def is_dtensor(tensor: Tensor) -> bool:
     return DTensor is not None and isinstance(tensor, DTensor)
+
+
+def is_plain(tensor: Tensor) -> bool:
+    """A torch.Tensor or nn.Parameter itself, not a subclass (a DTensor, or one that dispatches to Python, may wrap no
+    memory of its own, and its grad setter may run Python)."""
+    return type(tensor) in _PLAIN_TYPES
 
 
 def local_tensor(tensor: Tensor) -> Tensor:

@@ -34,19 +34,18 @@ import torch
 from torch import Tensor
 
 from fusedopt import backends
-from fusedopt._tensors import local_tensor
+from fusedopt._tensors import is_plain, local_tensor
 
 T = TypeVar("T")
 #: A hyperparameter: one value, or with group_sizes one value per param group.
 PerGroup = Union[T, Sequence[T]]
 
 _REAL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int16)
-_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 
 def _is_kernel_ready(tensor: Tensor) -> bool:
     """A plain (not DTensor), real, contiguous tensor: the kernels take it as it is."""
-    return type(tensor) in _PLAIN_TYPES and tensor.dtype in _REAL_DTYPES and tensor.is_contiguous()
+    return is_plain(tensor) and tensor.dtype in _REAL_DTYPES and tensor.is_contiguous()
 
 
 class _KernelOperands:

@@ -19,9 +19,8 @@ from dataclasses import replace
 
 import torch
 
+from fusedopt._tensors import is_plain
 from fusedopt.triton_kernels import _launch as multi_tensor
-
-_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _grad_addresses():
@@ -57,14 +56,13 @@ class StepOperands:
         #: Which state slots the call fills, in the entry point's slot order (RMSprop: centered, momentum).
         self.slots = [len(column) > 0 for column in columns]
         operands = [list(params), grads, *[list(column) for column in columns if column]]
-        if not all(type(t) in _PLAIN_TYPES for column in (*operands, masters) for t in column):
+        if not all(is_plain(t) for column in (*operands, masters) for t in column):
             # A subclass (a DTensor, or one that dispatches to Python) may wrap no memory of its own.
             raise TypeError("fusedopt StepOperands: only plain tensors are planned (local shards of DTensors)")
         if not all(g.is_contiguous() and g.dtype == p.dtype and g.shape == p.shape for p, g in zip(params, grads)):
             # As the C++ StepOperands: a plan is made only from grads the kernels read as they are.
             raise ValueError("fusedopt StepOperands: every grad must be contiguous and like its param")
         self._launch = multi_tensor.prepare(operands, steps, masters, param_mode, 0, group_sizes)
-        self._count = len(params)
         like = torch.empty(0, dtype=params[0].dtype, device=params[0].device)
         numels = [p.numel() for p in params]
         pinned = self._launch.device.type == "cuda"
@@ -109,11 +107,12 @@ class StepOperands:
         found_inf: torch.Tensor | None,
     ) -> multi_tensor.Launch | None:  # fmt: skip
         """The launch over the planned parameters that have a grad this step."""
-        kept = torch.ones(self._count, dtype=torch.bool)
+        count = self._launch.table.num_tensors
+        kept = torch.ones(count, dtype=torch.bool)
         kept[self._without_grad] = False
         if not kept.any():
             return None
-        count = self._count  # rows has a zero column more when the count is odd (multi_tensor.even_columns)
+        # rows has a zero column more when the count is odd (multi_tensor.even_columns)
         table = self._launch.table.keeping(kept, rows[0, :count], rows[1, :count], self._aligned)
         group_sizes = torch.bincount(table.host[2], minlength=len(self._launch.group_sizes)).tolist()
         launch = replace(self._launch, table=table, group_sizes=group_sizes)

@@ -76,12 +76,18 @@ inline void clear_grads(const TensorList& params, const TensorList& absent) {
   for (const at::Tensor& param : absent) param.mutable_grad().reset();
 }
 
-// Grads handed in from Python with None where a parameter has no grad, as the undefined tensors gather_grads reads
-// as "no grad".
-inline TensorList undefined_where_none(const std::vector<std::optional<at::Tensor>>& grads) {
+// A planned step's local grads of DTensor params, handed in from Python with None where a parameter has no grad, as
+// the list gather_grads reads (undefined tensors for "no grad"; empty when none are given), after checking that
+// local params and local grads come together (`who` names the caller in the message).
+inline TensorList checked_local_grads(const std::optional<TensorList>& local_params,
+                                      const std::optional<std::vector<std::optional<at::Tensor>>>& local_grads,
+                                      const char* who) {
+  TORCH_CHECK(local_params.has_value() == local_grads.has_value(), "fusedopt ", who,
+              ": local params and local grads come together");
   TensorList out;
-  out.reserve(grads.size());
-  for (const auto& grad : grads) out.push_back(grad.value_or(at::Tensor()));
+  if (!local_grads.has_value()) return out;
+  out.reserve(local_grads->size());
+  for (const auto& grad : *local_grads) out.push_back(grad.value_or(at::Tensor()));
   return out;
 }
 
@@ -116,9 +122,7 @@ class StepOperands {
                     const std::optional<std::vector<std::optional<at::Tensor>>>& local_grads) {
     // The params' addresses are refreshed too: `param.data = other` may have given one other storage (FSDP-style
     // flat params do), and the kernels address it directly.
-    TORCH_CHECK(local_params.has_value() == local_grads.has_value(),
-                "fusedopt StepOperands: local params and local grads come together");
-    const TensorList grads = local_grads.has_value() ? undefined_where_none(*local_grads) : TensorList{};
+    const TensorList grads = checked_local_grads(local_params, local_grads, "StepOperands");
     // A reference, not value_or's copy: copying the list would bump and drop every param's refcount at each step.
     const TensorList& params = local_params.has_value() ? *local_params : params_;
     gathered_ = binding::gather_grads(params, absent_, dtype_, operands_.device, operands_.numels, operands_.params,

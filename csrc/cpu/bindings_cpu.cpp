@@ -151,10 +151,8 @@ class GradAddresses {
   std::optional<std::tuple<at::Tensor, std::vector<size_t>, bool>> gather(
       const std::optional<TensorList>& local_params,
       const std::optional<std::vector<std::optional<at::Tensor>>>& local_grads) const {
-    TORCH_CHECK(local_params.has_value() == local_grads.has_value(),
-                "fusedopt GradAddresses: local params and local grads come together");
+    const TensorList grads = binding::checked_local_grads(local_params, local_grads, "GradAddresses");
     const TensorList& params = local_params.has_value() ? *local_params : params_;
-    const TensorList grads = local_grads.has_value() ? binding::undefined_where_none(*local_grads) : TensorList{};
     const size_t n = params.size();
     std::vector<void*> param_addresses(n);
     std::vector<const void*> grad_addresses;
