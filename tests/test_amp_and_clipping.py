@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import AVAILABLE_ON_CPU, CPU_BACKENDS
+from conftest import AVAILABLE_ON_CPU, CPU_BACKENDS, EMULATED_CUDA
 from helpers import FUSED_CLASSES, TORCH_CLASSES, assert_close_detailed, clone_params, make_params
 
 import fusedopt
 
 SMALL = [(7,), (1023,), (3, 5, 7)]
 # The interpreted Triton backend is included with small shapes.
-BACKENDS = CPU_BACKENDS + [b for b in AVAILABLE_ON_CPU if b == "triton"]
+BACKENDS = CPU_BACKENDS + [b for b in AVAILABLE_ON_CPU if b == "triton"] + EMULATED_CUDA
+pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 
 
 def _model(seed=0):
@@ -186,7 +187,9 @@ def test_scale_and_clip_stay_on_the_device(option, monkeypatch):
     assert float(seen[-1][1]) == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"])
+@pytest.mark.parametrize(
+    "backend", ["cpu", "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"] + EMULATED_CUDA
+)
 def test_functional_tensor_grad_factor_equals_float(backend, generator):
     """functional.*(grad_factor=tensor) multiplies on the device exactly as the same float does on the host."""
     results = []

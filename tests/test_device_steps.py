@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import AVAILABLE_ON_CPU, CPU_BACKENDS
+from conftest import AVAILABLE_ON_CPU, CPU_BACKENDS, EMULATED_CUDA
 from helpers import FUSED_CLASSES, TORCH_CLASSES, assert_close_detailed
 
 import fusedopt
 from fusedopt import functional
 
 TRITON = [b for b in AVAILABLE_ON_CPU if b == "triton"]
-KERNEL_BACKENDS = [b for b in ("cpu", "triton") if b in AVAILABLE_ON_CPU]
+# Kernels that read the step counters on the device: Triton (interpreted) and CUDA (host emulation, NOTE [cuda host
+# emulation]).
+DEVICE_STEP_KERNELS = TRITON + EMULATED_CUDA
+KERNEL_BACKENDS = [b for b in ("cpu", "triton") if b in AVAILABLE_ON_CPU] + EMULATED_CUDA
+pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 SIZES = (0, 1, 7, 1025)
 
 
@@ -67,9 +71,9 @@ def test_found_inf_clear_is_a_normal_step(backend):
     assert [float(s) for s in with_flag[-len(SIZES) :]] == [1.0, 4.0, 4.0, 10.0]
 
 
-@pytest.mark.parametrize("backend", TRITON)
+@pytest.mark.parametrize("backend", DEVICE_STEP_KERNELS)
 def test_kernels_compute_bias_corrections_from_each_counter(backend):
-    """The interpreted Triton kernel makes each tensor's bias corrections from its own counter (0, 3, 3, 9 before
+    """The device kernel makes each tensor's bias corrections from its own counter (0, 3, 3, 9 before
     the step), in float64, as the reference computes them on the host."""
     fused = _functional_adam(backend, None, seed=3)
     reference = _functional_adam("reference", None, seed=3)

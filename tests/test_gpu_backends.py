@@ -1,9 +1,11 @@
 """The GPU backends (cuda, triton) against the eager reference and torch.optim's fused kernels, with poisoned
 buffers, odd sizes, misaligned views, parameter modes, GradScaler and clipping.
 
-On a GPU (bench/gpu_check.sh, marker `gpu`) they run compiled on CUDA tensors. Without one they run on CPU tensors
-with the Triton kernels interpreted, so that the tests themselves are exercised before the few minutes of a lent
-GPU are spent on them (running them so found two tests that could not have passed on a GPU). Tests that only mean
+On a GPU (bench/gpu_check.sh, marker `gpu`) they run compiled on CUDA tensors. Without one they run on CPU tensors,
+the Triton kernels interpreted and the CUDA kernels and binding built for the host (NOTE [cuda host emulation] in
+tests/cuda_emulation/fused_cuda_emulated.cpp), so that the kernels and the tests themselves are exercised before
+the few minutes of a lent GPU are spent on them (running them so found two tests that could not have passed on a
+GPU). Tests that only mean
 something on a GPU (kernel launches per step, recompilation, auto's choice) are in tests/test_cuda.py.
 """
 
@@ -13,6 +15,7 @@ import contextlib
 
 import pytest
 import torch
+from conftest import EMULATED_CUDA
 from helpers import (
     FUSED_CLASSES,
     OPTIMIZER_CASES,
@@ -31,8 +34,8 @@ from fusedopt import functional
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-pytestmark = [pytest.mark.gpu] if ON_GPU else []
-BACKENDS = ["cuda", "triton"] if ON_GPU else ["triton"]
+pytestmark = [pytest.mark.gpu] if ON_GPU else [pytest.mark.usefixtures("cuda_on_cpu")]
+BACKENDS = ["cuda", "triton"] if ON_GPU else [*EMULATED_CUDA, "triton"]
 # Odd sizes around the chunk (4096) and vector widths, plus one large enough for many chunks (smaller on CPU,
 # where the Triton interpreter's cost is per program).
 SHAPES = [(0,), (), (1,), (7,), (4095,), (4097,), (3, 5, 7), (1_000_003,) if ON_GPU else (10_003,)]

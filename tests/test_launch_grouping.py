@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import AVAILABLE_ON_CPU
+from conftest import AVAILABLE_ON_CPU, EMULATED_CUDA
 from helpers import FUSED_CLASSES, TORCH_CLASSES, assert_close_detailed, clone_params, make_params, run_steps
 
 import fusedopt
 from fusedopt import backends, functional
 
-EXTENSION_BACKENDS = [b for b in AVAILABLE_ON_CPU if b in ("cpu", "triton")]
+EXTENSION_BACKENDS = [b for b in AVAILABLE_ON_CPU if b in ("cpu", "triton")] + EMULATED_CUDA
+pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 SHAPES = [(7,), (33,), (5, 3), (1,), (100,), (2, 2)]
 
 
@@ -111,7 +112,9 @@ def test_dtypes_and_parameters_without_grads(counted, generator):
     assert sorted(sizes for _, sizes in counter.calls) == [[1, 1], [1, 1, 1]]
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"])
+@pytest.mark.parametrize(
+    "backend", ["cpu", "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"] + EMULATED_CUDA
+)
 def test_functional_group_sizes_equal_separate_calls(backend, generator):
     """One call with group_sizes computes bit for bit what one call per group computes; an empty group between
     others shifts nothing (each tensor finds its own group's row of hyperparameters)."""

@@ -7,7 +7,7 @@ import io
 
 import pytest
 import torch
-from conftest import AVAILABLE_ON_CPU, CPU_BACKENDS
+from conftest import AVAILABLE_ON_CPU, CPU_BACKENDS, EMULATED_CUDA
 from helpers import FUSED_CLASSES, SECOND_GROUP, TORCH_CLASSES, clone_params, make_params, run_steps
 from test_against_torch import assert_matches
 
@@ -15,7 +15,10 @@ import fusedopt
 from fusedopt import _rounding
 
 SMALL = [(0,), (1,), (7,), (1023,), (3, 5, 7), (5000,)]
-BACKENDS = [b for b in CPU_BACKENDS if b != "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"]
+BACKENDS = (
+    [b for b in CPU_BACKENDS if b != "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"] + EMULATED_CUDA
+)
+pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 OPTIMIZERS = {"AdamW": dict(weight_decay=0.1), "Adam": dict(amsgrad=True), "RMSprop": dict(momentum=0.9, centered=True),
               "Adagrad": dict(lr_decay=0.01)}  # fmt: skip
 MODES = {

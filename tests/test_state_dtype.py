@@ -6,14 +6,17 @@ import io
 
 import pytest
 import torch
-from conftest import AVAILABLE_ON_CPU, CPU_BACKENDS
+from conftest import AVAILABLE_ON_CPU, CPU_BACKENDS, EMULATED_CUDA
 from helpers import FUSED_CLASSES, OPTIMIZER_CASES, case_id, clone_params, make_params, run_steps
 from test_against_torch import assert_matches
 
 import fusedopt
 
 SMALL = [(0,), (1,), (7,), (1023,), (3, 5, 7), (5000,)]
-BACKENDS = [b for b in CPU_BACKENDS if b != "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"]
+BACKENDS = (
+    [b for b in CPU_BACKENDS if b != "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"] + EMULATED_CUDA
+)
+pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 # One case per optimizer with all of its state tensors.
 CASES = [c for c in OPTIMIZER_CASES if c[1].get("amsgrad") or c[1].get("centered") and c[1].get("momentum")][:3] + [
     c for c in OPTIMIZER_CASES if c[0] == "Adagrad"

@@ -12,7 +12,7 @@ import weakref
 
 import pytest
 import torch
-from conftest import AVAILABLE_ON_CPU
+from conftest import AVAILABLE_ON_CPU, EMULATED_CUDA
 from helpers import FUSED_CLASSES, SECOND_GROUP, DTensor, Shard, count_regular_steps, distribute_tensor
 
 import fusedopt
@@ -27,8 +27,10 @@ OPTIMIZERS = {
 }
 
 
-# The backends with a plan: cpu (C++), and triton (triton_kernels/_plan.py; interpreted here).
-PLAN_BACKENDS = [b for b in ("cpu", "triton") if b in AVAILABLE_ON_CPU]
+# The backends with a plan: cpu (C++), triton (triton_kernels/_plan.py; interpreted here) and cuda (C++; the host
+# emulation here, NOTE [cuda host emulation]).
+PLAN_BACKENDS = [b for b in ("cpu", "triton") if b in AVAILABLE_ON_CPU] + EMULATED_CUDA
+pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 
 
 @pytest.fixture(params=PLAN_BACKENDS)

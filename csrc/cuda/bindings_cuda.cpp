@@ -5,9 +5,6 @@
 // (NOTE [cuda multi-tensor launch] in fused_cuda.h), uploads the param groups' hyperparameters and launches one kernel
 // on the current stream, which also advances the step counters on the device (NOTE [device steps]). Every check runs
 // before the first write; every launch is checked.
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
 #include <cstring>
@@ -17,6 +14,7 @@
 #include "../common/binding_utils.h"
 #include "../common/operands.h"
 #include "../common/python_module.h"
+#include "device_api.h"
 #include "fused_cuda.h"
 
 namespace fusedopt::cuda {
@@ -48,15 +46,7 @@ std::unordered_map<std::vector<int64_t>, CachedTables, KeyHash>& table_cache() {
   return cache;
 }
 
-template <typename T>
-at::Tensor upload(const std::vector<T>& values, const at::Device& device) {
-  at::Tensor host = at::empty({static_cast<int64_t>(values.size() * sizeof(T))},
-                              at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), values.data(), values.size() * sizeof(T));
-  return host.to(device, /*non_blocking=*/true);
-}
-
-bool is_cuda(const at::Device& device) { return device.is_cuda(); }
+using device_api::upload;
 
 // The bucket's launch tables for checked operands (operands.h), from the cache when no operand has moved.
 // `decay_modes` and `groups` have each tensor's weight decay mode and param group (empty: none, and group 0), part
@@ -146,7 +136,7 @@ LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_m
 template <typename Hyper, typename Launch>
 void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, const binding::GradFactor& grad_factor,
           int64_t rounding_seed, const Launch& launch) {
-  const c10::cuda::CUDAGuard guard(ops.device);
+  const device_api::DeviceGuard guard(ops.device);
   const binding::GroupIndex groups(group_sizes, ops.size(), "CUDA");
   binding::check_per_group(groups, hyper);
   TORCH_CHECK(ops.steps.values.size() == ops.size(), "fusedopt CUDA backend: every param needs a step counter");
@@ -155,7 +145,7 @@ void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, con
   tables.found_inf = grad_factor.found_inf;
   tables.rounding_seed = static_cast<uint64_t>(rounding_seed);
   const at::Tensor per_group = upload(binding::per_group_hyper(groups, hyper, grad_factor.host), ops.device);
-  C10_CUDA_CHECK(launch(tables, per_group.data_ptr(), at::cuda::getCurrentCUDAStream()));
+  device_api::check_launch(launch(tables, per_group.data_ptr(), device_api::current_stream()));
 }
 
 void adam(const Operands& ops, const binding::AdamHyperparameters& hyper, const Sizes& group_sizes, bool amsgrad,
@@ -187,11 +177,11 @@ void stream(const TensorList& params, const TensorList& grads, const std::vector
   TORCH_CHECK(states.size() <= kMaxStateTensors, "fusedopt CUDA backend: at most 3 state lists");
   std::vector<const TensorList*> columns;
   for (const TensorList& column : states) columns.push_back(&column);
-  const Operands ops =
-      binding::check_operands("CUDA", params, grads, columns, {}, {}, 0, is_cuda, binding::StepPlace::kDevice);
-  const c10::cuda::CUDAGuard guard(ops.device);
-  C10_CUDA_CHECK(launch_stream(tables_for(ops, {}, {}), static_cast<int>(ops.used_states().size()),
-                               at::cuda::getCurrentCUDAStream()));
+  const Operands ops = binding::check_operands("CUDA", params, grads, columns, {}, {}, 0, device_api::takes_device,
+                                               binding::StepPlace::kDevice);
+  const device_api::DeviceGuard guard(ops.device);
+  device_api::check_launch(
+      launch_stream(tables_for(ops, {}, {}), static_cast<int>(ops.used_states().size()), device_api::current_stream()));
 }
 
 }  // namespace
@@ -201,7 +191,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
   m.doc() = "fusedopt fused CUDA optimizer kernels (one launch per device, dtype and state layout)";
   fusedopt::binding::define_optimizers<&fusedopt::cuda::adam, &fusedopt::cuda::rmsprop, &fusedopt::cuda::adagrad,
-                                       &fusedopt::cuda::is_cuda, fusedopt::binding::StepPlace::kDevice>(m, "CUDA");
+                                       &fusedopt::cuda::device_api::takes_device,
+                                       fusedopt::binding::StepPlace::kDevice>(m, "CUDA");
   m.def("stream", &fusedopt::cuda::stream, "Roofline: a step's loads and stores with one add per element",
         py::arg("params"), py::arg("grads"), py::arg("states"));
 }
