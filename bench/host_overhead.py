@@ -103,6 +103,23 @@ IMPLEMENTATIONS = {
 }
 
 
+def _use_cuda_emulation() -> None:
+    """Adds rows for backend "cuda" on CPU tensors: the CUDA binding built for the host (NOTE [cuda host emulation]
+    in tests/cuda_emulation/fused_cuda_emulated.cpp), its kernels skipped (see --cuda-emulation)."""
+    import os
+    import sys
+
+    os.environ["FUSEDOPT_EMULATION_SKIP_KERNELS"] = "1"
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from cuda_emulation import EmulatedCudaBackend
+
+    from fusedopt import backends
+
+    backends._REGISTRY["cuda"] = EmulatedCudaBackend()
+    IMPLEMENTATIONS["fusedopt cuda (step plan)"] = lambda ps: _fused(ps, backend="cuda")
+    IMPLEMENTATIONS["fusedopt cuda (regular path)"] = lambda ps: _fused(ps, backend="cuda")
+
+
 def _skip_triton_kernel() -> None:
     """Replaces the Triton AdamW kernel by a launcher that does nothing (see --without-triton-kernel)."""
     import importlib
@@ -187,9 +204,17 @@ def main() -> None:
         help="CPU only, with TRITON_INTERPRET=1: the triton rows time everything but the kernel itself (the "
         "interpreter would take seconds), i.e. the host work of a step up to the launch",
     )
+    parser.add_argument(
+        "--cuda-emulation",
+        action="store_true",
+        help="CPU only: add rows for the CUDA binding built for the host, without its kernels: the binding's host "
+        "work of a step (checks, table cache, group rows) up to the launch, what a GPU host does before the driver",
+    )
     args = parser.parse_args()
     if args.without_triton_kernel:
         _skip_triton_kernel()
+    if args.cuda_emulation:
+        _use_cuda_emulation()
     global _MESH, _MAX_GRAD_NORM
     _MAX_GRAD_NORM = args.max_grad_norm
     if args.dtensor:
@@ -207,6 +232,7 @@ def main() -> None:
         f"({device_name}), torch {torch.__version__}, median of {args.reps} "
         + ("steps back to back (warm caches)" if args.back_to_back else "interleaved rounds (cold caches)")
         + ("; triton rows without the kernel itself" if args.without_triton_kernel else "")
+        + ("; cuda rows: the CUDA binding on the host, without its kernels" if args.cuda_emulation else "")
     )
     print(f"{'implementation':32} {'backend':10} {'median us':>10} {'IQR us':>8} {'us / 1000 tensors':>18}")
     for name, row in results.items():

@@ -40,6 +40,11 @@ def unavailable_reason() -> str | None:
     return None
 
 
+# FUSEDOPT_EMULATION_SANITIZE=address builds the emulation with AddressSanitizer (scripts/check_cuda_emulation_asan.sh
+# runs the tests so, with libasan preloaded): a kernel's read or write past the end of a tensor's allocation fails.
+SANITIZE_ENV = "FUSEDOPT_EMULATION_SANITIZE"
+
+
 @functools.lru_cache(maxsize=None)
 def extension():
     """The emulated CUDA extension module (built on first call)."""
@@ -49,8 +54,14 @@ def extension():
     flags = ["-O2", "-DFUSEDOPT_CUDA_HOST_EMULATION", "-Wall", "-Wextra", "-Wno-unknown-pragmas"]
     if os.environ.get(_build_config.WERROR_ENV) == "1":
         flags.append("-Werror")
+    sanitizer = os.environ.get(SANITIZE_ENV)
+    ldflags = []
+    if sanitizer:
+        flags += [f"-fsanitize={sanitizer}", "-fno-omit-frame-pointer", "-g"]
+        ldflags.append(f"-fsanitize={sanitizer}")
     return cpp_extension.load(
-        name="fusedopt_cuda_host_emulation",
+        name="fusedopt_cuda_host_emulation" + (f"_{sanitizer}" if sanitizer else ""),
+        extra_ldflags=ldflags,
         sources=[os.path.join(HERE, "fused_cuda_emulated.cpp"), os.path.join(root, "cuda", "bindings_cuda.cpp")],
         extra_include_paths=[*_build_config.cpu_include_dirs(root), os.path.join(root, "cuda"), cuda_include_dir()],
         extra_cflags=flags,
