@@ -86,7 +86,6 @@ def test_plan_matches_regular_steps_through_changes(name, backend):
         if step == 6:
             for o in (optimizer, regular[0]):
                 o.param_groups[1]["weight_decay"] = 0.0  # read at every step: the plan stays
-        if step == 8:
             for o in (optimizer, regular[0]):
                 o.load_state_dict(o.state_dict())
         if step in (10, 11):  # a transposed grad: the regular path copies it, and no plan is made from it
@@ -105,6 +104,35 @@ def test_plan_matches_regular_steps_through_changes(name, backend):
             s.step()
         _assert_identical(planned, regular)
     assert optimizer._step_plans
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Adam", "RMSprop"])
+def test_plan_follows_weight_decay_modes_and_moved_params(name, backend):
+    """Grads updated in place (their addresses never change, so what a backend keeps per plan, such as the CUDA
+    launch tables of NOTE [planned tables], is reused): a group's weight decay going from 0 to nonzero changes how
+    its tensors are updated, and a parameter given new memory (`p.data = other`) is updated there."""
+    planned, regular = _twins(name, backend)
+    generator = torch.Generator().manual_seed(5)
+    grads = _grads(generator, planned[1])
+    for optimizer, params in (planned, regular):
+        optimizer.param_groups[1]["weight_decay"] = 0.0
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+    for step in range(8):
+        if step == 3:
+            for optimizer, _ in (planned, regular):
+                optimizer.param_groups[1]["weight_decay"] = 0.2
+        if step == 5:
+            for _, params in (planned, regular):
+                params[4].data = params[4].data.clone()
+        for optimizer, params in (planned, regular):
+            for p, g in zip(params, _grads(torch.Generator().manual_seed(step), params)):
+                p.grad.copy_(g)
+        regular[0]._step_plans.clear()
+        planned[0].step()
+        regular[0].step()
+        _assert_identical(planned, regular)
+    assert len(planned[0]._step_plans) == 1
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,11 @@ struct Operands {
   StorageType state_type = StorageType::kFloat32;
   ParamMode param_mode = ParamMode::kPlain;
   at::Device device = at::kCPU;
+  // Nonzero for the operands of a planned call (NOTE [step plan]): operands with the same layout key differ at most
+  // in the params' and grads' addresses (same tensors in the same order and groups, same sizes, state, masters and
+  // step counters), so what a backend derives from them (the CUDA launch tables) may be kept under this key and
+  // checked against those two lists alone.
+  uint64_t layout_key = 0;
 
   size_t size() const { return params.size(); }
   // The states in slot order, unused slots left out (how the kernels number them).
@@ -174,7 +179,7 @@ inline Operands check_operands(const char* backend, const TensorList& params, co
 }
 
 // The operands without the tensors at `dropped` (ascending indices), the rest in the same order: a planned step
-// over the parameters that have a grad this time (NOTE [step plan]).
+// over the parameters that have a grad this time (NOTE [step plan]). The layout key is left 0, for the caller.
 inline Operands without(const Operands& ops, const std::vector<size_t>& dropped) {
   Operands out;
   out.param_type = ops.param_type;

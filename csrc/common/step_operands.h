@@ -20,6 +20,7 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -113,6 +114,7 @@ class StepOperands {
     for (const TensorList& column : columns) states.push_back(&column);
     TORCH_CHECK(!steps.empty(), "fusedopt StepOperands: no step counters");
     operands_ = check_operands(backend, params_, grads, states, steps, masters, param_mode, device_ok, step_place);
+    operands_.layout_key = new_layout_key();
     dtype_ = params_[0].scalar_type();
   }
 
@@ -138,6 +140,11 @@ class StepOperands {
     if (without_grad_.empty()) return operands_;
     this_step_ = without(operands_, without_grad_);
     this_step_group_sizes_ = without(group_sizes_, without_grad_);
+    if (without_grad_ != subset_without_grad_) {  // another subset of the planned params: another layout
+      subset_without_grad_ = without_grad_;
+      subset_layout_key_ = new_layout_key();
+    }
+    this_step_.layout_key = subset_layout_key_;
     return this_step_;
   }
 
@@ -159,6 +166,14 @@ class StepOperands {
   std::vector<size_t> without_grad_;  // the params whose grad is None at this step
   Operands this_step_;                // operands_ without them
   std::vector<int64_t> this_step_group_sizes_;
+  std::vector<size_t> subset_without_grad_;  // the params left out by the subset that has subset_layout_key_
+  uint64_t subset_layout_key_ = 0;
+
+  // Operands::layout_key: unique in the process (per extension module), never 0.
+  static uint64_t new_layout_key() {
+    static std::atomic<uint64_t> next{1};
+    return next++;
+  }
 };
 
 }  // namespace fusedopt::binding
