@@ -11,7 +11,8 @@ import math
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS
+from conftest import CPU_BACKENDS as _CPU_BACKENDS
+from conftest import EMULATED_CUDA
 from helpers import (
     FUSED_CLASSES,
     OPTIMIZER_CASES,
@@ -27,6 +28,10 @@ from helpers import (
 )
 
 STEPS = 20
+
+# The CPU backends and, without a GPU, the host emulation of the CUDA kernels (NOTE [cuda host emulation]).
+CPU_BACKENDS = _CPU_BACKENDS + EMULATED_CUDA
+pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 
 
 def assert_matches(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:

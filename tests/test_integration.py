@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS
+from conftest import CPU_BACKENDS as _CPU_BACKENDS
+from conftest import EMULATED_CUDA
 from helpers import (
     DTensor,
     Shard,
@@ -19,6 +20,10 @@ from helpers import (
 
 import fusedopt
 from fusedopt import functional
+
+# The CPU backends and, without a GPU, the host emulation of the CUDA kernels (NOTE [cuda host emulation]).
+CPU_BACKENDS = _CPU_BACKENDS + EMULATED_CUDA
+pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 
 
 def _model(seed=0):

@@ -6,11 +6,16 @@ import math
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS
+from conftest import CPU_BACKENDS as _CPU_BACKENDS
+from conftest import EMULATED_CUDA
 from helpers import FUSED_CLASSES, TORCH_CLASSES, assert_close_detailed, clone_params, make_params, run_steps
 from torch.optim import lr_scheduler
 
 TOTAL_STEPS = 30
+
+# The CPU backends and, without a GPU, the host emulation of the CUDA kernels (NOTE [cuda host emulation]).
+CPU_BACKENDS = _CPU_BACKENDS + EMULATED_CUDA
+pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 
 
 def _warmup(optimizer):

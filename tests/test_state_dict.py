@@ -6,7 +6,8 @@ import io
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS
+from conftest import CPU_BACKENDS as _CPU_BACKENDS
+from conftest import EMULATED_CUDA
 from helpers import (
     FUSED_CLASSES,
     OPTIMIZER_CASES,
@@ -27,6 +28,10 @@ FULL_STATE_CASES = [
     ("RMSprop", dict(lr=1e-3, centered=True, momentum=0.9, weight_decay=0.1)),
     ("Adagrad", dict(lr=1e-2, lr_decay=0.01, initial_accumulator_value=0.1)),
 ]
+
+# The CPU backends and, without a GPU, the host emulation of the CUDA kernels (NOTE [cuda host emulation]).
+CPU_BACKENDS = _CPU_BACKENDS + EMULATED_CUDA
+pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 
 
 def _through_bytes(state_dict):
