@@ -90,6 +90,10 @@ class StepOperands:
         csrc/common/step_operands.h)."""
         self._addresses.clear_grads()
 
+    def grads(self) -> list[torch.Tensor]:
+        """The grads of the planned params that have one, in order, read in C++ (plain tensors only)."""
+        return self._addresses.grads()
+
     def take(
         self, rounding_seed: int, device_grad_factor: torch.Tensor | None, found_inf: torch.Tensor | None
     ) -> multi_tensor.Launch | None:

@@ -147,7 +147,8 @@ void define_optimizers(pybind11::module_& module, const char* backend) {
            "for a grad that is None); False when the regular step must run instead",
            py::arg("local_params") = py::none(), py::arg("local_grads") = py::none())
       .def("clear_grads", &StepOperands::clear_grads,
-           "Sets the grad of every planned and absent param to None (NOTE [planned zero_grad])");
+           "Sets the grad of every planned and absent param to None (NOTE [planned zero_grad])")
+      .def("grads", &StepOperands::grads, "The grads of the planned params that have one, in order");
   module.def(
       "adam_planned",
       [backend](StepOperands& planned, Values lr, Values beta1, Values beta2, Values weight_decay, Values eps,

@@ -77,6 +77,18 @@ inline void clear_grads(const TensorList& params, const TensorList& absent) {
   for (const at::Tensor& param : absent) param.mutable_grad().reset();
 }
 
+// The grads of `params` that are not None, in order: a planned step's grads for max_grad_norm's norm, read in one C++
+// loop (a Python loop over 1,000 params' .grad took 109 us on this CPU, more than the rest of the planned step).
+inline TensorList present_grads(const TensorList& params) {
+  TensorList grads;
+  grads.reserve(params.size());
+  for (const at::Tensor& param : params) {
+    const at::Tensor& grad = param.grad();
+    if (grad.defined()) grads.push_back(grad);
+  }
+  return grads;
+}
+
 // A planned step's local grads of DTensor params, handed in from Python with None where a parameter has no grad, as
 // the list gather_grads reads (undefined tensors for "no grad"; empty when none are given), after checking that
 // local params and local grads come together (`who` names the caller in the message).
@@ -150,6 +162,9 @@ class StepOperands {
 
   // NOTE [planned zero_grad]
   void clear_grads() const { binding::clear_grads(params_, absent_); }
+
+  // This step's grads of the planned params (present_grads); plain tensors only (a DTensor plan holds local shards).
+  TensorList grads() const { return present_grads(params_); }
 
   // The group sizes of the operands take() returned last.
   const std::vector<int64_t>& group_sizes() const {

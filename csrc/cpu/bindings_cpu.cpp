@@ -179,6 +179,9 @@ class GradAddresses {
   // NOTE [planned zero_grad]
   void clear_grads() const { binding::clear_grads(params_, absent_); }
 
+  // The grads of the plan's params that have one, in order (binding::present_grads).
+  TensorList grads() const { return binding::present_grads(params_); }
+
  private:
   TensorList params_;
   TensorList absent_;
@@ -242,7 +245,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            "aligned, when every grad fits the plan; None otherwise",
            py::arg("local_params") = py::none(), py::arg("local_grads") = py::none())
       .def("clear_grads", &fusedopt::cpu::GradAddresses::clear_grads,
-           "Sets the grad of every planned and absent param to None (NOTE [planned zero_grad])");
+           "Sets the grad of every planned and absent param to None (NOTE [planned zero_grad])")
+      .def("grads", &fusedopt::cpu::GradAddresses::grads, "The grads of the plan's params that have one, in order");
   m.def("tensor_norms", &fusedopt::cpu::norms_of,
         "Each tensor's 2-norm or infinity norm (float64), in one pass over CPU tensors of one dtype; None when a "
         "tensor is not a dense, contiguous CPU tensor of that dtype",
