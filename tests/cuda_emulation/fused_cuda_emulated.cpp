@@ -4,9 +4,9 @@
 // NOTE [cuda host emulation]: CI has no GPU, yet the CUDA kernels and their binding should not meet their first
 // input on a lent GPU's few minutes. The tests build a CPU extension from the very sources of the CUDA extension
 // (this file instead of fused_cuda.cu, csrc/cuda/bindings_cuda.cpp with FUSEDOPT_CUDA_HOST_EMULATION, see
-// csrc/cuda/device_api.h) and run it on CPU tensors as backend "cuda", against the reference
-// (tests/test_gpu_backends.py). What it checks: the table walk (chunks, tensors, group rows), the vector path and
-// the scalar tails, alignment, every dtype, option and parameter mode, the device step counters, found_inf, the
+// csrc/cuda/device_api.h) and run it on CPU tensors as backend "cuda" (fixture cuda_on_cpu in tests/conftest.py),
+// against the reference and torch.optim. What it checks: the table walk (chunks, tensors, group rows), the vector path
+// and the scalar tails, alignment, every dtype, option and parameter mode, the device step counters, found_inf, the
 // grad factor, the table cache and the step plans. What it cannot check: the GPU's memory model (CTAs run one
 // after another here, threads of a CTA one at a time), speed, and the device compiler's own code (the math is
 // the same header, compiled by g++).
