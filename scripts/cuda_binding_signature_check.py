@@ -69,7 +69,7 @@ def main() -> None:
         signature = getattr(ext, f"{kernel}_planned").__doc__.splitlines()[0]
         for name in [*hyper, "grad_factor", "device_grad_factor", "found_inf", "rounding_seed"]:
             assert f"{name}:" in signature, f"{kernel}_planned does not take {name}: {signature}"
-    for method in ("gather_grads", "clear_grads"):  # what fusedopt/_step_plan.py calls on a plan's operands
+    for method in ("gather_grads", "clear_grads", "grads"):  # what fusedopt/_step_plan.py calls on a plan's operands
         assert callable(getattr(ext.StepOperands, method, None)), f"StepOperands has no {method}"
     stream_states = _tensors.state_views(params, 0.0)
     expect_device_error(lambda: backend.stream(params, ones, [stream_states]))

@@ -30,6 +30,9 @@ CPU_BACKENDS = [name for name in AVAILABLE_ON_CPU if name != "triton"]
 # CUDA headers; CI requires it (FUSEDOPT_REQUIRE_BACKENDS=...,cuda-emulation).
 CUDA_EMULATION_REASON = None if torch.cuda.is_available() else cuda_emulation_unavailable_reason()
 EMULATED_CUDA = [] if torch.cuda.is_available() or CUDA_EMULATION_REASON is not None else ["cuda"]
+# The backends of the shared tests on CPU tensors, the emulated CUDA one included (modules that use it also use the
+# fixture cuda_on_cpu).
+CPU_TENSOR_BACKENDS = CPU_BACKENDS + EMULATED_CUDA
 
 
 # GPU tests are not collected without a CUDA device (rather than reported as hundreds of skips); the header

@@ -11,8 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS as _CPU_BACKENDS
-from conftest import EMULATED_CUDA
+from conftest import CPU_TENSOR_BACKENDS
 from helpers import (
     FUSED_CLASSES,
     OPTIMIZER_CASES,
@@ -29,8 +28,6 @@ from helpers import (
 
 STEPS = 20
 
-# The CPU backends and, without a GPU, the host emulation of the CUDA kernels (NOTE [cuda host emulation]).
-CPU_BACKENDS = _CPU_BACKENDS + EMULATED_CUDA
 pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 
 
@@ -47,12 +44,12 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, what: str) -> N
     assert_close_detailed(actual, expected, what, **tolerances)
 
 
-FUSED_BACKENDS = [b for b in CPU_BACKENDS if b != "reference"]
+FUSED_BACKENDS = [b for b in CPU_TENSOR_BACKENDS if b != "reference"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=case_id)
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
 def test_matches_torch_optim(backend, case, dtype, generator):
     name, kwargs = case
     fused, params, reference, twins = build_pair(name, kwargs, dtype, backend, generator)
@@ -80,7 +77,7 @@ def test_matches_reference(backend, case, dtype, generator):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=case_id)
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
 def test_low_precision_error_at_most_torch(backend, case, dtype, generator):
     """In bfloat16/float16, torch.optim rounds after every operation; fusedopt computes in float32 and rounds
     once. Against a float64 run of the same problem, fusedopt's error may be at most twice torch.optim's."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS as _CPU_BACKENDS
-from conftest import EMULATED_CUDA
+from conftest import CPU_TENSOR_BACKENDS
 from helpers import (
     DTensor,
     Shard,
@@ -21,8 +20,6 @@ from helpers import (
 import fusedopt
 from fusedopt import functional
 
-# The CPU backends and, without a GPU, the host emulation of the CUDA kernels (NOTE [cuda host emulation]).
-CPU_BACKENDS = _CPU_BACKENDS + EMULATED_CUDA
 pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 
 
@@ -31,7 +28,7 @@ def _model(seed=0):
     return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
 def test_grad_scaler_with_injected_inf(backend):
     """GradScaler unscales, skips the step whose grads hold an inf, and lowers its scale, as with torch.optim."""
     results = []
@@ -61,7 +58,7 @@ def test_grad_scaler_with_injected_inf(backend):
         assert_close_detailed(p, q, f"param {i}")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
 def test_complex_parameters_match_torch(backend, generator):
     for name, fused_cls, torch_cls in (
         ("AdamW", fusedopt.AdamW, torch.optim.AdamW),
@@ -77,7 +74,7 @@ def test_complex_parameters_match_torch(backend, generator):
         assert fused.state[params[0]]["step"].dtype == reference.state[twins[0]]["step"].dtype
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
 def test_functional_on_views_writes_nothing_outside(backend, generator):
     """Params and state as views into larger poisoned buffers, at odd offsets: the update matches the reference
     and not one element outside the views changes (no out-of-bounds writes)."""
@@ -126,7 +123,7 @@ def test_functional_on_views_writes_nothing_outside(backend, generator):
 
 
 def test_functional_empty_lists():
-    for backend in CPU_BACKENDS:
+    for backend in CPU_TENSOR_BACKENDS:
         functional.adagrad(
             [], [], [], [], lr=0.1, lr_decay=0, weight_decay=0, eps=1e-10, maximize=False, backend=backend
         )

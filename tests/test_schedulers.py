@@ -6,15 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS as _CPU_BACKENDS
-from conftest import EMULATED_CUDA
+from conftest import CPU_TENSOR_BACKENDS
 from helpers import FUSED_CLASSES, TORCH_CLASSES, assert_close_detailed, clone_params, make_params, run_steps
 from torch.optim import lr_scheduler
 
 TOTAL_STEPS = 30
 
-# The CPU backends and, without a GPU, the host emulation of the CUDA kernels (NOTE [cuda host emulation]).
-CPU_BACKENDS = _CPU_BACKENDS + EMULATED_CUDA
 pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 
 
@@ -55,7 +52,7 @@ SCHEDULERS = [_warmup, _cosine, _one_cycle, _warmup_then_cosine, _transformer_wa
 
 @pytest.mark.parametrize("make_scheduler", SCHEDULERS, ids=lambda f: f.__name__.strip("_"))
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adagrad"])
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
 def test_scheduler_drives_fused_like_torch(backend, name, make_scheduler, generator):
     params = make_params(torch.float32, generator)
     twins = clone_params(params)
@@ -71,7 +68,7 @@ def test_scheduler_drives_fused_like_torch(backend, name, make_scheduler, genera
         assert_close_detailed(p, q, f"param {i}")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
 def test_reduce_on_plateau(backend, generator):
     params = make_params(torch.float32, generator)
     twins = clone_params(params)
@@ -87,7 +84,7 @@ def test_reduce_on_plateau(backend, generator):
         assert_close_detailed(p, q, f"param {i}")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
 def test_tensor_lr(backend, generator):
     params = make_params(torch.float32, generator)
     twins = clone_params(params)

@@ -6,8 +6,7 @@ import io
 
 import pytest
 import torch
-from conftest import CPU_BACKENDS as _CPU_BACKENDS
-from conftest import EMULATED_CUDA
+from conftest import CPU_TENSOR_BACKENDS
 from helpers import (
     FUSED_CLASSES,
     OPTIMIZER_CASES,
@@ -29,8 +28,6 @@ FULL_STATE_CASES = [
     ("Adagrad", dict(lr=1e-2, lr_decay=0.01, initial_accumulator_value=0.1)),
 ]
 
-# The CPU backends and, without a GPU, the host emulation of the CUDA kernels (NOTE [cuda host emulation]).
-CPU_BACKENDS = _CPU_BACKENDS + EMULATED_CUDA
 pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 
 
@@ -48,7 +45,7 @@ def _groups(name, params):
 
 @pytest.mark.parametrize("direction", ["torch_to_fused", "fused_to_torch"])
 @pytest.mark.parametrize("case", FULL_STATE_CASES + OPTIMIZER_CASES[:1], ids=case_id)
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", CPU_TENSOR_BACKENDS)
 def test_resume_across_libraries(backend, case, direction, generator):
     """Train 5 steps under one library, checkpoint, resume under the other: the next 5 steps equal those of
     an uninterrupted run."""
