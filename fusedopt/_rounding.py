@@ -54,15 +54,18 @@ def stochastic_round_to_bfloat16(value: Tensor, random: Tensor) -> Tensor:
 
 
 def split_master(value: Tensor) -> tuple[Tensor, Tensor]:
-    """float32 -> (bfloat16 parameter rounded to nearest by carry, int16 remainder): NOTE [master remainder]."""
+    """float32 -> (bfloat16 parameter rounded to nearest by carry, int16 remainder): NOTE [master remainder].
+    A NaN gives the parameter the quiet NaN, whatever its bits (the carry could turn them into a zero)."""
     bits = _float_bits(value)
     param_bits = ((bits >> 16) + ((bits >> 15) & 1)) & 0xFFFF
+    param_bits = torch.where(value.isnan(), torch.full_like(param_bits, 0x7FC0), param_bits)
     remainder = (bits & 0xFFFF).to(torch.int32).to(torch.int16)
     return _bfloat16_from_bits(param_bits), remainder
 
 
 def join_master(param: Tensor, remainder: Tensor) -> Tensor:
-    """The exact float32 master from the bfloat16 parameter and its int16 remainder."""
+    """The exact float32 master from the bfloat16 parameter and its int16 remainder (a NaN master joins to a NaN,
+    not necessarily of the same bits)."""
     param_bits = param.contiguous().view(torch.int16).to(torch.int64) & 0xFFFF
     bits = ((param_bits << 16) + remainder.to(torch.int64)) & _MASK32
     return bits.to(torch.int32).view(torch.float32)

@@ -64,6 +64,7 @@ def store_param(param, master, offsets, mask, value, block_key, MASKED: tl.const
     elif PARAM_MODE == 3:  # NOTE [master remainder]
         bits = value.to(tl.float32).to(tl.uint32, bitcast=True).to(tl.int64)
         high = ((bits >> 16) + ((bits >> 15) & 1)) & 0xFFFF
+        high = tl.where(value != value, 0x7FC0, high)
         low = (bits & 0xFFFF).to(tl.uint16).to(tl.int16, bitcast=True)
         _store_raw(param, offsets, mask, high.to(tl.uint16).to(tl.bfloat16, bitcast=True), MASKED)
         _store_raw(master, offsets, mask, low, MASKED)

@@ -10,7 +10,9 @@
 // NOTE [master remainder]: a float32 master weight kept as the bfloat16 parameter (its upper 16 bits, rounded)
 // plus an int16 remainder (the lower 16 bits, signed): bits = (param << 16) + remainder exactly, modulo 2^32.
 // The parameter is rounded to nearest by adding the carry of the dropped half (ties away from zero in magnitude),
-// and the remainder absorbs the carry, so the master costs 2 bytes per parameter instead of 4.
+// and the remainder absorbs the carry, so the master costs 2 bytes per parameter instead of 4. A NaN master
+// gives the parameter the quiet NaN 0x7FC0, as round-to-nearest does: the carry would turn the GPU's canonical
+// NaN 0x7FFFFFFF into -0.0, a zero the model would go on training with. Joined again, it is still a NaN.
 #pragma once
 
 #include <cstdint>
@@ -61,16 +63,19 @@ FUSEDOPT_ROUNDING_INLINE uint32_t rounding_bits_in_block(uint32_t block_key, int
   return mix32(static_cast<uint32_t>(static_cast<uint64_t>(index)) ^ block_key);
 }
 
-// float32 bits -> bfloat16 bits, rounding up with probability (dropped bits) / 2^16. NaN stays a quiet NaN.
+// Any float32 NaN, whatever its sign and payload.
+FUSEDOPT_ROUNDING_INLINE bool is_nan_bits(uint32_t bits) { return (bits & 0x7FFFFFFFU) > 0x7F800000U; }
+
+// float32 bits -> bfloat16 bits, rounding up with probability (dropped bits) / 2^16. NaN stays a quiet NaN (the
+// added bits could carry it into infinity or the sign).
 FUSEDOPT_ROUNDING_INLINE uint16_t stochastic_round_to_bfloat16(uint32_t bits, uint32_t random) {
-  const bool is_nan = (bits & 0x7F800000U) == 0x7F800000U && (bits & 0x007FFFFFU) != 0;
-  return is_nan ? uint16_t{0x7FC0} : static_cast<uint16_t>((bits + (random & 0xFFFFU)) >> 16);
+  return is_nan_bits(bits) ? uint16_t{0x7FC0} : static_cast<uint16_t>((bits + (random & 0xFFFFU)) >> 16);
 }
 
 // NOTE [master remainder]: split float32 bits into the rounded bfloat16 parameter and the signed remainder.
 FUSEDOPT_ROUNDING_INLINE void split_master(uint32_t bits, uint16_t& param_bits, int16_t& remainder) {
   const uint32_t carry = (bits >> 15) & 1U;
-  param_bits = static_cast<uint16_t>((bits >> 16) + carry);
+  param_bits = is_nan_bits(bits) ? uint16_t{0x7FC0} : static_cast<uint16_t>((bits >> 16) + carry);
   remainder = static_cast<int16_t>(static_cast<uint16_t>(bits & 0xFFFFU));
 }
 

@@ -1,0 +1,162 @@
+"""Non-finite values on every CPU-testable backend: NaN and inf in grads and state end up where torch.optim puts
+them, and a NaN of any bit pattern reaches the parameter the model sees as NaN, in every parameter mode.
+
+torch.testing.assert_close treats NaN as a mismatch unless asked (equal_nan), which is why the tests elsewhere
+never let a NaN through; these compare where the non-finite values are, element by element. The bit patterns
+matter: a GPU's float32 arithmetic returns the canonical NaN 0x7FFFFFFF, and rounding it to bfloat16 by adding a
+carry to its bits overflows into the sign bit (-0.0), a zero the model would train on while the master is NaN.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import AVAILABLE_ON_CPU, CPU_BACKENDS, EMULATED_CUDA
+from helpers import FUSED_CLASSES, OPTIMIZER_CASES, TORCH_CLASSES, case_id, clone_params, make_params, run_steps
+from test_against_torch import assert_matches
+
+from fusedopt import _rounding
+
+SMALL = [(0,), (1,), (7,), (1023,), (3, 5, 7), (5000,)]
+BACKENDS = (
+    [b for b in CPU_BACKENDS if b != "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"] + EMULATED_CUDA
+)
+# The Triton interpreter runs the kernels in numpy, which warns about the NaNs these tests make on purpose.
+pytestmark = [
+    pytest.mark.usefixtures("cuda_on_cpu"),
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+]
+# One case per optimizer with every state tensor it can have, weight decay and maximize on.
+CASES = [
+    c
+    for c in OPTIMIZER_CASES
+    if c[1].get("maximize")
+    and c[1].get("weight_decay")
+    and (c[1].get("amsgrad") or (c[1].get("centered") and c[1].get("momentum")) or c[1].get("lr_decay"))
+    and c[1].get("initial_accumulator_value", 0.1)
+]
+# float32 NaNs: the GPU's canonical one, all ones, torch's float('nan'), and the x86 "indefinite" with a payload.
+NAN_BITS = [0x7FFFFFFF, 0xFFFFFFFF, 0x7FC00000, 0xFFC00001]
+TARGET = 3  # the parameter of 1023 elements in SMALL
+
+
+def float32_from_bits(bits: list[int]) -> torch.Tensor:
+    return torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+
+
+def assert_same_non_finite(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """NaN, +inf and -inf in the same elements."""
+    a, e = actual.detach().float(), expected.detach().float()
+    for name, where in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        differ = (where(a) != where(e)).nonzero().flatten().tolist()
+        assert not differ, f"{what}: {name} at different elements, e.g. {differ[:5]}"
+
+
+def assert_matches_with_nan(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """assert_matches on the finite elements, after checking the non-finite ones agree."""
+    assert_same_non_finite(actual, expected, what)
+    finite = torch.isfinite(expected.detach().float())
+    assert_matches(actual.detach()[finite], expected.detach()[finite], what)
+
+
+def step_with_non_finite_grads(optimizers_and_params, generator) -> None:
+    """One step whose grads of parameter TARGET hold NaN, +inf and -inf at a few elements; the other parameters'
+    grads stay finite, so their values are still compared."""
+    grads = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in optimizers_and_params[0][1]]
+    grads[TARGET][[0, 17, 500]] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=torch.float64)
+    for optimizer, params in optimizers_and_params:
+        for p, g in zip(params, grads):
+            p.grad = g.to(p.dtype)
+        optimizer.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_grads_go_where_torch_optim_puts_them(backend, case, dtype, generator):
+    name, kwargs = case
+    params = make_params(dtype, generator, SMALL)
+    reference_params, torch_params = clone_params(params), clone_params(params)
+    fused = FUSED_CLASSES[name](params, backend=backend, **kwargs)
+    reference = FUSED_CLASSES[name](reference_params, backend="reference", **kwargs)
+    torch_optimizer = TORCH_CLASSES[name](torch_params, foreach=False, **kwargs)
+    everyone = [(fused, params), (reference, reference_params), (torch_optimizer, torch_params)]
+    run_steps(everyone, 1, generator)
+    step_with_non_finite_grads(everyone, generator)
+    run_steps(everyone, 2, generator)
+    assert torch.isnan(params[TARGET]).any(), "the test's non-finite grads must reach the parameter"
+    for i, (p, q, t) in enumerate(zip(params, reference_params, torch_params)):
+        assert_matches_with_nan(p, q, f"param {i}")
+        assert_same_non_finite(p, t, f"param {i} against torch.optim")
+        for key, value in torch_optimizer.state[t].items():
+            if key != "step":
+                assert_matches_with_nan(fused.state[p][key], reference.state[q][key], f"param {i} {key}")
+                assert_same_non_finite(fused.state[p][key], value, f"param {i} {key} against torch.optim")
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_in_max_exp_avg_sq_stays_like_torch_maximum(backend, name, generator):
+    """amsgrad's running maximum propagates NaN as torch.maximum does, even when the new exp_avg_sq is finite."""
+    params = make_params(torch.float32, generator, SMALL)
+    torch_params = clone_params(params)
+    fused = FUSED_CLASSES[name](params, backend=backend, amsgrad=True)
+    torch_optimizer = TORCH_CLASSES[name](torch_params, foreach=False, amsgrad=True)
+    run_steps([(fused, params), (torch_optimizer, torch_params)], 1, generator)
+    for optimizer, ps in ((fused, params), (torch_optimizer, torch_params)):
+        optimizer.state[ps[TARGET]]["max_exp_avg_sq"][[1, 2]] = float("nan")
+    run_steps([(fused, params), (torch_optimizer, torch_params)], 2, generator)
+    maximum = fused.state[params[TARGET]]["max_exp_avg_sq"]
+    assert torch.isnan(maximum[[1, 2]]).all() and torch.isfinite(fused.state[params[TARGET]]["exp_avg_sq"]).all()
+    for i, (p, t) in enumerate(zip(params, torch_params)):
+        torch.testing.assert_close(p, t, equal_nan=True, msg=lambda m: f"param {i}: {m}")  # noqa: B023
+        for key, value in torch_optimizer.state[t].items():
+            if key != "step":
+                torch.testing.assert_close(fused.state[p][key], value, equal_nan=True)
+
+
+MODES = {
+    "plain": dict(state_dtype=torch.float32),
+    "master": dict(master_weights=True, state_dtype=torch.float32),
+    "remainder": dict(master_weights="remainder", state_dtype=torch.float32),
+    "stochastic": dict(stochastic_rounding=True, rounding_seed=7, state_dtype=torch.float32),
+}
+
+
+def poke_nans(optimizer, param, mode: str) -> list[int]:
+    """Writes NAN_BITS into exp_avg (float32 state) and, for the master modes, into the master itself; returns
+    the elements that hold a NaN now."""
+    state = optimizer.state[param]
+    state["exp_avg"][: len(NAN_BITS)] = float32_from_bits(NAN_BITS)
+    poked = list(range(len(NAN_BITS)))
+    if mode == "master":
+        state["master_param"][10 : 10 + len(NAN_BITS)] = float32_from_bits(NAN_BITS)
+        poked += range(10, 10 + len(NAN_BITS))
+    elif mode == "remainder":
+        # The split of 0x7FFFFFFF by a rounding carry: parameter -0.0 (0x8000), remainder -1; joined, the NaN.
+        with torch.no_grad():
+            param[10] = float32_from_bits([0x80000000])[0]
+        state["master_remainder"][10] = -1
+        assert torch.isnan(_rounding.join_master(param.detach(), state["master_remainder"])[10])
+        poked.append(10)
+    return poked
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+def test_a_nan_of_any_bits_reaches_the_bfloat16_param(backend, mode, generator):
+    params = make_params(torch.bfloat16, generator, SMALL)
+    reference_params = clone_params(params)
+    fused = FUSED_CLASSES["AdamW"](params, backend=backend, **MODES[mode])
+    reference = FUSED_CLASSES["AdamW"](reference_params, backend="reference", **MODES[mode])
+    run_steps([(fused, params), (reference, reference_params)], 1, generator)
+    poked = poke_nans(fused, params[TARGET], mode)
+    assert poke_nans(reference, reference_params[TARGET], mode) == poked
+    run_steps([(fused, params), (reference, reference_params)], 2, generator)
+    target = params[TARGET].detach()
+    assert torch.isnan(target[poked]).all(), f"elements {poked} of the bfloat16 param: {target[poked].tolist()}"
+    if mode == "remainder":
+        master = _rounding.join_master(target, fused.state[params[TARGET]]["master_remainder"])
+        assert torch.isnan(master[poked]).all()
+    for i, (p, q) in enumerate(zip(params, reference_params)):
+        assert_matches_with_nan(p, q, f"param {i}")
