@@ -52,6 +52,12 @@ def assert_same_non_finite(actual: torch.Tensor, expected: torch.Tensor, what: s
         assert not differ, f"{what}: {name} at different elements, e.g. {differ[:5]}"
 
 
+def assert_non_finite_within(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """Every element non-finite in `actual` is non-finite in `expected` too (which may have more)."""
+    extra = (~torch.isfinite(actual.detach().float()) & torch.isfinite(expected.detach().float())).nonzero()
+    assert not extra.numel(), f"{what}: non-finite where torch.optim is finite, e.g. {extra.flatten()[:5].tolist()}"
+
+
 def assert_matches_with_nan(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
     """assert_matches on the finite elements, after checking the non-finite ones agree."""
     assert_same_non_finite(actual, expected, what)
@@ -70,7 +76,7 @@ def step_with_non_finite_grads(optimizers_and_params, generator) -> None:
         optimizer.step()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_finite_grads_go_where_torch_optim_puts_them(backend, case, dtype, generator):
@@ -85,13 +91,16 @@ def test_non_finite_grads_go_where_torch_optim_puts_them(backend, case, dtype, g
     step_with_non_finite_grads(everyone, generator)
     run_steps(everyone, 2, generator)
     assert torch.isnan(params[TARGET]).any(), "the test's non-finite grads must reach the parameter"
+    # torch.optim's float16 steps overflow and divide by an eps rounded to zero on their own (see
+    # test_low_precision_error_at_most_torch): there fusedopt may only have fewer non-finite values than torch.
+    against_torch = assert_non_finite_within if dtype == torch.float16 else assert_same_non_finite
     for i, (p, q, t) in enumerate(zip(params, reference_params, torch_params)):
         assert_matches_with_nan(p, q, f"param {i}")
-        assert_same_non_finite(p, t, f"param {i} against torch.optim")
+        against_torch(p, t, f"param {i} against torch.optim")
         for key, value in torch_optimizer.state[t].items():
             if key != "step":
                 assert_matches_with_nan(fused.state[p][key], reference.state[q][key], f"param {i} {key}")
-                assert_same_non_finite(fused.state[p][key], value, f"param {i} {key} against torch.optim")
+                against_torch(fused.state[p][key], value, f"param {i} {key} against torch.optim")
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW"])
