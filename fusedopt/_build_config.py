@@ -25,7 +25,15 @@ CPU_INCLUDE_DIRS = ("include",)
 # -fno-math-errno lets GCC vectorize sqrt (otherwise every element calls libm to set errno, about 5x slower).
 # -O3 turns on the loop vectorizer; OpenMP shares the chunks of a step among threads. The C++ standard is
 # torch's choice (its headers decide), so none is set here.
-_CPU_CXX_FLAGS = ("-O3", "-fno-math-errno", "-fopenmp", "-Wall", "-Wextra")
+# NOTE [no contraction]: -ffp-contract=off makes every element compute the same IEEE operations in source order.
+# With GCC's default (fuse a multiply and an add into an FMA wherever it likes), the vectorized body and the
+# scalar tail of one loop, and the loops of two parameter modes, fused differently: the float32 master of
+# master_weights="remainder" came out one or two ulps from that of master_weights=True at the tail of a tensor.
+# Without contraction a result depends on neither the element's place, nor the mode, nor the SIMD clone that
+# runs (AVX-512, AVX2, baseline). Cost, measured (bench/results/2026-11-29-cpu/fp_contract.txt): none beyond
+# noise in the memory-bound modes, about 5% in the most arithmetic-heavy one (bfloat16 state and stochastic
+# rounding). tests/test_cpu_determinism.py holds it.
+_CPU_CXX_FLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-Wall", "-Wextra")
 CPU_LINK_FLAGS = ("-fopenmp",)
 
 # CI sets FUSEDOPT_WERROR=1 so that a new compiler warning fails the build; users' builds only warn.

@@ -33,7 +33,8 @@ pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 
 def assert_matches(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
     """assert_close's defaults, except that low-precision values may differ by 2 units in the last place of
-    the tensor's largest magnitude: the kernels contract multiply-adds into FMAs, so a float32 result can
+    the tensor's largest magnitude: the kernels order their operations differently (the folded bias
+    corrections of NOTE [folded bias correction], multiply-adds contracted into FMAs on GPUs), so a float32 result can
     differ from the eager one in its last bit and round to the neighbouring bfloat16/float16 value, and a
     difference of two such values (momentum, centered variance) carries that error of its operands."""
     tolerances = {}
