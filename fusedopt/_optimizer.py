@@ -304,6 +304,32 @@ class FusedOptimizer(Optimizer):
             plan.append((group, buckets))
         return plan
 
+    def _check_state_fits(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """Raises, naming the parameter, if the state of one of `params` (one bucket) no longer fits it: its memory
+        was replaced (`p.data = other`, `module.to(...)`) by one of another size, dtype or device after its state
+        was made. The kernels refuse that too, but only when its call comes, after the earlier calls of the step
+        have run. The first state tensor stands for all: they are made together, for the parameter as it was.
+        About 0.3 us per parameter (a Python loop), so only the calls after a step's first take it."""
+        name = self._state_layout(group)[0][0]
+        first = local_tensor(params[0])
+        dtype, device = self._state_dtype(group, first, name), first.device
+        for p in params:
+            state = self.state.get(p)
+            value = None if state is None else state.get(name)
+            if value is None:
+                continue
+            value, local = local_tensor(value), local_tensor(p)
+            if value.numel() != local.numel() or value.dtype != dtype or value.device != device:
+                index = next(i for i, q in enumerate(group["params"]) if q is p)
+                group_index = next(i for i, g in enumerate(self.param_groups) if g is group)
+                raise RuntimeError(
+                    f"fusedopt.{type(self).__name__}: the state of parameter {index} of param group "
+                    f"{group_index} ({name}: {value.numel()} elements of {value.dtype} on "
+                    f"{value.device}) does not fit the parameter, which now has {local.numel()} elements of "
+                    f"{local.dtype} on {local.device} (its memory was replaced after its state was made); load a "
+                    "state_dict that fits it, or drop its state with `del optimizer.state[p]`"
+                )
+
     def _ensure_state(self, group: dict[str, Any], params: list[Tensor]) -> None:
         """Creates the missing state of `params` (one bucket) in new flat buffers, as torch.optim would lazily."""
         device = local_tensor(params[0]).device
@@ -350,14 +376,21 @@ class FusedOptimizer(Optimizer):
         grad_factor = self._grad_factor(lambda: [p.grad for _, buckets in plan for bucket in buckets for p in bucket])
         if grad_factor is None:
             return loss
+        calls = list(self._launches(plan))
+        # A fused call checks all of its operands before it changes anything; the calls after the first are
+        # checked here too, before the first runs, so that a failed step changes nothing. A step of one call (one
+        # device and dtype, the common case) pays nothing for it.
+        for parts in calls[1:]:
+            for group, bucket in parts:
+                self._check_state_fits(group, bucket)
         launches = []
-        for parts in self._launches(plan):
+        for parts in calls:
             for group, bucket in parts:
                 self._ensure_state(group, bucket)
             launch = LaunchGroup(self, parts)
-            backend = self._backend_for(local_tensor(launch.params[0]).device)
+            launches.append((launch, self._backend_for(local_tensor(launch.params[0]).device)))
+        for launch, backend in launches:
             self._update(launch, backend, grad_factor)
-            launches.append((launch, backend))
         self.state.take_assigned()  # the entries this step made are fusedopt's own
         self._step_plans.add(_step_plan.StepPlan.build(self, launches))
         return loss

@@ -305,15 +305,65 @@ def test_triton_plan_checks_the_alignment_of_each_steps_grads(monkeypatch, missi
     assert launched[2] is True and launched[4] is False  # the planned optimizer's steps 2 and 3
 
 
-def test_a_bad_grad_after_planning_raises_torchs_error_and_changes_nothing(backend):
+# Ways to give a planned parameter new memory that the planned operands cannot take as they are.
+MEMORY_CHANGES = {
+    "transposed": lambda p: p.detach().t().contiguous().t(),  # same shape and values, not contiguous
+    "resized": lambda p: torch.cat([p.detach().flatten(), p.detach().flatten()]),
+    "float64": lambda p: p.detach().double(),
+}
+
+
+@pytest.mark.parametrize("change", MEMORY_CHANGES)
+def test_a_param_given_unplannable_memory_takes_the_regular_path(backend, change):
+    """`p.data = other` where other is not contiguous, or has another size or dtype: the planned step must do what
+    a regular step does (update it, or raise the same error and change nothing), never write the planned layout."""
+    planned, regular = _twins("AdamW", backend)
+    generator = torch.Generator().manual_seed(11)
+    for _ in range(2):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+    memory = MEMORY_CHANGES[change](planned[1][2])
+    for _, params in (planned, regular):
+        params[2].data = memory.clone()  # clone keeps the strides
+    assert planned[1][2].is_contiguous() == (change != "transposed")
+    grads = _grads(generator, planned[1])
+    before = [p.detach().clone() for p in planned[1]]
+    outcomes = []
+    for (optimizer, params), force_regular in ((planned, False), (regular, True)):
+        for p, g in zip(params, grads):
+            p.grad = g.to(p.dtype)
+        if force_regular:
+            optimizer._step_plans.clear()
+        try:
+            optimizer.step()
+            outcomes.append("stepped")
+        except Exception as error:  # the regular path's error, whichever it is, is the expected one
+            outcomes.append(f"{type(error).__name__}: {error}")
+    assert outcomes[0] == outcomes[1]
+    _assert_identical(planned, regular)
+    if outcomes[0] != "stepped":  # a failed step leaves every parameter as it was
+        assert all(torch.equal(p, b) for p, b in zip(planned[1], before))
+
+
+# Grads the planned check must refuse, and the regular path's error for each; `.grad.data =` goes around
+# autograd's own checks on assignment.
+BAD_GRADS = {
+    "sparse": (lambda p: setattr(p, "grad", torch.randn(5, 3).to_sparse()), "does not support sparse gradients"),
+    "reshaped": (lambda p: setattr(p.grad, "data", torch.randn(3, 5)), r"has shape \(3, 5\) but the parameter"),
+    "float64": (lambda p: setattr(p.grad, "data", p.grad.data.double()), "has dtype torch.float64 but the param"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_GRADS)
+def test_a_bad_grad_after_planning_raises_torchs_error_and_changes_nothing(backend, bad):
     (optimizer, params), _ = _twins("AdamW", backend)
     for p in params:
         p.grad = torch.randn_like(p)
     optimizer.step()
     optimizer.step()
     before = [p.detach().clone() for p in params]
-    params[2].grad = torch.randn(5, 3).to_sparse()
-    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+    make_bad, message = BAD_GRADS[bad]
+    make_bad(params[2])  # of shape (5, 3)
+    with pytest.raises(RuntimeError, match=message):
         optimizer.step()
     assert all(torch.equal(p, b) for p, b in zip(params, before))
     assert all(float(optimizer.state[p]["step"]) == 2.0 for p in params)

@@ -165,6 +165,29 @@ def test_grad_dtype_mismatch_rejected_untouched(name, generator):
     _assert_unchanged(optimizer, params, snapshot)
 
 
+@pytest.mark.parametrize(
+    "change,which", [("resized", 0), ("resized", 1), ("resized", 3), ("float64", 0), ("float64", 3)]
+)
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_param_whose_memory_outgrew_its_state_rejected_untouched(name, change, which, generator):
+    """`p.data = other` after the state was made (model.double(), a resize) fails the step before any of its calls
+    runs: here a float32 call and a float64 call (parameter 1), and the changed parameter in either."""
+    params = [torch.nn.Parameter(torch.randn(n, generator=generator, dtype=dtype)) for n, dtype in
+              ((6, torch.float32), (5, torch.float64), (7, torch.float32), (9, torch.float32))]  # fmt: skip
+    optimizer = FUSED_CLASSES[name]([{"params": params[:2]}, {"params": params[2:], "lr": 1e-3}])
+    run_steps([(optimizer, params)], 2, generator, skip_index=-1)
+    p = params[which]
+    p.data = torch.cat([p.detach(), p.detach()]) if change == "resized" else p.detach().double()
+    for q in params:
+        q.grad = torch.randn_like(q)
+    snapshot = _snapshot(optimizer, params)
+    # The error of the parameter's call when it is the first (the kernel's own check), or fusedopt's check of
+    # the later calls, which names the parameter.
+    with pytest.raises((RuntimeError, TypeError), match=r"state.* \d+ elements|with float32 state"):
+        optimizer.step()
+    _assert_unchanged(optimizer, params, snapshot)
+
+
 def test_integer_parameter_rejected():
     p = torch.zeros(3, dtype=torch.int32)
     optimizer = fusedopt.Adam([p])
