@@ -472,6 +472,23 @@ def test_a_replaced_params_list_is_noticed(backend):
     assert all(float(optimizer.state[p]["step"]) == 1.0 for p in fresh)
 
 
+def test_params_appended_to_a_group_in_place_are_stepped(backend):
+    """`group["params"].append(p)` (the same list, one longer): torch.optim steps p from then on, so the plan must
+    not pass for the shorter list it was made from, or p would neither be stepped nor counted absent."""
+    planned, regular = _twins("AdamW", backend)
+    generator = torch.Generator().manual_seed(13)
+    for _ in range(2):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+    extra = torch.randn(6, generator=generator)
+    for optimizer, params in (planned, regular):
+        params.append(torch.nn.Parameter(extra.clone()))
+        optimizer.param_groups[1]["params"].append(params[-1])
+    for _ in range(2):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+    _assert_identical(planned, regular)
+    assert float(planned[0].state[planned[1][-1]]["step"]) == 2.0
+
+
 def test_state_entries_assigned_from_outside_are_adopted(backend):
     """NOTE [foreign state]: ZeroRedundancyOptimizer.load_state_dict assigns `state[p] = {...}` with a checkpoint's
     own tensors (here: those of a live donor optimizer, which goes on stepping) and its step counters on the CPU.
