@@ -66,4 +66,6 @@ def test_remainder_mode_holds_the_very_master_of_master_weights(case, generator)
     for p, q in zip(whole, split):
         joined = _rounding.join_master(q.detach(), remainder.state[q]["master_remainder"])
         assert torch.equal(joined, master.state[p]["master_param"]), f"{p.numel()} elements"
-        assert torch.equal(q.detach(), p.detach())
+        # The parameters the model sees differ only at exact ties, which the remainder mode rounds away from zero.
+        tie = (master.state[p]["master_param"].view(torch.int32) & 0xFFFF) == 0x8000
+        assert torch.equal(q.detach()[~tie], p.detach()[~tie])

@@ -18,12 +18,18 @@ from test_against_torch import assert_matches
 from fusedopt import _rounding
 
 SMALL = [(0,), (1,), (7,), (1023,), (3, 5, 7), (5000,)]
+# On a GPU (bench/gpu_check.sh, marker `gpu`) the GPU backends on CUDA tensors, where float32 arithmetic makes the
+# canonical NaN itself; without one every backend that runs on CPU tensors.
+ON_GPU = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 BACKENDS = (
-    [b for b in CPU_BACKENDS if b != "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"] + EMULATED_CUDA
+    ["cuda", "triton"]
+    if ON_GPU
+    else [b for b in CPU_BACKENDS if b != "reference"] + [b for b in AVAILABLE_ON_CPU if b == "triton"] + EMULATED_CUDA
 )
 # The Triton interpreter runs the kernels in numpy, which warns about the NaNs these tests make on purpose.
 pytestmark = [
-    pytest.mark.usefixtures("cuda_on_cpu"),
+    pytest.mark.gpu if ON_GPU else pytest.mark.usefixtures("cuda_on_cpu"),
     pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
 ]
 # One case per optimizer with every state tensor it can have, weight decay and maximize on.
@@ -38,6 +44,10 @@ CASES = [
 # float32 NaNs: the GPU's canonical one, all ones, torch's float('nan'), and the x86 "indefinite" with a payload.
 NAN_BITS = [0x7FFFFFFF, 0xFFFFFFFF, 0x7FC00000, 0xFFC00001]
 TARGET = 3  # the parameter of 1023 elements in SMALL
+
+
+def device_params(dtype: torch.dtype, generator: torch.Generator) -> list[torch.Tensor]:
+    return [torch.nn.Parameter(p.detach().to(DEVICE)) for p in make_params(dtype, generator, SMALL)]
 
 
 def float32_from_bits(bits: list[int]) -> torch.Tensor:
@@ -72,7 +82,7 @@ def step_with_non_finite_grads(optimizers_and_params, generator) -> None:
     grads[TARGET][[0, 17, 500]] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=torch.float64)
     for optimizer, params in optimizers_and_params:
         for p, g in zip(params, grads):
-            p.grad = g.to(p.dtype)
+            p.grad = g.to(p.device, p.dtype)
         optimizer.step()
 
 
@@ -81,7 +91,7 @@ def step_with_non_finite_grads(optimizers_and_params, generator) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_finite_grads_go_where_torch_optim_puts_them(backend, case, dtype, generator):
     name, kwargs = case
-    params = make_params(dtype, generator, SMALL)
+    params = device_params(dtype, generator)
     reference_params, torch_params = clone_params(params), clone_params(params)
     fused = FUSED_CLASSES[name](params, backend=backend, **kwargs)
     reference = FUSED_CLASSES[name](reference_params, backend="reference", **kwargs)
@@ -107,7 +117,7 @@ def test_non_finite_grads_go_where_torch_optim_puts_them(backend, case, dtype, g
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_in_max_exp_avg_sq_stays_like_torch_maximum(backend, name, generator):
     """amsgrad's running maximum propagates NaN as torch.maximum does, even when the new exp_avg_sq is finite."""
-    params = make_params(torch.float32, generator, SMALL)
+    params = device_params(torch.float32, generator)
     torch_params = clone_params(params)
     fused = FUSED_CLASSES[name](params, backend=backend, amsgrad=True)
     torch_optimizer = TORCH_CLASSES[name](torch_params, foreach=False, amsgrad=True)
@@ -154,7 +164,7 @@ def poke_nans(optimizer, param, mode: str) -> list[int]:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("backend", BACKENDS + ["reference"])
 def test_a_nan_of_any_bits_reaches_the_bfloat16_param(backend, mode, generator):
-    params = make_params(torch.bfloat16, generator, SMALL)
+    params = device_params(torch.bfloat16, generator)
     reference_params = clone_params(params)
     fused = FUSED_CLASSES["AdamW"](params, backend=backend, **MODES[mode])
     reference = FUSED_CLASSES["AdamW"](reference_params, backend="reference", **MODES[mode])
