@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import CPU_TENSOR_BACKENDS
+from conftest import AVAILABLE_ON_CPU, CPU_TENSOR_BACKENDS
 from helpers import (
     FUSED_CLASSES,
     OPTIMIZER_CASES,
@@ -103,3 +103,20 @@ def test_low_precision_error_at_most_torch(backend, case, dtype, generator):
         assert math.isnan(torch_error) or fused_error <= 2 * torch_error + ulp, (
             f"param {i}: fusedopt error {fused_error:.3g} vs torch.optim error {torch_error:.3g} (ulp {ulp:.3g})"
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS + [b for b in AVAILABLE_ON_CPU if b == "triton"])
+def test_first_moment_is_the_gradient_itself_when_beta1_is_zero(backend, dtype, generator):
+    """torch.lerp's second branch (weights of 0.5 and more) is exact at weight 1: with beta1 = 0, exp_avg is the
+    gradient bit for bit, as in torch.optim (start + 1 * (end - start), the first branch's formula, is not)."""
+    name = "Adam"
+    params = make_params(dtype, generator, [(1,), (7,), (1023,), (3, 5, 7)])
+    twins = clone_params(params)
+    fused = FUSED_CLASSES[name](params, backend=backend, betas=(0.0, 0.999))
+    reference = TORCH_CLASSES[name](twins, foreach=False, betas=(0.0, 0.999))
+    for _ in range(3):
+        run_steps([(fused, params), (reference, twins)], 1, generator, skip_index=-1, noncontiguous_index=None)
+        for p, q in zip(params, twins):
+            assert torch.equal(fused.state[p]["exp_avg"], p.grad)
+            assert torch.equal(reference.state[q]["exp_avg"], q.grad)
