@@ -29,8 +29,9 @@ CPU_INCLUDE_DIRS = ("include",)
 # With GCC's default (fuse a multiply and an add into an FMA wherever it likes), the vectorized body and the
 # scalar tail of one loop, and the loops of two parameter modes, fused differently: the float32 master of
 # master_weights="remainder" came out one or two ulps from that of master_weights=True at the tail of a tensor.
-# Without contraction a result depends on neither the element's place, nor the mode, nor the SIMD clone that
-# runs (AVX-512, AVX2, baseline). Cost, measured (bench/results/2026-11-29-cpu/fp_contract.txt): none beyond
+# Without contraction a result depends on neither the element's place nor the mode (and the SIMD clones, AVX-512,
+# AVX2 and baseline, do the same correctly rounded operations; only the one of the machine running the tests is
+# tested). Cost, measured (bench/results/2026-11-29-cpu/fp_contract.txt): none beyond
 # noise in the memory-bound modes, about 5% in the most arithmetic-heavy one (bfloat16 state and stochastic
 # rounding). tests/test_cpu_determinism.py holds it.
 _CPU_CXX_FLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-Wall", "-Wextra")
