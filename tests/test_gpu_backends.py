@@ -169,6 +169,30 @@ def test_gpu_remainder_master_is_the_float32_master(backend, name, generator):
             assert torch.equal(joined, master.state[p]["master_param"]), f"param {i}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["Adam", "RMSprop", "Adagrad"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gpu_same_values_give_the_same_bits_at_the_head_and_the_tail(backend, name, dtype, generator):
+    """The first 23 elements of a tensor of 1,023 reappear as its last 23 (a vector body and a scalar tail or a
+    masked block): every update must give them the same bits (tests/test_cpu_determinism.py for the CPU)."""
+    block, length = 23, 1023
+    kwargs = {"Adam": dict(amsgrad=True, weight_decay=0.1), "RMSprop": dict(centered=True, momentum=0.9),
+              "Adagrad": dict(lr_decay=0.01)}[name]  # fmt: skip
+
+    def twice(values):
+        values[-block:] = values[:block]
+        return values.to(DEVICE, dtype)
+
+    param = torch.nn.Parameter(twice(torch.randn(length, generator=generator, dtype=torch.float64)))
+    optimizer = FUSED_CLASSES[name]([param], backend=backend, **kwargs)
+    for _ in range(4):
+        param.grad = twice(torch.randn(length, generator=generator, dtype=torch.float64))
+        optimizer.step()
+    tensors = {"param": param.detach(), **{k: v for k, v in optimizer.state[param].items() if k != "step"}}
+    for key, value in tensors.items():
+        assert torch.equal(value[:block], value[-block:]), f"{key}: head and tail differ"
+
+
 @pytest.mark.parametrize("max_grad_norm", [None, 0.5], ids=["unclipped", "clipped"])
 @pytest.mark.parametrize("name", ["AdamW", "RMSprop", "Adagrad"])
 @pytest.mark.parametrize("backend", BACKENDS)
