@@ -309,7 +309,8 @@ class FusedOptimizer(Optimizer):
         was replaced (`p.data = other`, `module.to(...)`) by one of another size, dtype or device after its state
         was made. The kernels refuse that too, but only when its call comes, after the earlier calls of the step
         have run. The first state tensor stands for all: they are made together, for the parameter as it was.
-        About 0.3 us per parameter (a Python loop), so only the calls after a step's first take it."""
+        A Python loop costs about 0.5 us per parameter (0.55 ms more per regular step over 1,000 tensors when every
+        call was checked, measured), so only the calls after a step's first take it."""
         name = self._state_layout(group)[0][0]
         first = local_tensor(params[0])
         dtype, device = self._state_dtype(group, first, name), first.device

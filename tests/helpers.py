@@ -8,6 +8,7 @@ import socket
 import torch
 
 import fusedopt
+from fusedopt import _rounding
 
 # DTensor and FSDP2's fully_shard became public after torch 2.4, the oldest torch fusedopt supports.
 try:
@@ -59,6 +60,19 @@ OPTIMIZER_CASES = (
         for ld, m, wd, iv in itertools.product((0.0, 0.01), (False, True), (0.0, 0.1), (0.0, 0.1))
     ]
 )
+
+
+def cases_with_every_state(maximize: bool) -> list:
+    """One OPTIMIZER_CASES case per optimizer with every state tensor it can have (amsgrad; RMSprop centered with
+    momentum; Adagrad's lr_decay and initial accumulator) and weight decay on, maximize as asked."""
+    return [
+        c
+        for c in OPTIMIZER_CASES
+        if bool(c[1].get("maximize")) == maximize
+        and c[1].get("weight_decay")
+        and (c[1].get("amsgrad") or (c[1].get("centered") and c[1].get("momentum")) or c[1].get("lr_decay"))
+        and c[1].get("initial_accumulator_value", 0.1)
+    ]
 
 
 def case_id(case) -> str:
@@ -179,3 +193,45 @@ def count_regular_steps(optimizer) -> list:
     regular_path = type(optimizer)._plan_step
     optimizer._plan_step = lambda: taken.append(1) or regular_path(optimizer)
     return taken
+
+
+# The head and tail check of NOTE [no contraction] (fusedopt/_build_config.py): more elements than a 512-bit vector of
+# float32 and fewer than two, so the last ones span a vector and a scalar tail (or a masked block).
+HEAD_AND_TAIL = 23
+
+
+def step_with_equal_head_and_tail(name, kwargs, backend, dtype, generator, device="cpu") -> dict[str, torch.Tensor]:
+    """Four steps of one parameter of 1,023 elements whose first HEAD_AND_TAIL values, and those of every grad,
+    reappear as its last; returns the parameter and every state tensor, whose head and tail must then agree."""
+
+    def with_head_as_tail(values: torch.Tensor) -> torch.Tensor:
+        values[-HEAD_AND_TAIL:] = values[:HEAD_AND_TAIL]
+        return values.to(device, dtype)
+
+    param = torch.nn.Parameter(
+        with_head_as_tail(torch.randn(1000 + HEAD_AND_TAIL, generator=generator, dtype=torch.float64))
+    )
+    optimizer = FUSED_CLASSES[name]([param], backend=backend, **kwargs)
+    for _ in range(4):
+        param.grad = with_head_as_tail(torch.randn(param.shape, generator=generator, dtype=torch.float64))
+        optimizer.step()
+    return {"param": param.detach(), **{k: v for k, v in optimizer.state[param].items() if k != "step"}}
+
+
+def masters_of_both_modes(name, kwargs, params, backend, generator, steps: int) -> list[tuple]:
+    """master_weights=True over bfloat16 `params` and master_weights="remainder" over their copies, stepped with the
+    same grads and float32 state; (float32 master, the remainder mode's master, param, copy) for every param."""
+    twins = clone_params(params)
+    common = dict(backend=backend, state_dtype=torch.float32, **kwargs)
+    master = FUSED_CLASSES[name](params, master_weights=True, **common)
+    remainder = FUSED_CLASSES[name](twins, master_weights="remainder", **common)
+    run_steps([(master, params), (remainder, twins)], steps, generator, skip_index=-1)
+    return [
+        (
+            master.state[p]["master_param"],
+            _rounding.join_master(q.detach(), remainder.state[q]["master_remainder"]),
+            p,
+            q,
+        )
+        for p, q in zip(params, twins)
+    ]

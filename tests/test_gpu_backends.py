@@ -18,19 +18,23 @@ import torch
 from conftest import EMULATED_CUDA
 from helpers import (
     FUSED_CLASSES,
+    HEAD_AND_TAIL,
     OPTIMIZER_CASES,
     SECOND_GROUP,
     TORCH_CLASSES,
     assert_close_detailed,
     assert_states_close,
     case_id,
+    cases_with_every_state,
     clone_params,
     make_params,
+    masters_of_both_modes,
     run_steps,
+    step_with_equal_head_and_tail,
 )
 from test_against_torch import assert_matches
 
-from fusedopt import _rounding, functional
+from fusedopt import functional
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
@@ -159,38 +163,19 @@ def test_gpu_remainder_master_is_the_float32_master(backend, name, generator):
     contracts multiply-adds differently in the two could break it (the CPU build turns contraction off, NOTE [no
     contraction]; on a GPU this test is the check)."""
     params = _on_device(make_params(torch.bfloat16, generator, SHAPES))
-    twins = clone_params(params)
-    master = FUSED_CLASSES[name](params, backend=backend, state_dtype=torch.float32, master_weights=True)
-    remainder = FUSED_CLASSES[name](twins, backend=backend, state_dtype=torch.float32, master_weights="remainder")
-    run_steps([(master, params), (remainder, twins)], STEPS, generator)
-    for i, (p, q) in enumerate(zip(params, twins)):
-        if master.state[p]:
-            joined = _rounding.join_master(q.detach(), remainder.state[q]["master_remainder"])
-            assert torch.equal(joined, master.state[p]["master_param"]), f"param {i}"
+    for i, (master, joined, _, _) in enumerate(masters_of_both_modes(name, {}, params, backend, generator, STEPS)):
+        assert torch.equal(joined, master), f"param {i}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("name", ["Adam", "RMSprop", "Adagrad"])
+@pytest.mark.parametrize("case", cases_with_every_state(maximize=False), ids=case_id)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gpu_same_values_give_the_same_bits_at_the_head_and_the_tail(backend, name, dtype, generator):
-    """The first 23 elements of a tensor of 1,023 reappear as its last 23 (a vector body and a scalar tail or a
-    masked block): every update must give them the same bits (tests/test_cpu_determinism.py for the CPU)."""
-    block, length = 23, 1023
-    kwargs = {"Adam": dict(amsgrad=True, weight_decay=0.1), "RMSprop": dict(centered=True, momentum=0.9),
-              "Adagrad": dict(lr_decay=0.01)}[name]  # fmt: skip
-
-    def twice(values):
-        values[-block:] = values[:block]
-        return values.to(DEVICE, dtype)
-
-    param = torch.nn.Parameter(twice(torch.randn(length, generator=generator, dtype=torch.float64)))
-    optimizer = FUSED_CLASSES[name]([param], backend=backend, **kwargs)
-    for _ in range(4):
-        param.grad = twice(torch.randn(length, generator=generator, dtype=torch.float64))
-        optimizer.step()
-    tensors = {"param": param.detach(), **{k: v for k, v in optimizer.state[param].items() if k != "step"}}
-    for key, value in tensors.items():
-        assert torch.equal(value[:block], value[-block:]), f"{key}: head and tail differ"
+def test_gpu_same_values_give_the_same_bits_at_the_head_and_the_tail(backend, case, dtype, generator):
+    """Equal values at a tensor's head (vector path) and tail (scalar tail or masked block) give equal bits
+    (tests/test_cpu_determinism.py for the CPU)."""
+    name, kwargs = case
+    for key, value in step_with_equal_head_and_tail(name, kwargs, backend, dtype, generator, DEVICE).items():
+        assert torch.equal(value[:HEAD_AND_TAIL], value[-HEAD_AND_TAIL:]), f"{key}: head and tail differ"
 
 
 @pytest.mark.parametrize("max_grad_norm", [None, 0.5], ids=["unclipped", "clipped"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import AVAILABLE_ON_CPU, CPU_BACKENDS, EMULATED_CUDA
-from helpers import FUSED_CLASSES, OPTIMIZER_CASES, TORCH_CLASSES, case_id, clone_params, make_params, run_steps
+from helpers import FUSED_CLASSES, TORCH_CLASSES, case_id, cases_with_every_state, clone_params, make_params, run_steps
 from test_against_torch import assert_matches
 
 from fusedopt import _rounding
@@ -33,14 +33,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
 ]
 # One case per optimizer with every state tensor it can have, weight decay and maximize on.
-CASES = [
-    c
-    for c in OPTIMIZER_CASES
-    if c[1].get("maximize")
-    and c[1].get("weight_decay")
-    and (c[1].get("amsgrad") or (c[1].get("centered") and c[1].get("momentum")) or c[1].get("lr_decay"))
-    and c[1].get("initial_accumulator_value", 0.1)
-]
+CASES = cases_with_every_state(maximize=True)
 # float32 NaNs: the GPU's canonical one, all ones, torch's float('nan'), and the x86 "indefinite" with a payload.
 NAN_BITS = [0x7FFFFFFF, 0xFFFFFFFF, 0x7FC00000, 0xFFC00001]
 TARGET = 3  # the parameter of 1023 elements in SMALL
