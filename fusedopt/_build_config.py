@@ -32,8 +32,8 @@ CPU_INCLUDE_DIRS = ("include",)
 # Without contraction a result depends on neither the element's place nor the mode (and the SIMD clones, AVX-512,
 # AVX2 and baseline, do the same correctly rounded operations; only the one of the machine running the tests is
 # tested). Cost, measured (bench/results/2026-11-29-cpu/fp_contract.txt): none beyond
-# noise in the memory-bound modes, about 5% in the most arithmetic-heavy one (bfloat16 state and stochastic
-# rounding). tests/test_cpu_determinism.py holds it.
+# noise for float32 and the remainder mode, about 2% for bfloat16 params and state, about 5% in the most
+# arithmetic-heavy mode (bfloat16 state and stochastic rounding). tests/test_cpu_determinism.py holds it.
 _CPU_CXX_FLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-Wall", "-Wextra")
 CPU_LINK_FLAGS = ("-fopenmp",)
 
