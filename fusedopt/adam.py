@@ -27,9 +27,6 @@ def _check_adam_args(lr, betas, eps, weight_decay) -> None:
         or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
     ):
         raise ValueError("betas must be either both floats or both Tensors")
-    for index, beta in enumerate(betas):
-        if isinstance(beta, Tensor) and beta.numel() != 1:
-            raise ValueError(f"Tensor betas[{index}] must be 1-element")
 
 
 # Param groups hold the installed torch.optim's keys, so that checkpoints (torch.distributed.checkpoint's too, which

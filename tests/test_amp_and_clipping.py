@@ -70,8 +70,10 @@ def test_max_grad_norm_equals_clip_then_step(backend, name, generator):
     twins = clone_params(params)
     fused = FUSED_CLASSES[name](params, backend=backend, max_grad_norm=0.5)
     reference = TORCH_CLASSES[name](twins, foreach=False)
-    for _ in range(4):
-        grads = [torch.randn(p.shape, generator=generator) * 3 for p in params]
+    # Norms above 0.5 (clipped) and below (a coefficient of 1: the grads pass unscaled). The adaptive updates are
+    # nearly blind to a constant grad scale, so the scale changes from step to step.
+    for scale in (3.0, 1e-3, 3.0, 0.5):
+        grads = [torch.randn(p.shape, generator=generator) * scale for p in params]
         for p, q, g in zip(params, twins, grads):
             p.grad, q.grad = g.clone(), g.clone()
         fused.step()
@@ -84,15 +86,19 @@ def test_max_grad_norm_equals_clip_then_step(backend, name, generator):
         assert_close_detailed(p, q, f"param {i}")
 
 
-def test_max_grad_norm_with_grad_scaler():
-    """Scaled grads: the norm is taken of the unscaled grads, as unscale_ + clip_grad_norm_ + step would."""
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_max_grad_norm_with_grad_scaler(name):
+    """Scaled grads: the norm is taken of the unscaled grads, as unscale_ + clip_grad_norm_ + step would. Adam's
+    coupled weight decay makes the update depend on the grads' scale (AdamW's hardly does), so a grad left scaled
+    shows."""
     results = []
     for fused in (True, False):
         model = _model(3)
+        options = dict(lr=1e-2, weight_decay=0.1)
         optimizer = (
-            fusedopt.AdamW(model.parameters(), lr=1e-2, max_grad_norm=0.1)
+            FUSED_CLASSES[name](model.parameters(), max_grad_norm=0.1, **options)
             if fused
-            else torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+            else TORCH_CLASSES[name](model.parameters(), foreach=False, **options)
         )
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
         data = torch.Generator().manual_seed(9)
@@ -124,24 +130,31 @@ def test_nonfinite_norm_raises_before_anything_changes(generator):
     assert all(torch.equal(v, optimizer.state[params[1]][k]) for k, v in before[1].items())
 
 
-def test_invalid_max_grad_norm():
-    with pytest.raises(ValueError, match="Invalid max_grad_norm value: -1.0"):
-        fusedopt.Adam([torch.nn.Parameter(torch.randn(2))], max_grad_norm=-1.0)
+@pytest.mark.parametrize("value", [-1.0, 0.0])
+def test_invalid_max_grad_norm(value):
+    with pytest.raises(ValueError, match=f"Invalid max_grad_norm value: {value}"):
+        fusedopt.Adam([torch.nn.Parameter(torch.randn(2))], max_grad_norm=value)
 
 
+@pytest.mark.parametrize(
+    "grad_scale,max_norm",
+    [(1.0, 0.3), (1.0, 1e3), (1e-7, 1e-7)],
+    ids=["clipped", "below the limit", "tiny norm (1e-6 guard)"],
+)
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf")])
-def test_clip_grad_norm_matches_torch(norm_type, generator):
+def test_clip_grad_norm_matches_torch(norm_type, grad_scale, max_norm, generator):
     # torch cannot take the infinity norm of an empty grad (fusedopt skips empty grads), so none is given there.
     params = make_params(torch.float32, generator, SMALL + ([(0,)] if norm_type != float("inf") else []))
     twins = clone_params(params)
     for p, q in zip(params, twins):
-        p.grad = torch.randn(p.shape, generator=generator)
+        p.grad = torch.randn(p.shape, generator=generator) * grad_scale
         q.grad = p.grad.clone()
-    ours = fusedopt.clip_grad_norm_(params, 0.3, norm_type=norm_type)
-    theirs = torch.nn.utils.clip_grad_norm_(twins, 0.3, norm_type=norm_type)
-    torch.testing.assert_close(ours, theirs)
+    ours = fusedopt.clip_grad_norm_(params, max_norm, norm_type=norm_type)
+    theirs = torch.nn.utils.clip_grad_norm_(twins, max_norm, norm_type=norm_type)
+    # Relative tolerance only: the default absolute one (1e-5) would pass any tiny grads.
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=0)
     for p, q in zip(params, twins):
-        torch.testing.assert_close(p.grad, q.grad)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=0)
     params[0].grad[0] = float("inf")
     with pytest.raises(RuntimeError) as ours_error:
         fusedopt.clip_grad_norm_(params, 0.3, norm_type=norm_type, error_if_nonfinite=True)

@@ -25,7 +25,10 @@ MODES = {
     "master": dict(master_weights=True),
     "remainder": dict(master_weights="remainder"),
     "stochastic": dict(stochastic_rounding=True, rounding_seed=1234),
+    "float16 master": dict(master_weights=True),
 }
+# The parameters' dtype in each mode: bfloat16, except for float16 params with a float32 master.
+PARAM_DTYPES = dict.fromkeys(MODES, torch.bfloat16) | {"float16 master": torch.float16}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -34,7 +37,7 @@ MODES = {
 def test_mode_matches_reference(backend, name, mode, generator):
     """Two param groups that share one launch: stochastic rounding keys follow a tensor's index in the launch,
     which the reference reproduces group by group."""
-    params = make_params(torch.bfloat16, generator, SMALL)
+    params = make_params(PARAM_DTYPES[mode], generator, SMALL)
     twins = clone_params(params)
     kwargs = {**OPTIMIZERS[name], **MODES[mode]}
     groups = lambda ps: [{"params": ps[:3]}, {"params": ps[3:], **SECOND_GROUP[name]}]  # noqa: E731
@@ -53,35 +56,39 @@ def test_mode_matches_reference(backend, name, mode, generator):
             assert_matches(actual, value, key)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_master_weights_follow_a_float32_run(name, generator):
+def test_master_weights_follow_a_float32_run(name, dtype, generator):
     """With float32 state, the float32 master evolves as float32 training of the same parameters would; the
-    bfloat16 parameter is the master rounded to nearest even; the remainder mode holds the very same master in
-    16 fewer bits."""
-    params = make_params(torch.bfloat16, generator, SMALL)
+    low-precision parameter is the master rounded to nearest even; the remainder mode (bfloat16) holds the very
+    same master in 16 fewer bits."""
+    params = make_params(dtype, generator, SMALL)
     remainder_params = clone_params(params)
     float32_params = clone_params(params, torch.float32)
     fp32_state = dict(state_dtype=torch.float32, **OPTIMIZERS[name])
     master = FUSED_CLASSES[name](params, master_weights=True, **fp32_state)
     remainder = FUSED_CLASSES[name](remainder_params, master_weights="remainder", **fp32_state)
     float32 = TORCH_CLASSES[name](float32_params, foreach=False, **OPTIMIZERS[name])
-    run_steps([(master, params), (remainder, remainder_params), (float32, float32_params)], 8, generator)
+    both = [(master, params), (float32, float32_params)]
+    run_steps(both + [(remainder, remainder_params)] if dtype == torch.bfloat16 else both, 8, generator)
     for p, r, f in zip(params, remainder_params, float32_params):
         if not master.state[p]:  # the parameter that never gets a gradient
             assert not remainder.state[r] and torch.equal(p.detach().float(), f.detach())
             continue
         master_value = master.state[p]["master_param"]
         torch.testing.assert_close(master_value, f.detach())
-        assert torch.equal(p.detach(), master_value.to(torch.bfloat16))
+        assert torch.equal(p.detach(), master_value.to(dtype))
+        if dtype != torch.bfloat16:
+            continue
         joined = _rounding.join_master(r.detach(), remainder.state[r]["master_remainder"])
         assert torch.equal(joined, master_value)
         # the parameter the model sees is the master rounded to nearest (ties away from zero)
         assert ((r.detach().float() - joined).abs() <= joined.abs() * 2**-8).all()
 
 
-@pytest.mark.parametrize("mode", ["master", "remainder"])
+@pytest.mark.parametrize("mode", ["master", "remainder", "float16 master"])
 def test_master_state_survives_a_checkpoint_exactly(mode, generator):
-    params = make_params(torch.bfloat16, generator, SMALL)
+    params = make_params(PARAM_DTYPES[mode], generator, SMALL)
     first = fusedopt.AdamW(params, **MODES[mode])
     run_steps([(first, params)], 3, generator)
     buffer = io.BytesIO()

@@ -14,6 +14,7 @@ INVALID_ARGUMENTS = [
     ("Adam", dict(betas=(1.0, 0.999))),
     ("Adam", dict(betas=(0.9, -0.1))),
     ("Adam", dict(weight_decay=-0.1)),
+    ("Adam", dict(betas=(torch.tensor([0.9, 0.9]), torch.tensor(0.99)))),  # a beta of two elements
     ("AdamW", dict(lr=-1.0)),
     ("AdamW", dict(betas=(0.9, 1.5))),
     ("AdamW", dict(weight_decay=-1e-2)),
@@ -100,6 +101,22 @@ def test_unsupported_torch_switches():
         fusedopt.RMSprop(params, capturable=True)
     # fused/foreach are accepted (fusedopt always fuses), and recorded in the groups like torch.optim does.
     assert fusedopt.AdamW(params, fused=True).param_groups[0]["fused"] is True
+    for name in ("Adam", "AdamW", "Adagrad"):  # but not both at once, as in torch
+        assert _raised(lambda: FUSED_CLASSES[name](params, fused=True, foreach=True)) == _raised(
+            lambda: TORCH_CLASSES[name](params, fused=True, foreach=True)
+        )
+
+
+def test_failed_add_param_group_adds_nothing(generator):
+    """A group whose parameters the backend cannot update is refused whole: the optimizer keeps its groups and
+    steps as before."""
+    params = make_params(torch.float32, generator)
+    optimizer = fusedopt.AdamW(params, backend="cpu")
+    on_meta = torch.nn.Parameter(torch.randn(3, device="meta"))
+    with pytest.raises(RuntimeError, match="backend 'cpu' cannot run on meta tensors"):
+        optimizer.add_param_group({"params": [on_meta]})
+    assert len(optimizer.param_groups) == 1
+    run_steps([(optimizer, params)], 1, generator)
 
 
 def _snapshot(optimizer, params):

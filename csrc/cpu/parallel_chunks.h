@@ -12,7 +12,15 @@
 // The chunk functions are compiled three times (AVX-512, AVX2+FMA+F16C, baseline x86-64) by GCC's target_clones and
 // the best one is picked when the library loads, the way ATen's CPU_CAPABILITY dispatch does it, so one binary is
 // fast on new machines and still runs on old ones.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+// FUSEDOPT_CPU_ISA (3: AVX2, 1: baseline) builds one of the clones alone, so that a machine that would pick
+// AVX-512 can run the others too: tests/test_cpu_clones.py checks that every clone gives the same bits.
+#if defined(FUSEDOPT_CPU_ISA) && defined(__GNUC__) && defined(__x86_64__)
+#if FUSEDOPT_CPU_ISA == 3
+#define FUSEDOPT_CPU_CLONES __attribute__((target("arch=x86-64-v3")))
+#else
+#define FUSEDOPT_CPU_CLONES
+#endif
+#elif defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 #define FUSEDOPT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FUSEDOPT_CPU_CLONES
