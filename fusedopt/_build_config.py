@@ -31,9 +31,10 @@ CPU_INCLUDE_DIRS = ("include",)
 # master_weights="remainder" came out one or two ulps from that of master_weights=True at the tail of a tensor.
 # Without contraction a result depends on neither the element's place nor the mode, nor on the machine: the SIMD
 # clones, AVX-512, AVX2 and baseline, do the same correctly rounded operations (tests/test_cpu_clones.py builds
-# each alone and compares their bits; with contraction on, the AVX2 clone differs). Cost, measured (bench/results/2026-11-29-cpu/fp_contract.txt): none beyond
-# noise for float32 and the remainder mode, about 2% for bfloat16 params and state, about 5% in the most
-# arithmetic-heavy mode (bfloat16 state and stochastic rounding). tests/test_cpu_determinism.py holds it.
+# each alone and compares their bits; with contraction on, the AVX2 clone differs). Cost, measured
+# (bench/results/2026-11-29-cpu/fp_contract.txt): none beyond noise for float32 and the remainder mode, about 2%
+# for bfloat16 params and state, about 5% in the most arithmetic-heavy mode (bfloat16 state and stochastic
+# rounding). tests/test_cpu_determinism.py holds it.
 _CPU_CXX_FLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-Wall", "-Wextra")
 CPU_LINK_FLAGS = ("-fopenmp",)
 

@@ -104,6 +104,16 @@ def test_clip_grad_norm_matches_torch(dtypes, norm_type, generator):
         torch.testing.assert_close(p.grad, q.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_each_norm_is_rounded_to_its_grads_dtype_first(dtype, generator):
+    """As torch does, each grad's norm is rounded to the grad's dtype before the total is taken (in that dtype):
+    exactly the total of the float64 norms so rounded, which the total of unrounded norms is not."""
+    for _ in range(5):
+        grads = [torch.randn(n, generator=generator).to(dtype) for n in (3, 70, 1000, 33_000, 5, 400, 9, 2000)]
+        rounded = torch.stack([torch.linalg.vector_norm(g.double()).to(dtype) for g in grads])
+        assert torch.equal(clip.total_norm(grads), torch.linalg.vector_norm(rounded))
+
+
 def test_cpu_grads_take_the_one_pass(monkeypatch, generator):
     """Plain CPU grads of one dtype never reach torch._foreach_norm: not in clip_grad_norm_, not in max_grad_norm=."""
 

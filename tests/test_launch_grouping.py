@@ -96,6 +96,28 @@ def test_groups_share_a_call_when_their_state_layout_matches(case, counted, gene
         assert_close_detailed(p, q, f"param {i}", **tolerance)
 
 
+PARAM_MODE_CASES = {
+    "master weights differ": dict(master_weights=True),
+    "remainder differs": dict(master_weights="remainder"),
+    "stochastic rounding differs": dict(stochastic_rounding=True),
+}
+
+
+@pytest.mark.parametrize("case", PARAM_MODE_CASES, ids=list(PARAM_MODE_CASES))
+def test_groups_of_another_parameter_mode_take_their_own_call(case, counted, generator):
+    """bfloat16 groups whose parameter mode differs (fusedopt/_rounding.py) split the call: the kernel reads
+    masters, or rounds, for a whole call. Results match the reference with the same groups."""
+    backend, counter = counted
+    params = make_params(torch.bfloat16, generator, SHAPES)
+    twins = clone_params(params)
+    fused = fusedopt.AdamW(_three_groups(params, **PARAM_MODE_CASES[case]), backend=backend)
+    reference = fusedopt.AdamW(_three_groups(twins, **PARAM_MODE_CASES[case]), backend="reference")
+    run_steps([(fused, params), (reference, twins)], 3, generator, skip_index=-1)
+    assert [call_sizes for _, call_sizes in counter.calls] == [[2, 2], [len(params) - 4]] * 3
+    for i, (p, q) in enumerate(zip(params, twins)):
+        assert_close_detailed(p, q, f"param {i}")
+
+
 def test_dtypes_and_parameters_without_grads(counted, generator):
     """float32 and bfloat16 parameters of the same groups take one call per dtype; a parameter without a grad
     this step is left out of its group's share."""
