@@ -123,14 +123,16 @@ def test_stochastic_rounding_is_unbiased_and_reproducible():
 @pytest.mark.parametrize("backend", BACKENDS + ["reference"])
 def test_stochastic_rounding_keeps_small_updates_and_is_reproducible(backend, generator):
     """Updates far below half an ulp vanish under round-to-nearest but survive, on average, under stochastic
-    rounding; the same seed gives the same bits, another seed other bits."""
+    rounding; the same seed gives the same bits, another seed other bits, and so does another tensor of the same
+    call with the same values and grads (each tensor has its own key)."""
 
     def train(**kwargs):
-        p = torch.nn.Parameter(torch.ones(4096, dtype=torch.bfloat16))
-        optimizer = fusedopt.Adagrad([p], lr=1e-4, backend=backend, **kwargs)  # steps of ~1e-4, ulp 2^-7
+        p, twin = (torch.nn.Parameter(torch.ones(4096, dtype=torch.bfloat16)) for _ in range(2))
+        optimizer = fusedopt.Adagrad([p, twin], lr=1e-4, backend=backend, **kwargs)  # steps of ~1e-4, ulp 2^-7
         for _ in range(20):
-            p.grad = torch.ones_like(p)
+            p.grad, twin.grad = torch.ones_like(p), torch.ones_like(twin)
             optimizer.step()
+        assert torch.equal(p, twin) == (not kwargs.get("stochastic_rounding"))
         return p.detach().float()
 
     nearest, stochastic = train(), train(stochastic_rounding=True, rounding_seed=3)

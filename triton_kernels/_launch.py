@@ -257,23 +257,27 @@ def check_steps(params: Sequence[torch.Tensor], state_steps: Sequence[torch.Tens
             )
 
 
-def check_operands(params: Sequence[torch.Tensor], *columns: Sequence[torch.Tensor]) -> tuple[torch.dtype, torch.dtype]:
+def check_operands(
+    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], states: Sequence[Sequence[torch.Tensor]]
+) -> tuple[torch.dtype, torch.dtype]:
     """The (param, state) dtypes of a bucket, after checking that every operand is a contiguous tensor on the
-    parameters' device with the parameter's size."""
+    parameters' device with its parameter's size: grads of the params' dtype, every state list of the first's."""
     device, param_dtype = params[0].device, params[0].dtype
-    state_dtype = columns[1][0].dtype if len(columns) > 1 else param_dtype
+    state_dtype = states[0][0].dtype if states else param_dtype
     if param_dtype not in TORCH_TO_TRITON or state_dtype not in TORCH_TO_TRITON:
         raise TypeError(f"fusedopt Triton backend: unsupported dtypes {param_dtype} (params), {state_dtype} (state)")
-    for i, p in enumerate(params):
-        if p.dtype != param_dtype:
-            raise TypeError("fusedopt Triton backend: all params of one call must share a dtype")
-        for k, column in enumerate(columns):
-            t = column[i]
-            expected = param_dtype if k == 0 else state_dtype
-            if t.device != device or not t.is_contiguous() or t.numel() != p.numel() or t.dtype != expected:
+    roles = [("params", params, param_dtype), ("grads", grads, param_dtype)]
+    roles += [(f"states[{k}]", column, state_dtype) for k, column in enumerate(states)]
+    for role, column, expected in roles:
+        if len(column) != len(params):
+            raise ValueError(f"fusedopt Triton backend: {len(params)} params but {len(column)} {role}")
+        for i, (t, p) in enumerate(zip(column, params)):
+            if t.dtype != expected:
+                raise TypeError(f"fusedopt Triton backend: {role}[{i}] has dtype {t.dtype}, expected {expected}")
+            if t.device != device or not t.is_contiguous() or t.numel() != p.numel():
                 raise ValueError(
-                    f"fusedopt Triton backend: operand {k} of tensor {i} must be a contiguous {expected} tensor on "
-                    f"{device} with {p.numel()} elements"
+                    f"fusedopt Triton backend: {role}[{i}] must be a contiguous tensor on {device} with "
+                    f"{p.numel()} elements like its param, got {t.numel()} on {t.device}"
                 )
     return param_dtype, state_dtype
 
@@ -370,7 +374,7 @@ def prepare(
     params = columns[0]
     if any(size < 0 for size in group_sizes) or sum(group_sizes) != len(params):
         raise ValueError(f"fusedopt Triton backend: group_sizes {list(group_sizes)} do not add up to {len(params)}")
-    param_dtype, state_dtype = check_operands(params, *[c for i, c in enumerate(columns) if i != 1])
+    param_dtype, state_dtype = check_operands(params, columns[1], columns[2:])
     check_steps(params, state_steps)
     device, compute = params[0].device, compute_dtype(param_dtype)
     check_factors(device, device_grad_factor, found_inf)

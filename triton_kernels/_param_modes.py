@@ -86,10 +86,19 @@ def _store_raw(pointer, offsets, mask, value, MASKED: tl.constexpr):
 
 
 MASTER_DTYPES = {2: tl.float32, 3: tl.int16}
+# The parameter dtypes each mode but the plain one (0) applies to, as in csrc/common/operands.h.
+_MODE_PARAM_DTYPES = {1: (torch.bfloat16,), 2: (torch.bfloat16, torch.float16), 3: (torch.bfloat16,)}
 
 
 def master_operands(params, masters, param_mode: int):
-    """The master column of a launch (or none) and the master pointer type."""
+    """The master column of a launch (or none) and the master pointer type, after checking that the parameter mode
+    applies to the params' dtype and has the masters it needs (and no others)."""
+    if param_mode != 0 and params[0].dtype not in _MODE_PARAM_DTYPES.get(param_mode, ()):
+        raise ValueError(
+            f"fusedopt Triton backend: parameter mode {param_mode} does not apply to {params[0].dtype} parameters"
+        )
+    if param_mode not in MASTER_DTYPES and masters:
+        raise ValueError(f"fusedopt Triton backend: parameter mode {param_mode} takes no masters, got {len(masters)}")
     if param_mode in MASTER_DTYPES:
         expected = torch.float32 if param_mode == 2 else torch.int16
         if len(masters) != len(params):

@@ -49,7 +49,7 @@ def stream(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], states
     if not params:
         return
     columns = [params, grads, *states]
-    param_dtype, state_dtype = multi_tensor.check_operands(params, *[c for i, c in enumerate(columns) if i != 1])
+    param_dtype, state_dtype = multi_tensor.check_operands(params, grads, states)
     table = multi_tensor.launch_table(columns, params[0].device)
     rows = list(table.addresses)
     padded = rows[2:] + [rows[0]] * (3 - len(states))
