@@ -48,6 +48,7 @@ BAD_OPERANDS = {
     ),
     "grad of fewer elements": (lambda ops: ops["grads"].__setitem__(1, ops["grads"][1][:5]), r"grads\[1\]"),
     "fewer grads than params": (lambda ops: ops["grads"].pop(), r"2 params but 1 grads"),
+    "more state tensors than params": (lambda ops: ops["exp_avgs"].append(ops["exp_avgs"][0]), r"2 params but 3"),
     "state of fewer elements": (lambda ops: ops["exp_avg_sqs"].__setitem__(1, ops["exp_avg_sqs"][1][:69]), r"state"),
     "states of two dtypes": (
         lambda ops: ops["exp_avg_sqs"].__setitem__(0, ops["exp_avg_sqs"][0].bfloat16()),
