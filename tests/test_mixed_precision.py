@@ -12,7 +12,7 @@ from helpers import FUSED_CLASSES, SECOND_GROUP, TORCH_CLASSES, clone_params, ma
 from test_against_torch import assert_matches
 
 import fusedopt
-from fusedopt import _rounding
+from fusedopt import _rounding, functional
 
 SMALL = [(0,), (1,), (7,), (1023,), (3, 5, 7), (5000,)]
 BACKENDS = (
@@ -141,6 +141,24 @@ def test_stochastic_rounding_keeps_small_updates_and_is_reproducible(backend, ge
     assert abs(stochastic.mean().item() - expected) < 2e-4
     assert torch.equal(train(stochastic_rounding=True, rounding_seed=3), stochastic)
     assert not torch.equal(train(stochastic_rounding=True, rounding_seed=4), stochastic)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+def test_stochastic_rounding_draws_new_bits_at_every_step(backend, generator):
+    """Adagrad without lr_decay computes the same float32 values at any step count, so two copies stepped at
+    different counts differ only in their rounding bits, which the step keys (NOTE [stochastic rounding])."""
+    values = torch.randn(4096, generator=generator).bfloat16()
+    grad = torch.randn(4096, generator=generator).bfloat16()
+    rounded = []
+    for step in (3.0, 7.0):
+        param, state_sum = values.clone(), torch.full((4096,), 0.5)
+        functional.adagrad(
+            [param], [grad], [state_sum], [torch.full((1,), step)], lr=1e-3, lr_decay=0.0, weight_decay=0.0,
+            eps=1e-10, maximize=False, param_mode=_rounding.STOCHASTIC, rounding_seed=5, backend=backend,
+        )  # fmt: skip
+        rounded.append(param)
+    assert not torch.equal(rounded[0], values)  # the updates are not all lost
+    assert not torch.equal(rounded[0], rounded[1])
 
 
 def test_mode_errors(generator):
