@@ -97,16 +97,17 @@ def test_the_unspoiled_operands_step(backend, generator):
     assert all(not torch.equal(p, q) for p, q in zip(ops["params"], before))
 
 
-def _mixed_operands(generator, sizes=(7, 70, 1030)):
-    """bfloat16 params with float32 masters and float32 Adam state (parameter mode 2), random."""
+def _mixed_operands(generator, sizes=(7, 70, 1030), dtype=torch.bfloat16):
+    """bfloat16 params with float32 masters and float32 Adam state (parameter mode 2), random; with dtype float32,
+    float32 params and no masters (mode 0)."""
     masters = [torch.randn(n, generator=generator) for n in sizes]
     return {
-        "params": [m.bfloat16() for m in masters],
-        "grads": [torch.randn(n, generator=generator).bfloat16() for n in sizes],
+        "params": [m.to(dtype) for m in masters],
+        "grads": [torch.randn(n, generator=generator).to(dtype) for n in sizes],
         "exp_avgs": [torch.randn(n, generator=generator) for n in sizes],
         "exp_avg_sqs": [torch.rand(n, generator=generator) for n in sizes],
         "steps": [torch.full((1,), 3.0) for _ in sizes],
-        "masters": masters,
+        "masters": masters if dtype != torch.float32 else [],
     }
 
 
@@ -118,7 +119,7 @@ def _adam(ops, backend, **options):
         hyper = {key: value if isinstance(value, list) else [value] * len(sizes) for key, value in hyper.items()}
     functional.adam(
         ops["params"], ops["grads"], ops["exp_avgs"], ops["exp_avg_sqs"], [], ops["steps"], amsgrad=False,
-        masters=ops["masters"], param_mode=2, group_sizes=sizes, backend=backend, **hyper,
+        masters=ops["masters"], param_mode=2 if ops["masters"] else 0, group_sizes=sizes, backend=backend, **hyper,
     )  # fmt: skip
 
 
@@ -130,12 +131,16 @@ def _misaligned(tensor):
     return view
 
 
-@pytest.mark.parametrize("role", ["params", "grads", "exp_avgs", "exp_avg_sqs", "masters"])
+ROLES = [(torch.bfloat16, role) for role in ("params", "grads", "exp_avgs", "exp_avg_sqs", "masters")]
+ROLES += [(torch.float32, role) for role in ("params", "grads")]
+
+
+@pytest.mark.parametrize("dtype,role", ROLES, ids=[f"{str(d)[6:]}-{r}" for d, r in ROLES])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_misaligned_operands_give_the_aligned_results(backend, role, generator):
+def test_misaligned_operands_give_the_aligned_results(backend, dtype, role, generator):
     """Any one operand list off the 16-byte boundary: the kernels take their element-wise path for those tensors
     (the CUDA binding and Triton check every operand's address, not only the params') and give the same bits."""
-    aligned = _mixed_operands(generator)
+    aligned = _mixed_operands(generator, dtype=dtype)
     shifted = {name: [t.clone() for t in tensors] for name, tensors in aligned.items()}
     shifted[role] = [_misaligned(t) for t in shifted[role]]
     assert all(t.data_ptr() % 16 for t in shifted[role])
