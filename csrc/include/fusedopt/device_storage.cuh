@@ -56,8 +56,18 @@ struct alignas(sizeof(T) * kN) VectorOf {
   T value[kN];
 };
 
+// A GPU faults on a vector access off its size's boundary; the host emulation (NOTE [cuda host emulation]) traps
+// on one too, where g++ may quietly emit an unaligned access, so a wrong `aligned` flag fails the CPU tests.
+template <typename Vector>
+__device__ __forceinline__ void check_vector_alignment([[maybe_unused]] const void* pointer) {
+#ifdef FUSEDOPT_CUDA_HOST_EMULATION
+  if (reinterpret_cast<uintptr_t>(pointer) % alignof(Vector) != 0) __builtin_trap();
+#endif
+}
+
 template <typename Compute, typename T, int kN>
 __device__ __forceinline__ void load_vector(Compute (&out)[kN], const T* pointer) {
+  check_vector_alignment<VectorOf<T, kN>>(pointer);
   const VectorOf<T, kN> loaded = *reinterpret_cast<const VectorOf<T, kN>*>(pointer);
 #pragma unroll
   for (int i = 0; i < kN; ++i) out[i] = to_compute(loaded.value[i]);
@@ -68,6 +78,7 @@ __device__ __forceinline__ void store_vector(T* pointer, const Compute (&in)[kN]
   VectorOf<T, kN> stored;
 #pragma unroll
   for (int i = 0; i < kN; ++i) stored.value[i] = from_compute<T>(in[i]);
+  check_vector_alignment<VectorOf<T, kN>>(pointer);
   *reinterpret_cast<VectorOf<T, kN>*>(pointer) = stored;
 }
 
