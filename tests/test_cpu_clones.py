@@ -32,7 +32,7 @@ def _run(isa: str, tmp_path) -> dict[str, torch.Tensor]:
         cwd=HERE,
         env={**os.environ, "OMP_NUM_THREADS": "2"},
     )
-    return torch.load(path)
+    return torch.load(path, weights_only=True)
 
 
 @pytest.fixture(scope="module")

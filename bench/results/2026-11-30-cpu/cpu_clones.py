@@ -34,7 +34,7 @@ def run(isa: str, folder: str) -> dict:
     else:
         command = [sys.executable, os.path.join(TESTS, "cpu_clone_run.py"), isa, path]
     subprocess.run(command, check=True, cwd=TESTS, capture_output=True)
-    return torch.load(path)
+    return torch.load(path, weights_only=True)
 
 
 with tempfile.TemporaryDirectory() as folder:
