@@ -63,6 +63,16 @@ def cpu_include_dirs(root: str | None = None) -> list[str]:
     return [os.path.join(root, d) for d in CPU_INCLUDE_DIRS]
 
 
+def cpu_jit_arguments(extra_cflags: tuple[str, ...] = ()) -> dict:
+    """torch.utils.cpp_extension.load's arguments for the CPU extension (besides its name), with `extra_cflags`."""
+    return dict(
+        sources=cpu_sources(),
+        extra_include_paths=cpu_include_dirs(),
+        extra_cflags=[*cpu_cxx_flags(), *extra_cflags],
+        extra_ldflags=list(CPU_LINK_FLAGS),
+    )
+
+
 CUDA_EXTENSION_NAME = "fusedopt._cuda_ext"
 CUDA_SOURCES = ("cuda/fused_cuda.cu", "cuda/bindings_cuda.cpp")
 

@@ -47,12 +47,7 @@ def _load_cpu_extension() -> types.ModuleType | ExtensionUnavailable:
         _build_config.CPU_EXTENSION_NAME,
         "fusedopt_cpu_ext",
         "CPU",
-        lambda: dict(
-            sources=_build_config.cpu_sources(),
-            extra_include_paths=_build_config.cpu_include_dirs(),
-            extra_cflags=_build_config.cpu_cxx_flags(),
-            extra_ldflags=list(_build_config.CPU_LINK_FLAGS),
-        ),
+        _build_config.cpu_jit_arguments,
     )
 
 

@@ -42,13 +42,8 @@ CASES = cases_with_every_state(maximize=False) + cases_with_every_state(maximize
 def use_single_clone_build(isa: str) -> None:
     from torch.utils import cpp_extension
 
-    module = cpp_extension.load(
-        name=f"fusedopt_cpu_isa{isa}",
-        sources=_build_config.cpu_sources(),
-        extra_include_paths=_build_config.cpu_include_dirs(),
-        extra_cflags=[*_build_config.cpu_cxx_flags(), f"-DFUSEDOPT_CPU_ISA={isa}"],
-        extra_ldflags=list(_build_config.CPU_LINK_FLAGS),
-    )
+    arguments = _build_config.cpu_jit_arguments(extra_cflags=(f"-DFUSEDOPT_CPU_ISA={isa}",))
+    module = cpp_extension.load(name=f"fusedopt_cpu_isa{isa}", **arguments)
     _extensions._load_cpu_extension = functools.lru_cache(maxsize=None)(lambda: module)
 
 
