@@ -71,8 +71,7 @@ struct StochasticParam {  // NOTE [stochastic rounding]
           stochastic_round_to_bfloat16(__float_as_uint(in[e]), rounding_bits_in_block(block_key, i + e));
       stored.value[e] = __ushort_as_bfloat16(bits);
     }
-    check_vector_alignment<VectorOf<__nv_bfloat16, kN>>(param + i);
-    *reinterpret_cast<VectorOf<__nv_bfloat16, kN>*>(param + i) = stored;
+    store_raw_vector(param + i, stored);
   }
 };
 
@@ -96,10 +95,8 @@ struct RemainderParam {  // NOTE [master remainder]
   int16_t* __restrict__ remainder;
   template <int kN>
   __device__ __forceinline__ void load(float (&out)[kN], int64_t i) const {
-    check_vector_alignment<VectorOf<__nv_bfloat16, kN>>(param + i);
-    check_vector_alignment<VectorOf<int16_t, kN>>(remainder + i);
-    const auto high = *reinterpret_cast<const VectorOf<__nv_bfloat16, kN>*>(param + i);
-    const auto low = *reinterpret_cast<const VectorOf<int16_t, kN>*>(remainder + i);
+    const auto high = load_raw_vector<kN>(param + i);
+    const auto low = load_raw_vector<kN>(remainder + i);
 #pragma unroll
     for (int e = 0; e < kN; ++e) {
       out[e] = __uint_as_float(join_master(__bfloat16_as_ushort(high.value[e]), low.value[e]));
@@ -115,10 +112,8 @@ struct RemainderParam {  // NOTE [master remainder]
       split_master(__float_as_uint(in[e]), bits, low.value[e]);
       high.value[e] = __ushort_as_bfloat16(bits);
     }
-    check_vector_alignment<VectorOf<__nv_bfloat16, kN>>(param + i);
-    check_vector_alignment<VectorOf<int16_t, kN>>(remainder + i);
-    *reinterpret_cast<VectorOf<__nv_bfloat16, kN>*>(param + i) = high;
-    *reinterpret_cast<VectorOf<int16_t, kN>*>(remainder + i) = low;
+    store_raw_vector(param + i, high);
+    store_raw_vector(remainder + i, low);
   }
 };
 

@@ -65,10 +65,22 @@ __device__ __forceinline__ void check_vector_alignment([[maybe_unused]] const vo
 #endif
 }
 
+// kN elements of T at `pointer` as stored (no conversion), in one access.
+template <int kN, typename T>
+__device__ __forceinline__ VectorOf<T, kN> load_raw_vector(const T* pointer) {
+  check_vector_alignment<VectorOf<T, kN>>(pointer);
+  return *reinterpret_cast<const VectorOf<T, kN>*>(pointer);
+}
+
+template <typename T, int kN>
+__device__ __forceinline__ void store_raw_vector(T* pointer, const VectorOf<T, kN>& vector) {
+  check_vector_alignment<VectorOf<T, kN>>(pointer);
+  *reinterpret_cast<VectorOf<T, kN>*>(pointer) = vector;
+}
+
 template <typename Compute, typename T, int kN>
 __device__ __forceinline__ void load_vector(Compute (&out)[kN], const T* pointer) {
-  check_vector_alignment<VectorOf<T, kN>>(pointer);
-  const VectorOf<T, kN> loaded = *reinterpret_cast<const VectorOf<T, kN>*>(pointer);
+  const VectorOf<T, kN> loaded = load_raw_vector<kN>(pointer);
 #pragma unroll
   for (int i = 0; i < kN; ++i) out[i] = to_compute(loaded.value[i]);
 }
@@ -78,8 +90,7 @@ __device__ __forceinline__ void store_vector(T* pointer, const Compute (&in)[kN]
   VectorOf<T, kN> stored;
 #pragma unroll
   for (int i = 0; i < kN; ++i) stored.value[i] = from_compute<T>(in[i]);
-  check_vector_alignment<VectorOf<T, kN>>(pointer);
-  *reinterpret_cast<VectorOf<T, kN>*>(pointer) = stored;
+  store_raw_vector(pointer, stored);
 }
 
 }  // namespace fusedopt
