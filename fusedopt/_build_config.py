@@ -104,8 +104,18 @@ def binding_cxx_flags() -> list[str]:
     return ["-O3", "-Wall", "-Wextra"] + (["-Werror"] if os.environ.get(WERROR_ENV) == "1" else [])
 
 
+# No --use_fast_math: the kernels' square roots and divisions stay correctly rounded and float32 subnormals are kept,
+# as on the CPU and in torch (scripts/ptx_rounding.py checks the PTX of these flags in CI).
+_NVCC_CODE_FLAGS = ("-O3", "-lineinfo")
+
+
+def nvcc_code_flags() -> list[str]:
+    """nvcc's code generation flags for the kernels, without the architectures (scripts/check_cuda_compile.sh)."""
+    return list(_NVCC_CODE_FLAGS)
+
+
 def nvcc_flags() -> list[str]:
-    flags = ["-O3", "-lineinfo"] + cuda_arch_flags()
+    flags = nvcc_code_flags() + cuda_arch_flags()
     if os.environ.get(WERROR_ENV) == "1":
         flags += ["-Werror", "all-warnings"]
     return flags

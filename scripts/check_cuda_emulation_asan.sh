@@ -18,4 +18,4 @@ FUSEDOPT_EMULATION_SANITIZE=address LD_PRELOAD="$libasan $libstdcxx" ASAN_OPTION
   tests/test_gpu_backends.py tests/test_cuda_emulation.py tests/test_device_steps.py tests/test_step_plan.py \
   tests/test_mixed_precision.py tests/test_state_dtype.py tests/test_amp_and_clipping.py tests/test_launch_grouping.py \
   tests/test_state_dict.py tests/test_against_torch.py tests/test_integration.py tests/test_schedulers.py \
-  tests/test_non_finite.py
+  tests/test_non_finite.py tests/test_functional_operands.py

@@ -1,4 +1,5 @@
-"""The Triton kernels compile for sm_80 and sm_90 without a GPU, and their full blocks use 16-byte accesses.
+"""The Triton kernels compile for sm_80 and sm_90 without a GPU, their full blocks use 16-byte accesses, and their
+square roots and divisions are correctly rounded, as on the CPU (scripts/ptx_rounding.py).
 
 Runs tests/triton_compile_check.py in a subprocess without TRITON_INTERPRET (the other tests interpret the
 kernels, which replaces the functions that the compiler needs).
@@ -32,7 +33,7 @@ def _optimizer_operands(kernel: str, constexprs: dict) -> tuple[int, int]:
     return 2 + constexprs["NUM_STATES"], 1 + constexprs["NUM_STATES"]
 
 
-def test_kernels_compile_with_16_byte_accesses():
+def test_kernels_compile_with_16_byte_accesses_and_correct_rounding():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = os.path.join(os.path.dirname(__file__), "triton_compile_check.py")
     result = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=900)
@@ -48,3 +49,8 @@ def test_kernels_compile_with_16_byte_accesses():
             assert row["vector_loads"] >= loads and row["vector_stores"] >= stores, row
         else:
             assert row["vector_loads"] == 0, row  # no alignment promise, so no vector access may be assumed
+        assert row["approximate"] == {}, row
+        if row["kernel"] != "_stream_kernel":  # the roofline kernel only adds
+            compute = "f64" if row["constexprs"]["COMPUTE"] == "fp64" else "f32"
+            rounded = row["correctly_rounded"]
+            assert rounded.get(f"sqrt.rn.{compute}", 0) > 0 and rounded.get(f"div.rn.{compute}", 0) > 0, row

@@ -2,14 +2,16 @@
 
 Run by tests/test_triton_compile.py in a subprocess: compiling needs the real @triton.jit functions, which the
 interpreter mode of the other tests replaces. Triton's wheel ships ptxas, so the PTX is assembled to cubin too.
-Prints one JSON line per compiled variant: kernel, target, constexprs, and the counts of 16-byte global loads and
-stores in the whole kernel.
+Prints one JSON line per compiled variant: kernel, target, constexprs, the counts of 16-byte global loads and
+stores in the whole kernel, and of its correctly rounded and its approximate floating-point instructions
+(scripts/ptx_rounding.py).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import sys
 
@@ -19,6 +21,9 @@ from triton.compiler import ASTSource
 from triton.compiler import compile as triton_compile
 
 from fusedopt.triton_kernels import _launch as multi_tensor
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+import ptx_rounding  # noqa: E402  (scripts/ is not a package)
 
 ARG_TYPES = {
     "block_tensor": "*i32",
@@ -101,6 +106,8 @@ def compile_variant(kernel, constexprs: dict, capability: int) -> dict:
         "constexprs": {k: DTYPE_NAMES.get(v, v) for k, v in constexprs.items()},
         "vector_loads": len(re.findall(SIXTEEN_BYTES.format(op="ld"), ptx)),
         "vector_stores": len(re.findall(SIXTEEN_BYTES.format(op="st"), ptx)),
+        "correctly_rounded": ptx_rounding.correctly_rounded_operations(ptx),
+        "approximate": ptx_rounding.approximate_operations(ptx),
         "cubin_bytes": len(compiled.asm["cubin"]),
     }
 
