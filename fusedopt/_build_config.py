@@ -105,7 +105,7 @@ def binding_cxx_flags() -> list[str]:
 
 
 # No --use_fast_math: the kernels' square roots and divisions stay correctly rounded and float32 subnormals are kept,
-# as on the CPU and in torch (scripts/ptx_rounding.py checks the PTX of these flags in CI).
+# as on the CPU and in torch (scripts/ptx_checks.py checks the PTX of these flags in CI).
 _NVCC_CODE_FLAGS = ("-O3", "-lineinfo")
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compiles the CUDA kernels with nvcc alone (no torch, no GPU) for sm_80 and sm_90; any warning is an error.
 # Writes ptxas's register and spill report per architecture to $1 (default: build/ptxas), one file each, and checks
-# the PTX for approximate square roots and divisions and for flushed subnormals (scripts/ptx_rounding.py).
+# the PTX for approximate square roots and divisions and for flushed subnormals (scripts/ptx_checks.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || true)}
@@ -22,8 +22,8 @@ for arch in 80 90; do
   rm -rf "$keep" && mkdir -p "$keep"
   "$NVCC" -std=c++17 $code_flags -arch=sm_$arch -Icsrc/include -Werror all-warnings -Xptxas -v -keep -keep-dir "$keep" \
     -c csrc/cuda/fused_cuda.cu -o "$out/fused_cuda_sm$arch.o" 2> "$out/ptxas_sm$arch.txt"
-  "$PYTHON" scripts/ptx_rounding.py "$keep/fused_cuda.ptx" > "$out/ptx_rounding_sm$arch.txt" ||
-    { cat "$out/ptx_rounding_sm$arch.txt" >&2; exit 1; }
+  "$PYTHON" scripts/ptx_checks.py "$keep/fused_cuda.ptx" > "$out/ptx_checks_sm$arch.txt" ||
+    { cat "$out/ptx_checks_sm$arch.txt" >&2; exit 1; }
   rm -rf "$keep"
   kernels=$(grep -c "Compiling entry function" "$out/ptxas_sm$arch.txt")
   spills=$( (grep -E "[1-9][0-9]* bytes spill stores" "$out/ptxas_sm$arch.txt" || true) | wc -l)

@@ -1,5 +1,6 @@
 """The Triton kernels compile for sm_80 and sm_90 without a GPU, their full blocks use 16-byte accesses, and their
-square roots and divisions are correctly rounded, as on the CPU (scripts/ptx_rounding.py).
+square roots and divisions are correctly rounded, as on the CPU, and every access names its state space
+(scripts/ptx_checks.py).
 
 Runs tests/triton_compile_check.py in a subprocess without TRITON_INTERPRET (the other tests interpret the
 kernels, which replaces the functions that the compiler needs).
@@ -49,7 +50,7 @@ def test_kernels_compile_with_16_byte_accesses_and_correct_rounding():
             assert row["vector_loads"] >= loads and row["vector_stores"] >= stores, row
         else:
             assert row["vector_loads"] == 0, row  # no alignment promise, so no vector access may be assumed
-        assert row["approximate"] == {}, row
+        assert row["approximate"] == {} and row["generic_accesses"] == {}, row
         if row["kernel"] != "_stream_kernel":  # the roofline kernel only adds
             compute = "f64" if row["constexprs"]["COMPUTE"] == "fp64" else "f32"
             rounded = row["correctly_rounded"]

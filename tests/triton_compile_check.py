@@ -3,8 +3,8 @@
 Run by tests/test_triton_compile.py in a subprocess: compiling needs the real @triton.jit functions, which the
 interpreter mode of the other tests replaces. Triton's wheel ships ptxas, so the PTX is assembled to cubin too.
 Prints one JSON line per compiled variant: kernel, target, constexprs, the counts of 16-byte global loads and
-stores in the whole kernel, and of its correctly rounded and its approximate floating-point instructions
-(scripts/ptx_rounding.py).
+stores in the whole kernel, of its correctly rounded and its approximate floating-point instructions, and of its
+loads and stores through generic addressing (scripts/ptx_checks.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import sys
 
 import triton.language as tl
@@ -23,7 +22,7 @@ from triton.compiler import compile as triton_compile
 from fusedopt.triton_kernels import _launch as multi_tensor
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
-import ptx_rounding  # noqa: E402  (scripts/ is not a package)
+import ptx_checks  # noqa: E402  (scripts/ is not a package)
 
 ARG_TYPES = {
     "block_tensor": "*i32",
@@ -33,8 +32,6 @@ ARG_TYPES = {
     "finished": "*i32",
     "num_tensors": "i32",
 }
-# A 16-byte global access: four 32-bit or two 64-bit lanes.
-SIXTEEN_BYTES = r"{op}\.global(?:\.\w+)*\.(?:v4\.[bfu]32|v2\.[bfu]64)"
 DTYPE_NAMES = {tl.float32: "fp32", tl.float64: "fp64", tl.bfloat16: "bf16", tl.float16: "fp16", tl.int16: "i16"}
 
 
@@ -104,10 +101,11 @@ def compile_variant(kernel, constexprs: dict, capability: int) -> dict:
         "kernel": kernel.__name__,
         "target": f"sm_{capability}",
         "constexprs": {k: DTYPE_NAMES.get(v, v) for k, v in constexprs.items()},
-        "vector_loads": len(re.findall(SIXTEEN_BYTES.format(op="ld"), ptx)),
-        "vector_stores": len(re.findall(SIXTEEN_BYTES.format(op="st"), ptx)),
-        "correctly_rounded": ptx_rounding.correctly_rounded_operations(ptx),
-        "approximate": ptx_rounding.approximate_operations(ptx),
+        "vector_loads": ptx_checks.sixteen_byte_accesses(ptx, "ld"),
+        "vector_stores": ptx_checks.sixteen_byte_accesses(ptx, "st"),
+        "correctly_rounded": ptx_checks.correctly_rounded_operations(ptx),
+        "approximate": ptx_checks.approximate_operations(ptx),
+        "generic_accesses": ptx_checks.generic_accesses(ptx),
         "cubin_bytes": len(compiled.asm["cubin"]),
     }
 

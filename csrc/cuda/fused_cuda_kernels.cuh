@@ -124,10 +124,10 @@ template <typename P, typename S, int kStates, typename Update, typename Access>
 __device__ __forceinline__ void update_chunk(const TensorEntry& t, int64_t begin, int64_t end, const Update& update,
                                              const Access& param) {
   using C = device_compute_t<P>;
-  const P* __restrict__ grad = static_cast<const P*>(t.grad);
+  const P* __restrict__ grad = assume_global(static_cast<const P*>(t.grad));
   S* state[kStates > 0 ? kStates : 1];
 #pragma unroll
-  for (int k = 0; k < kStates; ++k) state[k] = static_cast<S*>(t.state[k]);
+  for (int k = 0; k < kStates; ++k) state[k] = assume_global(static_cast<S*>(t.state[k]));
 
   int64_t scalar_begin = begin;
   if (t.aligned) {
@@ -175,13 +175,14 @@ __device__ __forceinline__ void update_chunk(const TensorEntry& t, int64_t begin
 template <typename P, typename S, int kStates, typename Update>
 __device__ __forceinline__ void update_chunk(const LaunchTables& tables, const TensorEntry& t, uint32_t key,
                                              int64_t begin, int64_t end, const Update& update) {
-  P* param = static_cast<P*>(t.param);
+  P* param = assume_global(static_cast<P*>(t.param));  // NOTE [global operands], as every operand below
   switch (tables.param_mode) {
     case ParamMode::kPlain:
       return update_chunk<P, S, kStates>(t, begin, end, update, PlainParam<P>{param});
     case ParamMode::kMaster:
       if constexpr (!std::is_same_v<P, float> && !std::is_same_v<P, double>) {
-        return update_chunk<P, S, kStates>(t, begin, end, update, MasterParam<P>{param, static_cast<float*>(t.master)});
+        return update_chunk<P, S, kStates>(t, begin, end, update,
+                                           MasterParam<P>{param, assume_global(static_cast<float*>(t.master))});
       }
       break;
     case ParamMode::kStochastic:
@@ -193,7 +194,7 @@ __device__ __forceinline__ void update_chunk(const LaunchTables& tables, const T
     case ParamMode::kRemainder:
       if constexpr (std::is_same_v<P, __nv_bfloat16>) {
         return update_chunk<P, S, kStates>(t, begin, end, update,
-                                           RemainderParam{param, static_cast<int16_t*>(t.master)});
+                                           RemainderParam{param, assume_global(static_cast<int16_t*>(t.master))});
       }
       break;
   }
@@ -211,7 +212,7 @@ struct ChunkBounds {
 template <typename Scalars>
 __device__ __forceinline__ Scalars with_device_factor(Scalars s, const LaunchTables& tables) {
   if (tables.grad_factor_scale != nullptr) {
-    s.grad_factor *= static_cast<decltype(s.grad_factor)>(*tables.grad_factor_scale);
+    s.grad_factor *= static_cast<decltype(s.grad_factor)>(*assume_global(tables.grad_factor_scale));
   }
   return s;
 }
@@ -225,7 +226,7 @@ __device__ __forceinline__ ChunkBounds this_chunk(const LaunchTables& tables) {
 
 // NOTE [device steps]: GradScaler found an inf or NaN in this step's grads.
 __device__ __forceinline__ bool step_skipped(const LaunchTables& tables) {
-  return tables.found_inf != nullptr && *tables.found_inf != 0.0f;
+  return tables.found_inf != nullptr && *assume_global(tables.found_inf) != 0.0f;
 }
 
 // NOTE [device steps]: the CTA that finishes last advances every step counter of the launch. Each CTA read its
@@ -241,7 +242,8 @@ __device__ __forceinline__ void finish_launch(const LaunchTables& tables) {
   __syncthreads();
   if (!is_last) return;
   if (!step_skipped(tables)) {
-    for (int64_t i = threadIdx.x; i < tables.num_tensors; i += blockDim.x) *tables.tensors[i].step += 1.0f;
+    for (int64_t i = threadIdx.x; i < tables.num_tensors; i += blockDim.x)
+      *assume_global(tables.tensors[i].step) += 1.0f;
   }
   if (threadIdx.x == 0) *tables.finished_ctas = 0u;
 }
@@ -253,7 +255,7 @@ __device__ __forceinline__ void step_chunk(const LaunchTables& tables, const Hyp
                                            const Update& update) {
   const ChunkBounds chunk = this_chunk(tables);
   if (!step_skipped(tables)) {
-    const double step = static_cast<double>(*chunk.tensor.step) + 1.0;
+    const double step = static_cast<double>(*assume_global(chunk.tensor.step)) + 1.0;
     const auto scalars = with_device_factor(cast_scalars<C>(scalars_at_step(hyper[chunk.tensor.group], step)), tables);
     const uint32_t key = rounding_key(tables.rounding_seed, static_cast<uint64_t>(step), chunk.index);
     update(chunk, scalars, key);

@@ -50,6 +50,18 @@ __device__ __forceinline__ Storage from_compute(Compute x) {
   return DeviceStore<Storage>::from(x);
 }
 
+// NOTE [global operands]: the kernels read their operands' addresses from the launch table in device memory, so
+// nvcc cannot tell which state space they point into and emits generic loads and stores (LD/ST in SASS) where it
+// would emit global ones (LDG/STG) for a kernel's pointer argument. Every operand is a CUDA tensor, in global
+// memory; saying so makes the accesses global (scripts/ptx_checks.py checks each kernel's PTX for it).
+template <typename T>
+__device__ __forceinline__ T* assume_global(T* pointer) {
+#ifdef __CUDA_ARCH__
+  __builtin_assume(__isGlobal(pointer));
+#endif
+  return pointer;
+}
+
 // kN consecutive elements moved as one access of kN * sizeof(T) bytes (16 bytes for the widest operand).
 template <typename T, int kN>
 struct alignas(sizeof(T) * kN) VectorOf {
