@@ -57,3 +57,37 @@ def test_triton_does_not_recompile_when_lr_step_or_sizes_change(generator):
 def test_auto_prefers_cuda_on_gpu():
     params = [torch.nn.Parameter(torch.randn(3, device="cuda"))]
     assert fusedopt.AdamW(params).backend in ("cuda", "triton")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_a_tensor_over_2_31_elements(backend):
+    """64-bit indexing: one bfloat16 tensor of 2^31 + 4099 elements (13 GB with its grad and state) and a small
+    one after it in the same launch. The elements at its start, around element 2^31 and at its end match the
+    reference (the update is elementwise, so the reference runs on copies of those windows), the small tensor too,
+    and the poisoned guard after the big tensor stays as it was."""
+    huge, guard = 2**31 + 4099, 64
+    generator = torch.Generator(device="cuda").manual_seed(0)
+
+    def random(n):
+        return torch.randn(n, generator=generator, device="cuda", dtype=torch.bfloat16)
+
+    buffers = [random(huge + guard) for _ in ("param", "grad", "sum")]
+    buffers[0][huge:] = float("nan")
+    buffers[2].abs_()  # a sum of squares
+    params, grads, sums = ([buffer[:huge], random(5)] for buffer in buffers)
+    sums[1].abs_()
+    windows = [(0, 8192), (2**31 - 4096, 2**31 + 4096), (huge - 5000, huge)]
+    copies = [[t[0][a:b].cpu() for a, b in windows] + [t[1].cpu()] for t in (params, grads, sums)]
+    kwargs = dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, eps=1e-10, maximize=False)
+    steps = [torch.zeros((), device="cuda") for _ in params]
+    fusedopt.functional.adagrad(params, grads, sums, steps, backend=backend, **kwargs)
+    reference_steps = [torch.zeros(()) for _ in copies[0]]
+    fusedopt.functional.adagrad(*copies, reference_steps, backend="reference", **kwargs)
+    for actual, expected in ((params, copies[0]), (sums, copies[2])):
+        for (a, b), want in zip(windows, expected):
+            torch.testing.assert_close(actual[0][a:b].cpu(), want)
+        torch.testing.assert_close(actual[1].cpu(), expected[-1])
+    assert bool(buffers[0][huge:].isnan().all())
+    assert [float(s) for s in steps] == [1.0, 1.0]
+    del buffers, params, grads, sums
+    torch.cuda.empty_cache()
