@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compiles the CUDA kernels with nvcc alone (no torch, no GPU) for sm_80 and sm_90; any warning is an error.
 # Writes ptxas's register and spill report per architecture to $1 (default: build/ptxas), one file each, and checks
-# the PTX for approximate square roots and divisions and for flushed subnormals (scripts/ptx_checks.py).
+# the PTX (scripts/ptx_checks.py): correctly rounded square roots and divisions, no flushed subnormals, no generic
+# loads or stores, and 16-byte global loads and stores in every kernel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || true)}
@@ -29,5 +30,5 @@ for arch in 80 90; do
   spills=$( (grep -E "[1-9][0-9]* bytes spill stores" "$out/ptxas_sm$arch.txt" || true) | wc -l)
   max_registers=$(grep -oE "Used [0-9]+ registers" "$out/ptxas_sm$arch.txt" | awk '{print $2}' | sort -n | tail -1)
   echo "sm_$arch: $kernels kernels compiled, at most $max_registers registers per thread, $spills with spills;" \
-    "sqrt and division correctly rounded, no flushed subnormals"
+    "PTX: sqrt and division correctly rounded, no flushed subnormals, global 16-byte accesses in every kernel"
 done
