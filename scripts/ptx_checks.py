@@ -70,16 +70,19 @@ def kernels(ptx: str) -> dict[str, str]:
     return {m.group(1): ptx[m.start() : end] for m, end in zip(starts, ends)}
 
 
-def problems(ptx: str) -> list[str]:
-    """What is wrong with a module of optimizer kernels (empty: nothing)."""
-    found = [] if kernels(ptx) else ["no kernels"]
-    if approximate_operations(ptx):
-        found.append(f"approximate or flushing instructions {approximate_operations(ptx)}")
-    if not correctly_rounded_operations(ptx):
+def problems(ptx: str, module_kernels: dict[str, str], rounded: dict[str, int]) -> list[str]:
+    """What is wrong with a module of optimizer kernels (empty: nothing), given its kernels and its correctly
+    rounded operations."""
+    found = [] if module_kernels else ["no kernels"]
+    approximate = approximate_operations(ptx)
+    if approximate:
+        found.append(f"approximate or flushing instructions {approximate}")
+    if not rounded:
         found.append("no correctly rounded sqrt or division")
-    for name, text in kernels(ptx).items():
-        if generic_accesses(text):
-            found.append(f"{name}: generic accesses {generic_accesses(text)}")
+    for name, text in module_kernels.items():
+        generic = generic_accesses(text)
+        if generic:
+            found.append(f"{name}: generic accesses {generic}")
         if not (sixteen_byte_accesses(text, "ld") and sixteen_byte_accesses(text, "st")):
             found.append(f"{name}: no 16-byte global loads and stores")
     return found
@@ -90,9 +93,10 @@ def main(paths: list[str]) -> int:
     for path in paths:
         with open(path) as f:
             ptx = f.read()
-        found = problems(ptx)
+        module_kernels, rounded = kernels(ptx), correctly_rounded_operations(ptx)
+        found = problems(ptx, module_kernels, rounded)
         print(
-            f"{path}: {len(kernels(ptx))} kernels; correctly rounded {correctly_rounded_operations(ptx)}; "
+            f"{path}: {len(module_kernels)} kernels; correctly rounded {rounded}; "
             f"{'; '.join(found) if found else 'no approximate arithmetic, no generic accesses, 16-byte accesses'}"
         )
         failed = failed or bool(found)

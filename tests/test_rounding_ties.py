@@ -28,12 +28,11 @@ TIES = {torch.bfloat16: (7, 0), torch.float16: (10, 1)}
 def test_stores_round_ties_to_even(backend, dtype):
     fraction_bits, exponent = TIES[dtype]
     ulp = 2.0 ** (exponent - fraction_bits)
-    # Sums base + k ulp for k = 0..7, each plus half an ulp: even k rounds down, odd k up to the even neighbour.
-    k = torch.arange(8, dtype=torch.float64)
-    # 4,096 + 11 elements: a full Triton block and CUDA chunk (vector path) and a tail of scalar stores.
-    repeats = (4096 + 11 + 7) // 8
-    sums = (2.0**exponent + k * ulp).repeat(repeats)[: 4096 + 11]
-    expected = (2.0**exponent + (k + k % 2) * ulp).repeat(repeats)[: 4096 + 11]
+    # Sums base + k ulp for k = 0..7 in turn, each plus half an ulp: even k rounds down, odd k up to the even
+    # neighbour. 4,096 + 11 elements: a full Triton block and CUDA chunk (vector path) and a tail of scalar stores.
+    k = (torch.arange(4096 + 11) % 8).double()
+    sums = 2.0**exponent + k * ulp
+    expected = 2.0**exponent + (k + k % 2) * ulp
     grad_value = (ulp / 2) ** 0.5
     assert grad_value == 2.0 ** round(torch.tensor(grad_value).log2().item())  # a power of two: its square is exact
     params = [torch.ones(len(sums), dtype=dtype)]
