@@ -363,6 +363,7 @@ class FusedOptimizer(Optimizer):
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the loss.
         """
+        self._refuse_graph_capture()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -395,6 +396,20 @@ class FusedOptimizer(Optimizer):
         self.state.take_assigned()  # the entries this step made are fusedopt's own
         self._step_plans.add(_step_plan.StepPlan.build(self, launches))
         return loss
+
+    def _refuse_graph_capture(self) -> None:
+        """torch.optim's error for a step captured into a CUDA graph by an optimizer without capturable=True
+        (Optimizer._cuda_graph_capture_health_check), raised before anything runs. fusedopt's GPU steps are not
+        capturable: both GPU backends upload the param groups' hyperparameters (lr, GradScaler's factor) at every
+        step from pinned host memory that is reused once the copy is done, so a replayed graph would copy whatever
+        that memory holds by then. Only optimizers with CUDA parameters ask (a CPU-only torch cannot answer)."""
+        if "cuda" in self._backends and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"Attempting CUDA graph capture of step() for an instance of {type(self).__name__} but "
+                "param_groups' capturable is False. fusedopt does not support capturable=True yet: capture the "
+                "forward and backward passes and call step() outside the graph, or use torch.optim with "
+                "capturable=True"
+            )
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch.optim's zero_grad. With set_to_none (the default) and a current step plan, in one C++ loop over the

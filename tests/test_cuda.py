@@ -60,6 +60,27 @@ def test_auto_prefers_cuda_on_gpu():
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_step_inside_cuda_graph_capture_refused_untouched(backend, generator):
+    """A step captured into a CUDA graph raises torch.optim's error for an optimizer without capturable=True
+    (fusedopt has none yet) before anything runs: params, state and step counters stay as they were."""
+    params = _cuda(make_params(torch.float32, generator)[:-1])  # contiguous: the second step runs from a plan
+    optimizer = fusedopt.AdamW(params, backend=backend)
+    run_steps([(optimizer, params)], 2, generator, skip_index=-1, noncontiguous_index=None)
+    before = [p.detach().clone() for p in params]
+    state = [{k: v.clone() for k, v in optimizer.state[p].items()} for p in params]
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match=r"^Attempting CUDA graph capture of step\(\) for an instance of AdamW"):
+        with torch.cuda.graph(graph):
+            optimizer.step()
+    torch.cuda.synchronize()
+    for p, p_before, s_before in zip(params, before, state):
+        assert torch.equal(p.detach(), p_before)
+        for k, v in s_before.items():
+            assert torch.equal(optimizer.state[p][k], v), k
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_a_tensor_over_2_31_elements(backend):
     """64-bit indexing: one bfloat16 tensor of 2^31 + 4099 elements (13 GB with its grad and state) and a small
     one after it in the same launch. The elements at its start, around element 2^31 and at its end match the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import FUSED_CLASSES, TORCH_CLASSES, make_params, run_steps
+from helpers import FUSED_CLASSES, TORCH_CLASSES, count_regular_steps, make_params, run_steps
 
 import fusedopt
 
@@ -153,6 +153,38 @@ def test_sparse_grad_rejected_untouched(name, generator):
     with pytest.raises(RuntimeError, match="sparse gradients"):
         optimizer.step()
     _assert_unchanged(optimizer, params, snapshot)
+
+
+# torch.optim's words (Optimizer._cuda_graph_capture_health_check) for a step captured without capturable=True.
+CAPTURE_MESSAGE = (
+    r"^Attempting CUDA graph capture of step\(\) for an instance of {} but param_groups' capturable is False\."
+)
+
+
+@pytest.mark.parametrize("planned", [False, True], ids=["regular", "planned"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_step_captured_into_a_cuda_graph_refused_untouched(name, planned, generator, monkeypatch):
+    """A step inside CUDA graph capture raises torch.optim's error before anything runs, from a step plan too
+    (NOTE [step plan]: contiguous parameters only). A CPU machine has no CUDA stream to capture: the test stands in
+    a capturing one, and the optimizer's CPU backend for its CUDA one (tests/test_cuda.py captures on a GPU)."""
+    params = make_params(torch.float32, generator)[: -1 if planned else None]  # the last one is transposed
+    optimizer = FUSED_CLASSES[name]([{"params": params[:4]}, {"params": params[4:], "lr": 0.003}])
+    run_steps([(optimizer, params)], 2, generator, skip_index=-1, noncontiguous_index=None)
+    capturing = [True]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    before = params[3].detach().clone()  # seven elements (parameter 0 is empty)
+    optimizer.step()  # without CUDA parameters a capturing CUDA stream is none of the optimizer's business
+    assert not torch.equal(params[3].detach(), before)
+    regular_steps = count_regular_steps(optimizer)
+    monkeypatch.setitem(optimizer._backends, "cuda", optimizer._backends["cpu"])
+    snapshot = _snapshot(optimizer, params)
+    with pytest.raises(RuntimeError, match=CAPTURE_MESSAGE.format(name)):
+        optimizer.step()
+    _assert_unchanged(optimizer, params, snapshot)
+    capturing[0] = False
+    optimizer.step()
+    assert not torch.equal(params[3].detach(), snapshot[0][3])
+    assert len(regular_steps) == (0 if planned else 1)
 
 
 def test_sparse_grad_message_matches_torch():
