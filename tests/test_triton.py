@@ -8,6 +8,7 @@ launch, a transposed parameter, a strided gradient, two param groups and a param
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import pytest
@@ -21,6 +22,7 @@ from helpers import (
     assert_states_close,
     case_id,
     clone_params,
+    count_regular_steps,
     make_params,
     run_steps,
 )
@@ -180,6 +182,95 @@ def test_launch_table_uses_64_bit_offsets_and_is_cached():
     moved = [columns[0], [columns[1][0], FakeTensor(72, 3)]]
     rebuilt = multi_tensor.launch_table(moved, torch.device("cpu"))
     assert rebuilt is not table and not rebuilt.aligned  # address 72 is not 16-byte aligned
+
+
+# Sizes no other test of this module steps, so that no table another test left in the cache has this test's key.
+OWN_SHAPES = [(5,), (1021,), (3, 29), (4099,)]
+
+
+@pytest.fixture
+def two_streams(monkeypatch):
+    """(build stream, side stream, a context manager that launches on a stream, the list of record_stream calls as
+    (tensor address, stream)). On a GPU, real streams (the side one waits for the current one before, and the
+    current one for it after); without one, two stand-ins for multi_tensor.current_stream to return."""
+    from fusedopt.triton_kernels import _launch as multi_tensor
+
+    records, record_stream = [], torch.Tensor.record_stream
+
+    def spy(tensor, stream):
+        records.append((tensor.data_ptr(), stream))
+        if DEVICE == "cuda":
+            record_stream(tensor, stream)
+
+    monkeypatch.setattr(torch.Tensor, "record_stream", spy)
+    if DEVICE == "cuda":
+        build, side = torch.cuda.current_stream(), torch.cuda.Stream()
+
+        @contextlib.contextmanager
+        def on(stream):
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                yield
+            torch.cuda.current_stream().wait_stream(stream)
+    else:
+        build, side = "build stream", "side stream"
+        current = [build]
+        monkeypatch.setattr(multi_tensor, "current_stream", lambda device: current[0])
+
+        @contextlib.contextmanager
+        def on(stream):
+            previous, current[0] = current[0], stream
+            try:
+                yield
+            finally:
+                current[0] = previous
+
+    return build, side, on, records
+
+
+@pytest.mark.parametrize("planned", [False, True], ids=["regular", "planned"])
+def test_tables_used_on_another_stream_are_recorded_there(generator, two_streams, planned):
+    """NOTE [tables on other streams] (csrc/cuda/bindings_cuda.cpp): a launch on a stream other than the one its
+    cached table was built on records each of the table's tensors there, once per launch; a launch on the build
+    stream records nothing. Steps alternate between the two streams and still match torch.optim."""
+    build, side, on, records = two_streams
+    params = _on_device(make_params(torch.float32, generator, OWN_SHAPES)[:-1])  # no transposed one: a plan
+    twins = clone_params(params)
+    fused = fusedopt.AdamW(params, backend="triton", weight_decay=0.1)
+    reference = torch.optim.AdamW(twins, foreach=False, weight_decay=0.1)
+    regular_steps = count_regular_steps(fused)
+    streams = [build, side, build, side, side]
+    for step, stream in enumerate(streams):
+        for p, twin in zip(params, twins):
+            g = torch.randn(p.shape, generator=generator).to(DEVICE)
+            # Grads written in place: the table is cached for these addresses (a moved grad makes a new one).
+            p.grad = g.clone() if p.grad is None else p.grad.copy_(g)
+            twin.grad = g
+        if not planned:
+            fused._step_plans.clear()
+        records.clear()
+        with on(stream):
+            fused.step()
+        reference.step()
+        expected = 6 if stream is side else 0  # addresses, numels, groups, block tensors, block starts, ticket
+        assert [s for _, s in records] == [side] * expected, f"step {step}"
+        assert len({address for address, _ in records}) == expected, f"step {step}"
+    assert len(regular_steps) == (1 if planned else len(streams))  # the first step makes the plan
+    for i, (p, twin) in enumerate(zip(params, twins)):
+        assert_close_detailed(p, twin, f"params[{i}]")
+    assert_states_close(fused, reference)
+
+
+def test_stream_roofline_on_another_stream_records_its_table(two_streams):
+    """The benchmark's roofline launch keeps NOTE [tables on other streams] too."""
+    from fusedopt.backends import get_backend
+
+    build, side, on, records = two_streams
+    params, grads = _on_device([torch.randn(1031)]), _on_device([torch.randn(1031)])  # a size no other test streams
+    for stream in (build, side, build):
+        with on(stream):
+            get_backend("triton").stream(params, grads, [])
+    assert [s for _, s in records] == [side] * 6
 
 
 def test_functional_stream_roofline(generator):

@@ -171,6 +171,18 @@ class LaunchTable:
         self.numels = _upload(numels, device)
         self.tensor_group = _upload(tensor_group, device)
         self.finished = torch.zeros(1, dtype=torch.int32, device=device)
+        self.device = device
+        self.built_on = current_stream(device)  # the stream these tensors were allocated on
+
+    def record_current_stream(self) -> None:
+        """NOTE [tables on other streams] (csrc/cuda/bindings_cuda.cpp): a launch on a stream other than the one the
+        table was built on records its tensors with the caching allocator there, so that memory freed with the
+        table (evicted from the cache, a plan made anew) is not reused while that launch is queued."""
+        stream = current_stream(self.device)
+        if stream != self.built_on:
+            for tensor in (self.addresses, self.numels, self.tensor_group, self.block_tensor, self.block_start,
+                           self.finished):  # fmt: skip
+                tensor.record_stream(stream)
 
     @classmethod
     def of(
@@ -210,6 +222,11 @@ def even_columns(rows: torch.Tensor) -> torch.Tensor:
     count that changes from odd to even (a planned step that leaves parameters out, another bucket) would compile
     the kernel once more. The kernels never read past num_tensors."""
     return rows if rows.shape[-1] % 2 == 0 else torch.nn.functional.pad(rows, (0, 1))
+
+
+def current_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """The stream a launch on `device` goes to; None on a CPU (the interpreter), which has none."""
+    return torch.cuda.current_stream(device) if device.type == "cuda" else None
 
 
 def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -349,8 +366,10 @@ class Launch:
 
     def launch_args(self, scalars: torch.Tensor) -> tuple:
         """The arguments every optimizer kernel ends with: the step row, the table, the scalars, the device grad
-        factor and found_inf (any tensor stands in for an absent one: SCALED and FOUND_INF say which are real)."""
+        factor and found_inf (any tensor stands in for an absent one: SCALED and FOUND_INF say which are real).
+        Called right before the launch, on its stream."""
         table = self.table
+        table.record_current_stream()
         return (
             table.addresses[-1], table.numels, table.tensor_group, table.block_tensor, table.block_start,
             table.num_tensors, table.finished, scalars,

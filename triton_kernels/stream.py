@@ -51,6 +51,7 @@ def stream(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], states
     columns = [params, grads, *states]
     param_dtype, state_dtype = multi_tensor.check_operands(params, grads, states)
     table = multi_tensor.launch_table(columns, params[0].device)
+    table.record_current_stream()
     rows = list(table.addresses)
     padded = rows[2:] + [rows[0]] * (3 - len(states))
     _stream_kernel[(table.num_blocks,)](

@@ -36,10 +36,26 @@ struct KeyHash {
   }
 };
 
+// NOTE [tables on other streams]: the caching allocator gives a tensor's memory back to the stream it was allocated
+// on, for that stream's next allocation, the moment the tensor is freed: safe for work queued on that stream, not for
+// work on another. Cached tables are allocated on the stream current when they were built, and a later step may run
+// on another (a user's side stream); if they are then freed (the cache is full, or a plan is rebuilt) while that
+// step's kernel is still queued, their memory could be overwritten under it. A launch on a stream other than the
+// one the tables were built on therefore records that stream with the allocator (Tensor.record_stream), as
+// torch's own collectives do for their buffers; on the build stream, the usual case, nothing is recorded.
 struct CachedTables {
   at::Tensor device_bytes;  // TensorEntry[num_tensors], ChunkEntry[num_chunks], then the finished-CTA ticket
   LaunchTables tables;
+  cudaStream_t built_on = nullptr;  // the stream current when device_bytes was allocated
 };
+
+// The current stream, for a launch with `cached`'s tables: recorded with the allocator when the tables were built on
+// another (NOTE [tables on other streams]).
+cudaStream_t stream_for_launch(const CachedTables& cached) {
+  const cudaStream_t stream = device_api::current_stream();
+  if (stream != cached.built_on) device_api::record_current_stream(cached.device_bytes);
+  return stream;
+}
 
 std::unordered_map<std::vector<int64_t>, CachedTables, KeyHash>& table_cache() {
   static std::unordered_map<std::vector<int64_t>, CachedTables, KeyHash> cache;
@@ -131,6 +147,7 @@ const CachedTables& cached_tables_for(const Operands& ops, const std::vector<int
   std::memcpy(bytes.data() + entries.size() * sizeof(TensorEntry), chunks.data(), chunks.size() * sizeof(ChunkEntry));
   CachedTables cached;
   cached.device_bytes = upload(bytes, ops.device);
+  cached.built_on = device_api::current_stream();
   const auto* base = static_cast<const uint8_t*>(cached.device_bytes.data_ptr());
   cached.tables.tensors = reinterpret_cast<const TensorEntry*>(base);
   cached.tables.chunks = reinterpret_cast<const ChunkEntry*>(base + entries.size() * sizeof(TensorEntry));
@@ -150,19 +167,19 @@ const CachedTables& cached_tables_for(const Operands& ops, const std::vector<int
 
 // The launch tables of checked operands: for planned operands from NOTE [planned tables]'s entry when their
 // addresses and decay modes are those it was made for, else from the table cache (built there once).
-LaunchTables tables_for(const Operands& ops, const std::vector<int32_t>& decay_modes,
-                        const std::vector<int32_t>& groups) {
-  if (ops.layout_key == 0) return cached_tables_for(ops, decay_modes, groups).tables;
+const CachedTables& tables_for(const Operands& ops, const std::vector<int32_t>& decay_modes,
+                               const std::vector<int32_t>& groups) {
+  if (ops.layout_key == 0) return cached_tables_for(ops, decay_modes, groups);
   auto& planned = planned_tables();
   const auto found = planned.find(ops.layout_key);
   if (found != planned.end() && found->second.params == ops.params && found->second.grads == ops.grads &&
       found->second.decay_modes == decay_modes) {
-    return found->second.cached.tables;
+    return found->second.cached;
   }
   const CachedTables& cached = cached_tables_for(ops, decay_modes, groups);
   if (found == planned.end() && planned.size() >= kMaxCachedTables) planned.clear();
   planned[ops.layout_key] = PlannedTables{ops.params, ops.grads, decay_modes, cached};
-  return cached.tables;
+  return cached;
 }
 
 // One optimizer step over checked operands: checks the group hyperparameters (nothing is modified before the last
@@ -176,12 +193,13 @@ void step(const Operands& ops, const Hyper& hyper, const Sizes& group_sizes, con
   const binding::GroupIndex groups(group_sizes, ops.size(), "CUDA");
   binding::check_per_group(groups, hyper);
   TORCH_CHECK(ops.steps.values.size() == ops.size(), "fusedopt CUDA backend: every param needs a step counter");
-  LaunchTables tables = tables_for(ops, binding::decay_modes(groups, hyper, ops.size()), groups.of_tensors());
+  const CachedTables& cached = tables_for(ops, binding::decay_modes(groups, hyper, ops.size()), groups.of_tensors());
+  LaunchTables tables = cached.tables;
   tables.grad_factor_scale = grad_factor.device;
   tables.found_inf = grad_factor.found_inf;
   tables.rounding_seed = static_cast<uint64_t>(rounding_seed);
   const at::Tensor per_group = upload(binding::per_group_hyper(groups, hyper, grad_factor.host), ops.device);
-  device_api::check_launch(launch(tables, per_group.data_ptr(), device_api::current_stream()));
+  device_api::check_launch(launch(tables, per_group.data_ptr(), stream_for_launch(cached)));
 }
 
 void adam(const Operands& ops, const binding::AdamHyperparameters& hyper, const Sizes& group_sizes, bool amsgrad,
@@ -216,8 +234,9 @@ void stream(const TensorList& params, const TensorList& grads, const std::vector
   const Operands ops = binding::check_operands("CUDA", params, grads, columns, {}, {}, 0, device_api::takes_device,
                                                binding::StepPlace::kDevice);
   const device_api::DeviceGuard guard(ops.device);
+  const CachedTables& cached = tables_for(ops, {}, {});
   device_api::check_launch(
-      launch_stream(tables_for(ops, {}, {}), static_cast<int>(ops.used_states().size()), device_api::current_stream()));
+      launch_stream(cached.tables, static_cast<int>(ops.used_states().size()), stream_for_launch(cached)));
 }
 
 }  // namespace

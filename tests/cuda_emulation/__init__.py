@@ -76,6 +76,22 @@ def kernel_launches() -> int:
     return count()
 
 
+def set_current_stream(handle: int) -> None:
+    """Makes the emulated extension's current stream the stand-in stream `handle` (0 at first): the binding builds its
+    tables and launches on it (NOTE [tables on other streams] in csrc/cuda/bindings_cuda.cpp)."""
+    set_stream = ctypes.CDLL(extension().__file__).fusedopt_emulated_set_stream
+    set_stream.argtypes = [ctypes.c_ssize_t]
+    set_stream(handle)
+
+
+def stream_records(handle: int) -> int:
+    """How many times the emulated extension has recorded a table's use on the stand-in stream `handle`."""
+    records = ctypes.CDLL(extension().__file__).fusedopt_emulated_stream_records
+    records.argtypes = [ctypes.c_ssize_t]
+    records.restype = ctypes.c_int64
+    return records(handle)
+
+
 class EmulatedCudaBackend(CudaBackend):
     """The cuda backend, taking CPU tensors and running its kernels on the host."""
 

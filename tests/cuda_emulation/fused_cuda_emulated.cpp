@@ -22,6 +22,7 @@
 #include <climits>
 #include <cstdlib>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <vector>
@@ -108,6 +109,31 @@ cudaError_t launch(int64_t num_ctas, unsigned int threads_per_cta, const std::fu
 // Kernel launches so far (those with a valid configuration), for tests that count launches per step; read with
 // ctypes, as the module's Python functions are those of csrc/cuda/bindings_cuda.cpp.
 extern "C" int64_t fusedopt_emulated_launches() { return fusedopt::emulation::launches.load(); }
+
+// A user's streams, for the tests of NOTE [tables on other streams] (csrc/cuda/bindings_cuda.cpp): the binding's
+// current stream is the handle a test sets (0 at first), and each stream record it makes is counted per stream.
+namespace fusedopt::emulation {
+namespace {
+std::atomic<intptr_t> current_stream_handle{0};
+std::mutex records_mutex;
+std::map<intptr_t, int64_t> records_per_stream;
+}  // namespace
+
+cudaStream_t current_stream() { return reinterpret_cast<cudaStream_t>(current_stream_handle.load()); }
+
+void record_stream(cudaStream_t stream) {
+  const std::lock_guard<std::mutex> lock(records_mutex);
+  ++records_per_stream[reinterpret_cast<intptr_t>(stream)];
+}
+}  // namespace fusedopt::emulation
+
+extern "C" void fusedopt_emulated_set_stream(intptr_t handle) { fusedopt::emulation::current_stream_handle = handle; }
+
+extern "C" int64_t fusedopt_emulated_stream_records(intptr_t handle) {
+  const std::lock_guard<std::mutex> lock(fusedopt::emulation::records_mutex);
+  const auto found = fusedopt::emulation::records_per_stream.find(handle);
+  return found == fusedopt::emulation::records_per_stream.end() ? 0 : found->second;
+}
 
 namespace fusedopt::cuda {
 namespace {
