@@ -1,4 +1,5 @@
-"""GPU-only tests (marker `gpu`): kernel launches per step, no Triton recompilation, and what "auto" picks on a GPU.
+"""GPU-only tests (marker `gpu`): kernel launches per step, no Triton recompilation, what "auto" picks on a GPU, graph
+capture, cached tables used on another stream, and a tensor over 2^31 elements.
 The numerics of the GPU backends are tested in tests/test_gpu_backends.py (on CPU tensors too).
 
 They need a CUDA device: bench/gpu_check.sh runs them on the lent GPU (`pytest -m gpu`); without one,
@@ -6,6 +7,10 @@ conftest.py does not collect this file (and says so in pytest's header).
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -78,6 +83,19 @@ def test_step_inside_cuda_graph_capture_refused_untouched(backend, generator):
         assert torch.equal(p.detach(), p_before)
         for k, v in s_before.items():
             assert torch.equal(optimizer.state[p][k], v), k
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_cached_table_evicted_while_a_launch_on_another_stream_is_queued(backend):
+    """NOTE [tables on other streams] (csrc/cuda/bindings_cuda.cpp): a cached table whose launch on a side stream is
+    still queued when the table is evicted and its size is allocated again on the default stream; the launch still
+    reads its own table (tests/stream_reuse_run.py, in a process of its own)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    result = subprocess.run(
+        [sys.executable, os.path.join(here, "stream_reuse_run.py"), backend],
+        capture_output=True, text=True, timeout=300, cwd=here,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
