@@ -7,9 +7,10 @@
 // csrc/cuda/device_api.h) and run it on CPU tensors as backend "cuda" (fixture cuda_on_cpu in tests/conftest.py),
 // against the reference and torch.optim. What it checks: the table walk (chunks, tensors, group rows), the vector path
 // and the scalar tails, alignment, every dtype, option and parameter mode, the device step counters, found_inf, the
-// grad factor, the table cache and the step plans. What it cannot check: the GPU's memory model (CTAs run one
-// after another here, threads of a CTA one at a time), speed, and the device compiler's own code (the math is
-// the same header, compiled by g++).
+// grad factor, the table cache, the step plans, and which launches record their tables on another stream (stand-in
+// streams). What it cannot check: the GPU's memory model (CTAs run one after another here, threads of a CTA one at a
+// time), the allocator's stream semantics, speed, and the device compiler's own code (the math is the same header,
+// compiled by g++).
 //
 // A CTA's threads run as fibers on the calling thread: each runs until it finishes or reaches __syncthreads, and
 // when every thread of the CTA has, the waiting ones continue. A barrier that some threads of a CTA reach while
