@@ -40,20 +40,42 @@ def to_storage(x, DTYPE: tl.constexpr):
         return x.to(DTYPE)
 
 
+def _interpreted() -> bool:
+    """Whether @triton.jit made interpreted functions in this process (TRITON_INTERPRET=1 when it decorated them)."""
+    return type(round_to_bfloat16).__name__ == "InterpretedFunction"
+
+
+# NOTE [float32 subnormals]: Triton's tl.sqrt_rn and tl.div_rn round correctly, but Triton versions before
+# triton-lang/triton#8557 (Triton 3.0, torch 2.4's, among them) emit them as `sqrt.rn.ftz.f32` and `div.rn.ftz.f32`,
+# which flush float32 subnormal inputs and results to zero; torch's kernels and fusedopt's CUDA and CPU kernels keep
+# them. Compiled for an NVIDIA GPU, ieee_sqrt and ieee_div therefore state their PTX instruction themselves, the same
+# one on every Triton version (scripts/ptx_checks.py refuses `.ftz`); the interpreter (numpy's IEEE float32) and AMD
+# GPUs (no PTX) take Triton's own operations.
+_PTX_WITHOUT_FLUSH = tl.constexpr(not _interpreted() and torch.version.hip is None)
+
+
 @triton.jit
 def ieee_sqrt(x):
-    """Correctly rounded square root, as C++'s sqrt and torch's: Triton's tl.sqrt may be approximate in float32."""
+    """Correctly rounded square root, as C++'s sqrt and torch's: Triton's tl.sqrt may be approximate in float32, and
+    its tl.sqrt_rn may flush subnormals (NOTE [float32 subnormals])."""
     if x.dtype == tl.float64:
         return tl.sqrt(x)
+    elif _PTX_WITHOUT_FLUSH:
+        return tl.inline_asm_elementwise("sqrt.rn.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
     else:
         return tl.sqrt_rn(x)
 
 
 @triton.jit
 def ieee_div(x, y):
-    """Correctly rounded division (Triton's float32 `/` may be approximate)."""
+    """Correctly rounded division: Triton's float32 `/` may be approximate, and its tl.div_rn may flush subnormals
+    (NOTE [float32 subnormals])."""
     if x.dtype == tl.float64:
         return x / y
+    elif _PTX_WITHOUT_FLUSH:
+        return tl.inline_asm_elementwise(
+            "div.rn.f32 $0, $1, $2;", "=f,f,f", [x, y], dtype=tl.float32, is_pure=True, pack=1
+        )
     else:
         return tl.div_rn(x, y)
 
