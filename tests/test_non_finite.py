@@ -1,5 +1,6 @@
-"""Non-finite values on every CPU-testable backend: NaN and inf in grads and state end up where torch.optim puts
-them, and a NaN of any bit pattern reaches the parameter the model sees as NaN, in every parameter mode.
+"""Non-finite and subnormal values on every CPU-testable backend: NaN and inf in grads and state end up where
+torch.optim puts them, a NaN of any bit pattern reaches the parameter the model sees as NaN, in every parameter mode,
+and float32 subnormals are kept, not flushed to zero.
 
 torch.testing.assert_close treats NaN as a mismatch unless asked (equal_nan), which is why the tests elsewhere
 never let a NaN through; these compare where the non-finite values are, element by element. The bit patterns
@@ -12,7 +13,16 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import AVAILABLE_ON_CPU, CPU_BACKENDS, EMULATED_CUDA
-from helpers import FUSED_CLASSES, TORCH_CLASSES, case_id, cases_with_every_state, clone_params, make_params, run_steps
+from helpers import (
+    FUSED_CLASSES,
+    TORCH_CLASSES,
+    assert_close_detailed,
+    case_id,
+    cases_with_every_state,
+    clone_params,
+    make_params,
+    run_steps,
+)
 from test_against_torch import assert_matches
 
 from fusedopt import _rounding
@@ -125,6 +135,42 @@ def test_nan_in_max_exp_avg_sq_stays_like_torch_maximum(backend, name, generator
         for key, value in torch_optimizer.state[t].items():
             if key != "step":
                 torch.testing.assert_close(fused.state[p][key], value, equal_nan=True)
+
+
+# Grads of this size square to float32 subnormals (below 1.18e-38), and so do the second moments made of them.
+SUBNORMAL_SQUARES = 1e-20
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adagrad"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_subnormals_are_kept(backend, name, generator):
+    """NOTE [float32 subnormals] (triton_kernels/_numerics.py): with grads near 1e-20 every second moment (exp_avg_sq,
+    square_avg, sum) is a float32 subnormal, and with eps=0 the update divides by its square root. A kernel that
+    flushes subnormals (Triton 3.0's tl.sqrt_rn, a CPU build with -ffast-math) divides by zero there; every backend
+    keeps them as torch.optim does: the params match, and the second moments hold the same subnormals."""
+    params = device_params(torch.float32, generator)
+    torch_params = clone_params(params)
+    fused = FUSED_CLASSES[name](params, backend=backend, eps=0.0)
+    torch_optimizer = TORCH_CLASSES[name](torch_params, foreach=False, eps=0.0)
+    for _ in range(3):
+        # Magnitudes from 1 to 2 times SUBNORMAL_SQUARES: no square underflows to zero (which would divide by zero).
+        grads = [
+            (torch.rand(p.shape, generator=generator, dtype=torch.float64) + 1) * SUBNORMAL_SQUARES
+            * torch.randn(p.shape, generator=generator, dtype=torch.float64).sign()
+            for p in params
+        ]  # fmt: skip
+        for optimizer, ps in ((fused, params), (torch_optimizer, torch_params)):
+            for p, g in zip(ps, grads):
+                p.grad = g.to(p.device, p.dtype)
+            optimizer.step()
+    tiny = torch.finfo(torch.float32).tiny
+    for i, (p, t) in enumerate(zip(params, torch_params)):
+        assert_close_detailed(p, t, f"param {i}")
+        for key, value in torch_optimizer.state[t].items():
+            if key in ("exp_avg_sq", "square_avg", "sum"):
+                assert value.numel() == 0 or 0 < value.abs().max() < tiny, f"{key} of param {i} must be subnormal"
+                # Subnormals carry fewer significant bits: one unit of the last place is up to 2^-23 of the largest.
+                assert_close_detailed(fused.state[p][key], value, f"param {i} {key}", rtol=1e-3, atol=2**-149)
 
 
 MODES = {
