@@ -273,6 +273,69 @@ def test_stream_roofline_on_another_stream_records_its_table(two_streams):
     assert [s for _, s in records] == [side] * 6
 
 
+def test_launching_on_guards_only_another_device(monkeypatch):
+    """NOTE [launch device] (triton_kernels/_launch.py): a launch for tensors on a CUDA device other than the current
+    one runs under that device (torch.cuda.device); on the current device or a CPU nothing is entered. A CPU
+    machine has no second GPU: the current device is a stand-in."""
+    from fusedopt.triton_kernels import _launch as multi_tensor
+
+    entered = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda index: entered.append(index) or contextlib.nullcontext())
+    for device in ("cuda:1", "cuda:0", "cpu", "cuda:3"):
+        with multi_tensor.launching_on(torch.device(device)):
+            pass
+    assert entered == [1, 3]
+
+
+@pytest.fixture
+def launches_seen(monkeypatch):
+    """Replaces multi_tensor.launching_on with a recorder: a list of (device, whether `watched[0]` changed inside
+    the context), one per launch; set watched[0] to the tensor to watch."""
+    from fusedopt.triton_kernels import _launch as multi_tensor
+
+    seen, watched = [], [None]
+
+    @contextlib.contextmanager
+    def recording(device):
+        before = watched[0].detach().clone()
+        yield
+        seen.append((device, not torch.equal(before, watched[0].detach())))
+
+    monkeypatch.setattr(multi_tensor, "launching_on", recording)
+    return seen, watched
+
+
+@pytest.mark.parametrize("planned", [False, True], ids=["regular", "planned"])
+@pytest.mark.parametrize("name", ["AdamW", "RMSprop", "Adagrad"])
+def test_every_launch_runs_under_its_tensors_device(launches_seen, generator, name, planned):
+    """NOTE [launch device]: each optimizer's kernel is launched inside launching_on(the device of its tensors), on
+    the regular and the planned path: the parameters change inside that context, once per step."""
+    seen, watched = launches_seen
+    params = _on_device(make_params(torch.float32, generator, OWN_SHAPES)[:-1])  # no transposed one: a plan
+    watched[0] = params[1]
+    optimizer = FUSED_CLASSES[name](params, backend="triton")
+    regular_steps = count_regular_steps(optimizer)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator).to(DEVICE)
+        if not planned:
+            optimizer._step_plans.clear()
+        optimizer.step()
+    assert len(regular_steps) == (1 if planned else 3)
+    assert seen == [(params[0].device, True)] * 3
+
+
+def test_stream_roofline_runs_under_its_tensors_device(launches_seen):
+    seen, watched = launches_seen
+    params, grads = _on_device([torch.randn(1031)]), _on_device([torch.randn(1031)])
+    watched[0] = params[0]
+    from fusedopt.backends import get_backend
+
+    get_backend("triton").stream(params, grads, [])
+    assert seen == [(params[0].device, True)]
+
+
 def test_functional_stream_roofline(generator):
     params = _on_device([torch.randn(n, generator=generator) for n in (3, 5000)])
     grads = [torch.randn_like(p) for p in params]

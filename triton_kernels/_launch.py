@@ -22,6 +22,7 @@ Installed as fusedopt.triton_kernels (the top-level name `triton_kernels` belong
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -224,6 +225,17 @@ def even_columns(rows: torch.Tensor) -> torch.Tensor:
     return rows if rows.shape[-1] % 2 == 0 else torch.nn.functional.pad(rows, (0, 1))
 
 
+def launching_on(device: torch.device) -> contextlib.AbstractContextManager:
+    """NOTE [launch device]: Triton launches a kernel on the current CUDA device, on its current stream, whatever
+    device the tensors it is handed live on; a bucket on another device (one process driving several GPUs, without
+    torch.cuda.set_device per bucket) would run on the wrong one and fault. Launches therefore run under their
+    tensors' device, as torch's own operators and the CUDA binding's DeviceGuard do; nothing changes when that is
+    the current device already (or on a CPU)."""
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device.index)
+    return contextlib.nullcontext()
+
+
 def current_stream(device: torch.device) -> torch.cuda.Stream | None:
     """The stream a launch on `device` goes to; None on a CPU (the interpreter), which has none."""
     return torch.cuda.current_stream(device) if device.type == "cuda" else None
@@ -367,7 +379,7 @@ class Launch:
     def launch_args(self, scalars: torch.Tensor) -> tuple:
         """The arguments every optimizer kernel ends with: the step row, the table, the scalars, the device grad
         factor and found_inf (any tensor stands in for an absent one: SCALED and FOUND_INF say which are real).
-        Called right before the launch, on its stream."""
+        Called right before the launch, under launching_on(self.device), on the stream it launches on."""
         table = self.table
         table.record_current_stream()
         return (
