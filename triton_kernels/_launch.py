@@ -241,6 +241,15 @@ def current_stream(device: torch.device) -> torch.cuda.Stream | None:
     return torch.cuda.current_stream(device) if device.type == "cuda" else None
 
 
+def run_kernel(kernel: triton.JITFunction, table: LaunchTable, *args, **kwargs) -> None:
+    """Launches `kernel` with `args` and `kwargs`, one program per block of `table`: under the device of the table's
+    tensors (NOTE [launch device]), with the table recorded on the launch's stream when it was built on another
+    (NOTE [tables on other streams]). Every Triton launch goes through here."""
+    with launching_on(table.device):
+        table.record_current_stream()
+        kernel[(table.num_blocks,)](*args, num_warps=NUM_WARPS, **kwargs)
+
+
 def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`host` on `device`; to a GPU from pinned memory, so that the copy is queued and the host goes on (from
     pageable memory it waits for the stream: a planned step that leaves tensors out makes a table every step)."""
@@ -356,10 +365,6 @@ class Launch:
             device_grad_factor=device_grad_factor, found_inf=found_inf,
         )  # fmt: skip
 
-    @property
-    def grid(self) -> tuple[int]:
-        return (self.table.num_blocks,)
-
     def scalars(self, group_rows: Sequence[Sequence[float]]) -> torch.Tensor:
         """Each param group's float64 row of scalars (ROW_HEADER, then the optimizer's entries), in one device
         tensor, from one row per group ([grad factor, the optimizer's entries...]; NOTE [param groups in one launch]
@@ -378,10 +383,8 @@ class Launch:
 
     def launch_args(self, scalars: torch.Tensor) -> tuple:
         """The arguments every optimizer kernel ends with: the step row, the table, the scalars, the device grad
-        factor and found_inf (any tensor stands in for an absent one: SCALED and FOUND_INF say which are real).
-        Called right before the launch, under launching_on(self.device), on the stream it launches on."""
+        factor and found_inf (any tensor stands in for an absent one: SCALED and FOUND_INF say which are real)."""
         table = self.table
-        table.record_current_stream()
         return (
             table.addresses[-1], table.numels, table.tensor_group, table.block_tensor, table.block_start,
             table.num_tensors, table.finished, scalars,

@@ -137,8 +137,8 @@ def adagrad_planned(
 def _run(launch: multi_tensor.Launch, hyper: tuple, grad_factor: float) -> None:
     scalars = launch.scalars([_group_row(*group, grad_factor) for group in zip(*hyper)])
     rows = launch.table.addresses
-    with multi_tensor.launching_on(launch.device):
-        _adagrad_kernel[launch.grid](
-            launch.param_row, launch.grad_row, rows[2], launch.master_row, *launch.launch_args(scalars), ROW=_ROW,
-            **launch.constexprs, num_warps=multi_tensor.NUM_WARPS,
-        )  # fmt: skip
+    multi_tensor.run_kernel(
+        _adagrad_kernel, launch.table,
+        launch.param_row, launch.grad_row, rows[2], launch.master_row, *launch.launch_args(scalars), ROW=_ROW,
+        **launch.constexprs,
+    )  # fmt: skip

@@ -204,9 +204,8 @@ def adam_planned(
 def _run(launch: multi_tensor.Launch, amsgrad: bool, hyper: tuple, grad_factor: float) -> None:
     scalars = launch.scalars([_group_row(*group, grad_factor) for group in zip(*hyper)])
     rows = launch.table.addresses
-    with multi_tensor.launching_on(launch.device):
-        _adam_kernel[launch.grid](
-            launch.param_row, launch.grad_row, rows[2], rows[3], rows[4] if amsgrad else rows[3], launch.master_row,
-            *launch.launch_args(scalars), ROW=_ROW, AMSGRAD=amsgrad, **launch.constexprs,
-            num_warps=multi_tensor.NUM_WARPS,
-        )  # fmt: skip
+    multi_tensor.run_kernel(
+        _adam_kernel, launch.table,
+        launch.param_row, launch.grad_row, rows[2], rows[3], rows[4] if amsgrad else rows[3], launch.master_row,
+        *launch.launch_args(scalars), ROW=_ROW, AMSGRAD=amsgrad, **launch.constexprs,
+    )  # fmt: skip

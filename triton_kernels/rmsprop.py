@@ -189,9 +189,8 @@ def _run(launch: multi_tensor.Launch, centered: bool, use_momentum: bool, hyper:
     rows = list(launch.table.addresses)
     grad_avg_row = rows[3] if centered else rows[2]
     momentum_row = rows[3 + int(centered)] if use_momentum else rows[2]
-    with multi_tensor.launching_on(launch.device):
-        _rmsprop_kernel[launch.grid](
-            launch.param_row, launch.grad_row, rows[2], grad_avg_row, momentum_row, launch.master_row,
-            *launch.launch_args(scalars), ROW=_ROW, CENTERED=centered, MOMENTUM=use_momentum, **launch.constexprs,
-            num_warps=multi_tensor.NUM_WARPS,
-        )  # fmt: skip
+    multi_tensor.run_kernel(
+        _rmsprop_kernel, launch.table,
+        launch.param_row, launch.grad_row, rows[2], grad_avg_row, momentum_row, launch.master_row,
+        *launch.launch_args(scalars), ROW=_ROW, CENTERED=centered, MOMENTUM=use_momentum, **launch.constexprs,
+    )  # fmt: skip

@@ -51,12 +51,11 @@ def stream(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], states
     columns = [params, grads, *states]
     param_dtype, state_dtype = multi_tensor.check_operands(params, grads, states)
     table = multi_tensor.launch_table(columns, params[0].device)
-    table.record_current_stream()
     rows = list(table.addresses)
     padded = rows[2:] + [rows[0]] * (3 - len(states))
-    with multi_tensor.launching_on(params[0].device):
-        _stream_kernel[(table.num_blocks,)](
-            rows[0], rows[1], *padded, table.numels, table.block_tensor, table.block_start,
-            PARAM=numerics.TORCH_TO_TRITON[param_dtype], STATE=numerics.TORCH_TO_TRITON[state_dtype],
-            NUM_STATES=len(states), ALIGNED=table.aligned, BLOCK=multi_tensor.BLOCK, num_warps=multi_tensor.NUM_WARPS,
-        )  # fmt: skip
+    multi_tensor.run_kernel(
+        _stream_kernel, table,
+        rows[0], rows[1], *padded, table.numels, table.block_tensor, table.block_start,
+        PARAM=numerics.TORCH_TO_TRITON[param_dtype], STATE=numerics.TORCH_TO_TRITON[state_dtype],
+        NUM_STATES=len(states), ALIGNED=table.aligned, BLOCK=multi_tensor.BLOCK,
+    )  # fmt: skip
