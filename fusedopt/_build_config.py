@@ -109,9 +109,28 @@ def binding_cxx_flags() -> list[str]:
 _NVCC_CODE_FLAGS = ("-O3", "-lineinfo")
 
 
+# What torch.utils.cpp_extension puts in front of every nvcc command of an extension build (its COMMON_NVCC_FLAGS):
+# the half/bfloat16 operator and conversion switches change which code cuda_fp16.h and cuda_bf16.h give the kernels.
+# The standalone compile check passes them too, so the PTX and registers it checks are those of the real build;
+# tests/test_build_config.py compares this copy with the installed torch's.
+TORCH_COMMON_NVCC_FLAGS = (
+    "-D__CUDA_NO_HALF_OPERATORS__",
+    "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-D__CUDA_NO_HALF2_OPERATORS__",
+    "--expt-relaxed-constexpr",
+)
+
+
 def nvcc_code_flags() -> list[str]:
-    """nvcc's code generation flags for the kernels, without the architectures (scripts/check_cuda_compile.sh)."""
+    """nvcc's code generation flags for the kernels, without the architectures."""
     return list(_NVCC_CODE_FLAGS)
+
+
+def nvcc_standalone_flags() -> list[str]:
+    """The flags of the real build's nvcc commands without torch or the architectures (scripts/check_cuda_compile.sh):
+    torch's own, then fusedopt's."""
+    return [*TORCH_COMMON_NVCC_FLAGS, *nvcc_code_flags()]
 
 
 def nvcc_flags() -> list[str]:

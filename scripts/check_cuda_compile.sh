@@ -12,9 +12,10 @@ if [ -z "$NVCC" ]; then
   exit 1
 fi
 PYTHON=${PYTHON:-python3}
-# The code generation flags of the real build (fusedopt/_build_config.py, loaded by path: it imports no torch).
+# The nvcc flags of the real build, torch's and fusedopt's (fusedopt/_build_config.py, loaded by path: it imports no
+# torch).
 code_flags=$("$PYTHON" -c 'import importlib.util as u; s = u.spec_from_file_location("c", "fusedopt/_build_config.py")
-m = u.module_from_spec(s); s.loader.exec_module(m); print(" ".join(m.nvcc_code_flags()))')
+m = u.module_from_spec(s); s.loader.exec_module(m); print(" ".join(m.nvcc_standalone_flags()))')
 out=${1:-build/ptxas}
 mkdir -p "$out"
 for arch in 80 90; do
