@@ -46,11 +46,11 @@ def _interpreted() -> bool:
 
 
 # NOTE [float32 subnormals]: Triton's tl.sqrt_rn and tl.div_rn round correctly, but Triton versions before
-# triton-lang/triton#8557 (Triton 3.0, torch 2.4's, among them) emit them as `sqrt.rn.ftz.f32` and `div.rn.ftz.f32`,
-# which flush float32 subnormal inputs and results to zero; torch's kernels and fusedopt's CUDA and CPU kernels keep
-# them. Compiled for an NVIDIA GPU, ieee_sqrt and ieee_div therefore state their PTX instruction themselves, the same
-# one on every Triton version (scripts/ptx_checks.py refuses `.ftz`); the interpreter (numpy's IEEE float32) and AMD
-# GPUs (no PTX) take Triton's own operations.
+# triton-lang/triton#8557 (3.0 to 3.5.1; 3.6.0 is the first that does not) emit them as `sqrt.rn.ftz.f32` and
+# `div.rn.ftz.f32`, which flush float32 subnormal inputs and results to zero; torch's kernels and fusedopt's CUDA and
+# CPU kernels keep them. Compiled for an NVIDIA GPU, ieee_sqrt and ieee_div therefore state their PTX instruction
+# themselves, the same one on every Triton version (scripts/ptx_checks.py refuses `.ftz`); the interpreter (numpy's
+# IEEE float32) and AMD GPUs (no PTX) take Triton's own operations.
 _PTX_WITHOUT_FLUSH = tl.constexpr(not _interpreted() and torch.version.hip is None)
 
 
