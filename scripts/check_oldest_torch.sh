@@ -11,14 +11,17 @@
 #        host-time benchmark; TRITON_INTERPRET=0 keeps Triton out of every other test's backends,
 #      - FSDP2 on two CPU ranks (torch 2.4's fully_shard makes CUDA streams whatever the device).
 # Not part of .ci/run: it downloads about 3.5 GB from PyPI. Output: bench/results/<date>-cpu/oldest_torch.txt.
+# With the oldest Python too (pyproject's requires-python):
+#   PYTHON=python3.9 VENV=.venv-torch24-py39 bash scripts/check_oldest_torch.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-VENV=.venv-torch24
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+VENV=${VENV:-.venv-torch24}
+[ -x "$VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet -r requirements-oldest-torch.txt
 python_bin=$(cd "$VENV/bin" && pwd)/python
-"$python_bin" -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__)"
+"$python_bin" -c "import sys, torch, triton
+print('python', sys.version.split()[0], '| torch', torch.__version__, '| triton', triton.__version__)"
 
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
@@ -43,8 +46,11 @@ g++ -std=c++17 -fsyntax-only -Wall -Wextra -Werror $includes -isystem "${CUDA_HO
   -Icsrc/include -DTORCH_EXTENSION_NAME=_cuda_ext -DTORCH_API_INCLUDE_EXTENSION_H csrc/cuda/bindings_cuda.cpp
 echo "csrc/cuda/bindings_cuda.cpp compiles against torch 2.4.1"
 
-# From a folder outside the checkout, so that `import fusedopt` finds the installed package.
-cd "$build"
+# From an empty folder outside the checkout, so that `import fusedopt` finds the installed package (`python -m` puts
+# the working folder first on sys.path: the checkout, or the build copy, would shadow it).
+mkdir "$build/run"
+cd "$build/run"
+"$python_bin" -c "import fusedopt; print('fusedopt from', fusedopt.__file__)"
 echo "== 3. Triton 3.0 compiles every kernel"
 "$python_bin" -m pytest -q -p no:cacheprovider "$repo/tests/test_triton_compile.py"
 echo "== 4. the test suite"
