@@ -8,8 +8,8 @@ functional call that updates a bucket.
 It also owns the options beyond torch.optim that every optimizer shares: state_dtype=, master_weights=,
 stochastic_rounding= (fusedopt/_rounding.py), max_grad_norm= and GradScaler's fused path (NOTE [grad factor]).
 
-Everything else is torch.optim's own: param groups, add_param_group, zero_grad, hooks, state_dict() and lr
-schedulers (group["lr"] is read at every step).
+Everything else is torch.optim's own: param groups, add_param_group, zero_grad, hooks, state_dict() (with its
+entries handed out as plain dicts) and lr schedulers (group["lr"] is read at every step).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from fusedopt import _rounding, _step_plan, backends, clip, functional
-from fusedopt._state import TrackedState
+from fusedopt._state import TrackedEntry, TrackedState
 from fusedopt._step_hooks import hooked_step, profiler_recording
 from fusedopt._tensors import bucket_by_device_and_dtype, is_dtensor, local_tensor, state_views
+from fusedopt._tracked_params import track_params
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64, torch.complex128)
 # fusedopt's group options beyond torch.optim, and their defaults (what _option reads in their absence).
@@ -201,6 +202,7 @@ class FusedOptimizer(Optimizer):
             self._step_plans.clear()
         first_new = len(self.param_groups)
         super().add_param_group(param_group)
+        track_params(self.param_groups[first_new])  # NOTE [tracked params]
         try:
             for p in self.param_groups[first_new]["params"]:
                 self._backend_for(local_tensor(p).device)
@@ -484,8 +486,21 @@ class FusedOptimizer(Optimizer):
         self.__dict__.setdefault("rounding_seed", 0)
         self._step_plans = _step_plan.StepPlans()
         for group in self.param_groups:
+            track_params(group)
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim.Optimizer.state_dict: the same keys and layout, loadable by either optimizer."""
+        state_dict = super().state_dict()
+        # Plain dicts (NOTE [foreign state]): a checkpoint must load where fusedopt is not installed, and pytree and
+        # others tell containers by their exact type.
+        if isinstance(state_dict.get("state"), dict):
+            state_dict["state"] = {
+                key: dict(entry) if isinstance(entry, TrackedEntry) else entry
+                for key, entry in state_dict["state"].items()
+            }
+        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a state_dict written by this optimizer or by its torch.optim counterpart (and vice versa).

@@ -11,11 +11,12 @@ DTensors, whose norm needs their DTensor grads, Python does), after every check 
 step computes the norm once whichever path it takes (for DTensor grads the norm is a collective that every rank
 must join equally). The next step uses the plan when nothing it was made from has changed, which is checked in
 O(number of groups) here:
-- the param groups (the same group dicts, params lists and lengths, and the settings that split groups into
-  calls: amsgrad, centered, momentum on/off, state_dtype, master_weights, stochastic_rounding),
-- the optimizer's state dict object, its length and its version (load_state_dict, state.clear(), `del state[p]`
-  and `state[p] = {...}` change them (NOTE [foreign state] in fusedopt/_state.py), and every fusedopt method that
-  replaces state drops the plan);
+- the param groups (the same group dicts, params lists, their lengths and versions (NOTE [tracked params] in
+  fusedopt/_tracked_params.py: a parameter replaced inside a list changes it), and the settings that split groups
+  into calls: amsgrad, centered, momentum on/off, state_dtype, master_weights, stochastic_rounding),
+- the optimizer's state dict object, its length and its version (load_state_dict, state.clear(), `del state[p]`,
+  `state[p] = {...}` and `state[p][name] = t` change them (NOTE [foreign state] in fusedopt/_state.py), and every
+  fusedopt method that replaces state drops the plan);
 and, in C++, that every planned parameter's grad is usable or None (a parameter without a grad is left out of
 that step, as torch.optim skips it) and every other parameter still has none. Hyperparameters (lr from schedulers,
 betas, weight decay, ...) and GradScaler's scale are read at every step.
@@ -28,9 +29,9 @@ grads in turns (task heads trained in alternation), where each plan's absent par
 The newest plan, while current, also serves zero_grad(set_to_none=True): it holds every parameter of the
 optimizer, so one C++ loop clears their grads (NOTE [planned zero_grad] in csrc/common/step_operands.h).
 
-Not detected, as documented in the README: replacing a parameter inside a group's params list by assignment, or
-assigning a new tensor to optimizer.state[p][name] by hand (in-place changes such as zero_() are fine). After
-such surgery, call optimizer.load_state_dict(optimizer.state_dict()) or start a new optimizer.
+In-place changes of values (`p.data.zero_()`, `state[p]["exp_avg"].mul_(0.5)`) need no notice: a plan holds
+addresses, not values. After `p.data = other`, each planned step reads the parameter's new address in C++ (other
+memory of another size, dtype or layout takes the regular path).
 """
 
 from __future__ import annotations
@@ -39,11 +40,18 @@ from typing import Any
 
 from fusedopt import functional
 from fusedopt._tensors import DTensor, is_dtensor, is_plain, local_tensor
+from fusedopt._tracked_params import TrackedParams
 
 
 def _plan_key(optimizer) -> tuple:
     groups = tuple(
-        (id(group), id(group["params"]), len(group["params"]), optimizer._plan_signature(group))
+        (
+            id(group),
+            id(group["params"]),
+            len(group["params"]),
+            getattr(group["params"], "version", None),  # NOTE [tracked params]
+            optimizer._plan_signature(group),
+        )
         for group in optimizer.param_groups
     )
     state_version = getattr(optimizer.state, "version", None)  # NOTE [foreign state]
@@ -69,6 +77,10 @@ class StepPlan:
     def build(cls, optimizer, launches: list[tuple[Any, Any]]) -> StepPlan | None:
         """The plan of a regular step's calls (LaunchGroup, backend), or None when it cannot have one."""
         if not launches:
+            return None
+        # NOTE [tracked params]: a list put in place by hand (`group["params"] = [...]`) cannot tell the plan when
+        # a parameter inside it is replaced; wrapping it would break the caller's hold on it, so no plan is made.
+        if not all(isinstance(group["params"], TrackedParams) for group in optimizer.param_groups):
             return None
         # The cheap refusal first: a backend without planned calls (reference) needs no walk over params.
         modules = [getattr(backend, "planned_module", lambda: None)() for _, backend in launches]

@@ -94,9 +94,9 @@ def test_checkpoint_of_torch_2_4_decays_as_its_class(name, generator):
 
 @pytest.mark.parametrize("case", FULL_STATE_CASES, ids=case_id)
 def test_state_dict_layout_matches_torch(case, generator):
-    """Same per-parameter keys, shapes and dtypes, and exactly the param-group keys torch.optim writes (fusedopt's
-    own options are left out at their defaults, so torch.distributed.checkpoint, which requires every key of the
-    state dict it loads into, loads torch.optim's checkpoints: tests/test_two_ranks.py)."""
+    """Plain dicts with the same per-parameter keys, shapes and dtypes, and exactly the param-group keys torch.optim
+    writes (fusedopt's own options are left out at their defaults, so torch.distributed.checkpoint, which requires
+    every key of the state dict it loads into, loads torch.optim's checkpoints: tests/test_two_ranks.py)."""
     name, kwargs = case
     params = make_params(torch.bfloat16, generator)
     twins = clone_params(params)
@@ -109,6 +109,7 @@ def test_state_dict_layout_matches_torch(case, generator):
         assert fused_group["params"] == torch_group["params"]
     for index, torch_state in torch_sd["state"].items():
         fused_state = fused_sd["state"][index]
+        assert type(fused_state) is dict  # not fusedopt's TrackedEntry (NOTE [foreign state])
         assert list(fused_state) == list(torch_state)
         for key, value in torch_state.items():
             assert (fused_state[key].shape, fused_state[key].dtype, fused_state[key].device) == (

@@ -472,6 +472,86 @@ def test_a_replaced_params_list_is_noticed(backend):
     assert all(float(optimizer.state[p]["step"]) == 1.0 for p in fresh)
 
 
+# Ways to replace a parameter inside its group's list (model surgery that keeps the optimizer), in place.
+PARAM_REPLACEMENTS = {
+    "setitem": lambda params, new: params.__setitem__(1, new),
+    "slice": lambda params, new: params.__setitem__(slice(1, 2), [new]),
+    "pop_insert": lambda params, new: (params.pop(1), params.insert(1, new)),
+}
+
+
+@pytest.mark.parametrize("how", PARAM_REPLACEMENTS)
+def test_a_param_replaced_inside_its_groups_list_is_stepped(backend, how):
+    """NOTE [tracked params]: `group["params"][1] = new` keeps the list and its length; the plan must see it and
+    step the new parameter (from fresh state, as torch.optim would), not the one it was made with."""
+    planned, regular = _twins("AdamW", backend)
+    generator = torch.Generator().manual_seed(13)
+    for _ in range(2):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+    assert planned[0]._step_plans.newest() is not None
+    value = torch.randn(SHAPES[1], generator=generator)
+    for optimizer, params in (planned, regular):
+        new = torch.nn.Parameter(value.clone())
+        PARAM_REPLACEMENTS[how](optimizer.param_groups[0]["params"], new)
+        params[1] = new
+    for _ in range(3):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+        _assert_identical(planned, regular)
+    assert not torch.equal(planned[1][1], value)
+    assert float(planned[0].state[planned[1][1]]["step"]) == 3.0
+
+
+def test_a_params_list_put_in_place_by_hand_gets_no_plan(backend):
+    """A plain list assigned as a group's params cannot report a parameter replaced inside it, and wrapping it
+    would cut the caller's hold on it: steps over it take the regular path, which follows it as torch.optim does."""
+    planned, regular = _twins("AdamW", backend)
+    generator = torch.Generator().manual_seed(17)
+    for optimizer, params in (planned, regular):
+        optimizer.param_groups[0]["params"] = list(optimizer.param_groups[0]["params"])
+    for step in range(3):
+        if step == 2:
+            value = torch.randn(SHAPES[0], generator=generator)
+            for optimizer, params in (planned, regular):
+                params[0] = optimizer.param_groups[0]["params"][0] = torch.nn.Parameter(value.clone())
+        _step_both(planned, regular, _grads(generator, planned[1]))
+        assert planned[0]._step_plans.newest() is None
+    _assert_identical(planned, regular)
+
+
+def test_tracked_params_count_every_change():
+    """NOTE [tracked params]: every list method that changes the list counts; reading does not; it pickles and
+    deep-copies as a plain list."""
+    from fusedopt._tracked_params import TrackedParams
+
+    a, b, c = (torch.nn.Parameter(torch.full((1,), float(i))) for i in range(3))
+    params = TrackedParams([a, b])
+    changes = [
+        lambda: params.__setitem__(0, c),
+        lambda: params.__setitem__(slice(0, 1), [a]),
+        lambda: params.__delitem__(0),
+        lambda: params.__iadd__([a]),
+        lambda: params.__imul__(1),
+        lambda: params.append(c),
+        lambda: params.extend([]),
+        lambda: params.insert(0, c),
+        lambda: params.pop(),
+        lambda: params.remove(c),
+        lambda: params.sort(key=lambda p: float(p.detach())),
+        lambda: params.reverse(),
+        lambda: params.clear(),
+    ]
+    for version, change in enumerate(changes, start=1):
+        change()
+        assert params.version == version
+    params += [a, b]
+    version = params.version
+    _ = params[0], params[:1], len(params), list(params), a in params, params.index(b), params.count(a)
+    assert params.version == version
+    assert type(params) is TrackedParams  # `+=` keeps the list
+    for twin in (copy.deepcopy(params), pickle.loads(pickle.dumps(params))):
+        assert type(twin) is list and len(twin) == 2
+
+
 def test_params_appended_to_a_group_in_place_are_stepped(backend):
     """`group["params"].append(p)` (the same list, one longer): torch.optim steps p from then on, so the plan must
     not pass for the shorter list it was made from, or p would neither be stepped nor counted absent."""
@@ -515,6 +595,60 @@ def test_state_entries_assigned_from_outside_are_adopted(backend):
         donor[0].step()  # changes its own tensors, which the planned optimizer was given
     _assert_identical(planned, regular)
     assert all(float(planned[0].state[p]["step"]) == 5.0 for p in planned[1])
+
+
+# Ways to put new tensors into a parameter's entry, value by value (NOTE [foreign state]); each is applied to both
+# twins, so the regular twin steps from the values as they were given.
+VALUE_CHANGES = {
+    # optimizer-state offloading (verl's offload_fsdp_optimizer / load_fsdp_optimizer): every value to new memory
+    "moved": lambda entry: [entry.__setitem__(k, v.clone()) for k, v in list(entry.items())],
+    # a value of another dtype: adopted in the group's state dtype, as load_state_dict would
+    "retyped": lambda entry: entry.__setitem__("exp_avg", entry["exp_avg"].double()),
+    "updated": lambda entry: entry.update(exp_avg_sq=entry["exp_avg_sq"] * 2, step=torch.tensor(9.0)),
+    "setdefault": lambda entry: (
+        entry.pop("max_exp_avg_sq"),
+        entry.setdefault("max_exp_avg_sq", entry["exp_avg_sq"] + 1),
+    ),
+}
+
+
+@pytest.mark.parametrize("change", VALUE_CHANGES)
+def test_state_values_assigned_from_outside_are_adopted(backend, change):
+    """`state[p][name] = t`: the plan was made with the old tensors' addresses, so the next step must see that it
+    is stale and adopt the new values (copy them into the optimizer's own buffers) before it runs, as it does for
+    whole entries. Then it plans again from the adopted buffers."""
+    planned, regular = _twins("Adam", backend)
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(2):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+    newest = planned[0]._step_plans.newest()
+    assert newest is not None
+    for optimizer, params in (planned, regular):
+        for p in params[::2]:
+            VALUE_CHANGES[change](optimizer.state[p])
+    for _ in range(3):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+        _assert_identical(planned, regular)
+    assert planned[0]._step_plans.newest() is not newest
+    assert all(planned[0].state[p]["exp_avg"].dtype == torch.float32 for p in planned[1])
+
+
+def test_a_replaced_entrys_old_dict_no_longer_counts(backend):
+    """A dict dropped from the state (its parameter given a new entry, or removed) may still be held and written
+    by its caller; that must neither make the plan stale nor have its parameter adopted."""
+    (optimizer, params), _ = _twins("AdamW", backend)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    old = optimizer.state[params[0]]
+    optimizer.state[params[0]] = dict(old)
+    del optimizer.state[params[1]]
+    optimizer.step()
+    dropped = optimizer.state.get(params[1])  # made anew by that step
+    version = optimizer.state.version
+    old["exp_avg"] = torch.zeros(1)
+    assert optimizer.state.version == version and optimizer.state.take_assigned() == []
+    assert dropped is not None and optimizer.state[params[1]] is dropped
 
 
 # --- DTensor parameters (FSDP2): the plan gathers each step's local shards ---------------------------------------
@@ -612,6 +746,56 @@ def test_tracked_state_sees_every_way_to_replace_an_entry():
     for twin in (copy.deepcopy(state), pickle.loads(pickle.dumps(state))):
         assert type(twin) is TrackedState and float(next(iter(twin.values()))["step"]) == 5.0
         assert twin[torch.nn.Parameter(torch.zeros(1))] == {}  # still a defaultdict(dict)
+
+
+def test_tracked_state_sees_every_way_to_change_a_value():
+    """NOTE [foreign state]: each entry reports values set or removed, by every dict method; reading does not."""
+    from fusedopt._state import TrackedState
+
+    a, b = (torch.nn.Parameter(torch.zeros(1)) for _ in range(2))
+    state = TrackedState({a: {"step": torch.tensor(0.0)}})
+    state.take_assigned()
+    entry = state[a]
+    changes = [
+        lambda: entry.__setitem__("exp_avg", torch.zeros(1)),
+        lambda: entry.update(exp_avg_sq=torch.zeros(1)),
+        lambda: entry.__ior__({"exp_avg": torch.ones(1)}),
+        lambda: entry.setdefault("max_exp_avg_sq", torch.zeros(1)),
+        lambda: entry.pop("max_exp_avg_sq"),
+        lambda: entry.__delitem__("exp_avg_sq"),
+        lambda: entry.popitem(),
+    ]
+    for change in changes:
+        version = state.version
+        change()
+        assert state.version == version + 1 and state.take_assigned() == [a]
+    version = state.version
+    _ = entry.get("step"), dict(entry), "step" in entry, entry.setdefault("step", None)  # reads
+    assert state.version == version and state.take_assigned() == []
+    entry.clear()
+    assert state.version == version + 1 and state.take_assigned() == []  # an empty entry has nothing to adopt
+    state[b]["step"] = torch.tensor(1.0)  # a lazily made entry, then a value in it
+    assert state.version == version + 3 and state.take_assigned() == [b]
+    given = {"step": torch.tensor(2.0)}
+    state[b] = given  # stored as a tracked entry of its own: the caller's dict is not the entry
+    assert state[b] == given and state[b] is not given and type(state[b]) is not dict
+
+
+def test_tracked_state_makes_no_reference_cycle():
+    """Entries refer to their mapping weakly: a dropped optimizer's state is freed at once, without the cyclic
+    garbage collector (which would otherwise keep gigabytes of device memory alive until it ran)."""
+    from fusedopt._state import TrackedState
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    gc.disable()
+    try:
+        state = TrackedState({p: {"exp_avg": torch.zeros(1)}})
+        state[p]["exp_avg_sq"] = torch.zeros(1)
+        alive = weakref.ref(state)
+        del state
+        assert alive() is None
+    finally:
+        gc.enable()
 
 
 # --- zero_grad from the plan (NOTE [planned zero_grad] in csrc/common/step_operands.h) ----------------------------

@@ -1,0 +1,303 @@
+"""Random sequences of what training code does between steps, run through three optimizers at once:
+
+- "planned": a fusedopt optimizer on a backend that plans its steps (NOTE [step plan] in fusedopt/_step_plan.py),
+- "regular": its twin, forced onto the regular path at every step (its plans dropped before each),
+- "third": torch.optim (foreach=False) for float32 parameters, or, for the mixed-precision modes torch.optim does
+  not have, fusedopt's reference backend.
+
+The events (lr, weight decay, betas, eps and maximize changes; checkpoint round trips; parameters given new memory;
+state entries dropped, replaced value by value or changed in place; parameters added in a new group or replaced
+inside their group's list; parameters without grads, accumulated grads, zero_grad both ways; GradScaler's fused
+path with and without inf; clipping) are drawn from a seeded generator, so a failure names the seed and the last
+events before it. The planned optimizer must equal its twin bit for bit after every step, and the third within
+tolerance; the targeted tests of each event live in tests/test_step_plan.py and tests/test_state_dict.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from conftest import AVAILABLE_ON_CPU, EMULATED_CUDA
+from helpers import FUSED_CLASSES, TORCH_CLASSES
+
+pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
+
+SHAPES = [(0,), (1,), (7,), (33,), (5, 3), (4, 4), (1025,), (3, 1, 5)]
+STEPS = 30
+STATE_NAMES = ["exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "momentum_buffer", "grad_avg", "sum"]
+# Seeds per backend: the interpreted Triton backend costs about ten times as much per step.
+SEEDS = {"cpu": range(64), "cuda": range(64), "triton": range(8)}
+PLAN_BACKENDS = [b for b in ("cpu", "triton") if b in AVAILABLE_ON_CPU] + EMULATED_CUDA
+
+
+def _draw_options(rng: random.Random) -> tuple[str, dict, dict, torch.dtype]:
+    """(optimizer name, torch.optim's options, fusedopt's own options, parameter dtype)."""
+    name = rng.choice(["Adam", "AdamW", "RMSprop", "Adagrad"])
+    options = {"lr": rng.choice([1e-3, 1e-2]), "weight_decay": rng.choice([0.0, 0.05]), "maximize": rng.random() < 0.3}
+    if name in ("Adam", "AdamW"):
+        options["amsgrad"] = rng.random() < 0.5
+    elif name == "RMSprop":
+        options.update(centered=rng.random() < 0.5, momentum=rng.choice([0.0, 0.9]))
+    else:
+        options.update(lr_decay=rng.choice([0.0, 0.01]), initial_accumulator_value=rng.choice([0.0, 0.1]))
+    own = {"max_grad_norm": rng.choice([None, None, None, 1.0])}
+    dtype = torch.float32
+    if rng.random() < 0.5:  # a mixed-precision mode: the third optimizer is fusedopt's reference backend
+        dtype = rng.choice([torch.bfloat16, torch.float16])
+        own["master_weights"] = rng.choice([False, True] + (["remainder"] if dtype == torch.bfloat16 else []))
+        own["state_dtype"] = rng.choice([None, torch.float32, torch.bfloat16])
+        if dtype == torch.bfloat16 and not own["master_weights"]:
+            own.update(stochastic_rounding=rng.random() < 0.5, rounding_seed=rng.randrange(100))
+    return name, options, own, dtype
+
+
+class Worlds:
+    """The three optimizers and their parameters, kept in step with each other."""
+
+    def __init__(self, seed: int, backend: str) -> None:
+        self.rng = random.Random(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.name, options, own, self.dtype = _draw_options(self.rng)
+        self.uses_torch = self.dtype == torch.float32
+        self.clip = own["max_grad_norm"]
+        self.description = f"seed {seed}: {self.name} {options} {own}"
+        values = [self.new_value() for _ in range(self.rng.randint(1, 8))]
+        split = self.rng.randint(0, len(values))
+        self.worlds = []
+        for kind in ("planned", "regular", "third"):
+            params = [torch.nn.Parameter(v.clone()) for v in values]
+            groups = [{"params": params[:split]}, {"params": params[split:], "lr": 3e-3}]
+            groups = [g for g in groups if g["params"]]
+            if kind == "third" and self.uses_torch:
+                optimizer = TORCH_CLASSES[self.name](groups, foreach=False, **options)
+            else:
+                chosen = "reference" if kind == "third" else backend
+                optimizer = FUSED_CLASSES[self.name](groups, backend=chosen, **options, **own)
+            self.worlds.append((kind, optimizer, params))
+        self.events: list[str] = []
+        self.scaled_last_step = False
+
+    def new_value(self) -> torch.Tensor:
+        return torch.randn(self.rng.choice(SHAPES), generator=self.generator).to(self.dtype)
+
+    def each(self, change) -> None:
+        for _, optimizer, params in self.worlds:
+            change(optimizer, params)
+
+    def pick_group(self) -> int:
+        return self.rng.randrange(len(self.worlds[0][1].param_groups))
+
+    def pick_param(self) -> int:
+        return self.rng.randrange(len(self.worlds[0][2]))
+
+
+# --- events between steps: each draws what it does, says it, and applies it to all three optimizers --------------
+def set_hyperparameter(w: Worlds) -> None:
+    group = w.pick_group()
+    choices = {"lr": [1e-3, 5e-3, 2e-2], "weight_decay": [0.0, 0.02, 0.1], "eps": [1e-8, 1e-6, 1e-3]}
+    if w.name in ("Adam", "AdamW"):
+        choices["betas"] = [(0.9, 0.999), (0.8, 0.95)]
+    key = w.rng.choice(sorted(choices))
+    value = w.rng.choice(choices[key])
+    w.events.append(f"group {group} {key}={value}")
+    w.each(lambda o, _: o.param_groups[group].__setitem__(key, value))
+
+
+def flip_maximize(w: Worlds) -> None:
+    group = w.pick_group()
+    value = not w.worlds[0][1].param_groups[group]["maximize"]
+    w.events.append(f"group {group} maximize={value}")
+    w.each(lambda o, _: o.param_groups[group].__setitem__("maximize", value))
+
+
+def checkpoint_round_trip(w: Worlds) -> None:
+    w.events.append("load_state_dict(deepcopy(state_dict()))")
+    w.each(lambda o, _: o.load_state_dict(copy.deepcopy(o.state_dict())))
+
+
+def give_new_memory(w: Worlds) -> None:
+    i = w.pick_param()
+    w.events.append(f"p{i}.data = clone")
+    w.each(lambda _, params: setattr(params[i], "data", params[i].data.clone()))
+
+
+def drop_state(w: Worlds) -> None:
+    i = w.pick_param()
+    w.events.append(f"del state[p{i}]")
+    w.each(lambda o, params: o.state.pop(params[i], None))
+
+
+def replace_state_value(w: Worlds) -> None:
+    i, name = w.pick_param(), w.rng.choice(STATE_NAMES)
+    w.events.append(f"state[p{i}][{name}] = clone")
+
+    def replace(o, params):
+        entry = o.state.get(params[i])
+        if entry and name in entry:
+            entry[name] = entry[name].clone()
+
+    w.each(replace)
+
+
+def change_state_in_place(w: Worlds) -> None:
+    i, name = w.pick_param(), w.rng.choice(STATE_NAMES)
+    w.events.append(f"state[p{i}][{name}].mul_(0.5)")
+
+    def change(o, params):
+        entry = o.state.get(params[i])
+        if entry and name in entry:
+            entry[name].mul_(0.5)
+
+    w.each(change)
+
+
+def add_param_group(w: Worlds) -> None:
+    value = w.new_value()
+    w.events.append(f"add_param_group {tuple(value.shape)}")
+
+    def add(o, params):
+        params.append(torch.nn.Parameter(value.clone()))
+        o.add_param_group({"params": [params[-1]], "lr": 4e-3})
+
+    w.each(add)
+
+
+def replace_param_in_its_group(w: Worlds) -> None:
+    group = w.pick_group()
+    index = w.rng.randrange(len(w.worlds[0][1].param_groups[group]["params"]))
+    value = w.new_value()
+    w.events.append(f"group {group} params[{index}] = new {tuple(value.shape)}")
+
+    def replace(o, params):
+        old = o.param_groups[group]["params"][index]
+        new = torch.nn.Parameter(value.clone())
+        o.param_groups[group]["params"][index] = new
+        params[next(i for i, p in enumerate(params) if p is old)] = new
+        o.state.pop(old, None)  # else state_dict() fails on it (KeyError), torch.optim's as well
+
+    w.each(replace)
+
+
+def toggle_requires_grad(w: Worlds) -> None:
+    i = w.pick_param()
+    value = not w.worlds[0][2][i].requires_grad
+    w.events.append(f"p{i}.requires_grad_({value})")
+    w.each(lambda _, params: params[i].requires_grad_(value))
+
+
+EVENTS = [
+    (0.25, set_hyperparameter),
+    (0.06, flip_maximize),
+    (0.08, checkpoint_round_trip),
+    (0.08, give_new_memory),
+    (0.05, drop_state),
+    (0.08, replace_state_value),
+    (0.08, change_state_in_place),
+    (0.05, add_param_group),
+    (0.05, replace_param_in_its_group),
+    (0.04, toggle_requires_grad),
+]
+
+
+def give_grads(w: Worlds) -> bool:
+    """This step's grads (some None, some transposed, some accumulated into the last ones), and GradScaler's scale
+    and found_inf for the fused optimizers, which unscale in the kernels; torch.optim gets the unscaled grads and,
+    where found_inf is set, no step. Returns whether found_inf is set."""
+    scale, found_inf = None, False
+    if w.rng.random() < 0.15:
+        scale, found_inf = w.rng.choice([1024.0, 0.25]), w.rng.random() < 0.25
+    # Accumulating into grads that were scaled for the fused optimizers only would compare different sums.
+    accumulate = scale is None and not w.scaled_last_step and w.rng.random() < 0.2
+    w.scaled_last_step = scale is not None
+    grads = []
+    for p in w.worlds[0][2]:
+        grad = None
+        if p.requires_grad and w.rng.random() >= 0.15:
+            grad = torch.randn(p.shape, generator=w.generator)
+            if grad.dim() == 2 and w.rng.random() < 0.1:
+                grad = grad.t().contiguous().t()
+        grads.append(grad)
+    w.events.append(("accumulate" if accumulate else "assign") + (f", scale {scale} inf {found_inf}" if scale else ""))
+    for kind, optimizer, params in w.worlds:
+        unscaled = kind == "third" and w.uses_torch
+        for p, grad in zip(params, grads):
+            if grad is None:
+                if not accumulate:
+                    p.grad = None
+                continue
+            grad = (grad if scale is None or unscaled else grad * scale).to(w.dtype)
+            if accumulate and p.grad is not None:
+                p.grad.add_(grad)
+            else:
+                p.grad = grad.clone()  # clone keeps a transposed grad's strides
+        if scale is not None and not unscaled:
+            optimizer.grad_scale, optimizer.found_inf = torch.tensor(scale), torch.tensor(float(found_inf))
+    return found_inf
+
+
+def step_all(w: Worlds, found_inf: bool) -> list[str]:
+    outcomes = []
+    for kind, optimizer, params in w.worlds:
+        try:
+            if kind == "regular":
+                optimizer._step_plans.clear()
+            if kind == "third" and w.uses_torch:
+                if found_inf:
+                    outcomes.append("stepped")  # GradScaler skips a torch.optim step with an inf grad
+                    continue
+                with_grad = [p for p in params if p.grad is not None]
+                kept = [p.grad.clone() for p in with_grad]
+                if w.clip:  # torch's clip_grad_norm_ rewrites the grads; fusedopt folds it into the step
+                    torch.nn.utils.clip_grad_norm_(with_grad, w.clip)
+                optimizer.step()
+                for p, grad in zip(with_grad, kept):
+                    p.grad.copy_(grad)
+            else:
+                optimizer.step()
+            outcomes.append("stepped")
+        except Exception as error:  # every optimizer must raise the same error, or none
+            outcomes.append(f"{type(error).__name__}: {error}")
+        optimizer.__dict__.pop("grad_scale", None), optimizer.__dict__.pop("found_inf", None)
+    return outcomes
+
+
+def check_all(w: Worlds) -> None:
+    (_, planned, params), (_, regular, twins), (_, third, others) = w.worlds
+    tolerance = 1e-4 if w.uses_torch else 2e-2
+    for i, (p, twin, other) in enumerate(zip(params, twins, others)):
+        assert torch.equal(p, twin), f"p{i}: planned and regular differ"
+        torch.testing.assert_close(p.float(), other.float(), rtol=tolerance, atol=tolerance, msg=f"p{i}: third")
+        mine, theirs = planned.state.get(p, {}), third.state.get(other, {})
+        assert mine.keys() == regular.state.get(twin, {}).keys(), f"p{i}: state keys"
+        if not theirs and mine.get("step") is not None and float(mine["step"]) == 0:
+            continue  # made by a step GradScaler skipped: torch.optim's fused kernels make it too, its loop none
+        assert set(mine) >= set(theirs), f"p{i}: state keys {set(mine)} {set(theirs)}"
+        for name, value in mine.items():
+            assert torch.equal(value, regular.state[twin][name]), f"p{i}: state {name}, planned and regular"
+            if name in theirs and name != "master_remainder":  # the low bits of a float32 master differ by ulps
+                torch.testing.assert_close(
+                    value.float(), theirs[name].float(), rtol=tolerance, atol=tolerance, msg=f"p{i}: {name}, third"
+                )
+
+
+@pytest.mark.parametrize("backend, seed", [(backend, seed) for backend in PLAN_BACKENDS for seed in SEEDS[backend]])
+def test_random_sequences(backend, seed):
+    w = Worlds(seed, backend)
+    for step in range(STEPS):
+        for probability, event in EVENTS:
+            if w.rng.random() < probability:
+                event(w)
+        outcomes = step_all(w, give_grads(w))
+        context = f"{w.description}, step {step}, last events {w.events[-6:]}"
+        assert len(set(outcomes)) == 1, f"{context}: {outcomes}"
+        if w.rng.random() < 0.3:
+            set_to_none = w.rng.random() < 0.5
+            w.events.append(f"zero_grad(set_to_none={set_to_none})")
+            w.each(lambda o, _: o.zero_grad(set_to_none=set_to_none))
+        try:
+            check_all(w)
+        except AssertionError as error:
+            raise AssertionError(f"{context}: {error}") from None
