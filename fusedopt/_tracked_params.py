@@ -39,19 +39,13 @@ class TrackedParams(list):
     def __reduce__(self):
         return (list, (list(self),))
 
-    # Every list method that changes the list; `+=` and `*=` return the list itself, as list's do.
-    __setitem__ = _counted("__setitem__")
-    __delitem__ = _counted("__delitem__")
-    __iadd__ = _counted("__iadd__")
-    __imul__ = _counted("__imul__")
-    append = _counted("append")
-    extend = _counted("extend")
-    insert = _counted("insert")
-    pop = _counted("pop")
-    remove = _counted("remove")
-    clear = _counted("clear")
-    sort = _counted("sort")
-    reverse = _counted("reverse")
+
+# Every list method that changes the list counts (`+=` and `*=` return the list itself, as list's do).
+for _method_name in (
+    "__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove", "clear",
+    "sort", "reverse",
+):  # fmt: skip
+    setattr(TrackedParams, _method_name, _counted(_method_name))
 
 
 def track_params(group: dict[str, Any]) -> None:

@@ -102,6 +102,8 @@ def set_hyperparameter(w: Worlds) -> None:
         choices["betas"] = [(0.9, 0.999), (0.8, 0.95)]
     key = w.rng.choice(sorted(choices))
     value = w.rng.choice(choices[key])
+    if key == "lr" and w.rng.random() < 0.3:
+        value = torch.tensor(value)  # torch.optim takes a tensor lr too (foreach=False, or fused)
     w.events.append(f"group {group} {key}={value}")
     w.each(lambda o, _: o.param_groups[group].__setitem__(key, value))
 
@@ -130,33 +132,32 @@ def drop_state(w: Worlds) -> None:
     w.each(lambda o, params: o.state.pop(params[i], None))
 
 
-def replace_state_value(w: Worlds) -> None:
+def _act_on_a_state_value(w: Worlds, what: str, act) -> None:
+    """`act(entry, name)` on one state value of one parameter, where the parameter has it."""
     i, name = w.pick_param(), w.rng.choice(STATE_NAMES)
-    w.events.append(f"state[p{i}][{name}] = clone")
+    w.events.append(f"state[p{i}][{name}]{what}")
 
-    def replace(o, params):
+    def apply(o, params):
         entry = o.state.get(params[i])
         if entry and name in entry:
-            entry[name] = entry[name].clone()
+            act(entry, name)
 
-    w.each(replace)
+    w.each(apply)
+
+
+def replace_state_value(w: Worlds) -> None:
+    _act_on_a_state_value(w, " = clone", lambda entry, name: entry.__setitem__(name, entry[name].clone()))
 
 
 def change_state_in_place(w: Worlds) -> None:
-    i, name = w.pick_param(), w.rng.choice(STATE_NAMES)
-    w.events.append(f"state[p{i}][{name}].mul_(0.5)")
-
-    def change(o, params):
-        entry = o.state.get(params[i])
-        if entry and name in entry:
-            entry[name].mul_(0.5)
-
-    w.each(change)
+    _act_on_a_state_value(w, ".mul_(0.5)", lambda entry, name: entry[name].mul_(0.5))
 
 
 def add_param_group(w: Worlds) -> None:
     value = w.new_value()
-    w.events.append(f"add_param_group {tuple(value.shape)}")
+    if w.rng.random() < 0.3:  # another dtype: a second fused call per step
+        value = value.to(torch.float64 if w.uses_torch else torch.float32)
+    w.events.append(f"add_param_group {tuple(value.shape)} {value.dtype}")
 
     def add(o, params):
         params.append(torch.nn.Parameter(value.clone()))
@@ -216,7 +217,7 @@ def give_grads(w: Worlds) -> bool:
     for p in w.worlds[0][2]:
         grad = None
         if p.requires_grad and w.rng.random() >= 0.15:
-            grad = torch.randn(p.shape, generator=w.generator)
+            grad = torch.randn(p.shape, generator=w.generator, dtype=torch.float64)
             if grad.dim() == 2 and w.rng.random() < 0.1:
                 grad = grad.t().contiguous().t()
         grads.append(grad)
@@ -228,7 +229,7 @@ def give_grads(w: Worlds) -> bool:
                 if not accumulate:
                     p.grad = None
                 continue
-            grad = (grad if scale is None or unscaled else grad * scale).to(w.dtype)
+            grad = (grad if scale is None or unscaled else grad * scale).to(p.dtype)
             if accumulate and p.grad is not None:
                 p.grad.add_(grad)
             else:

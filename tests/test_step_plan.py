@@ -743,7 +743,7 @@ def test_tracked_state_sees_every_way_to_replace_an_entry():
     state.clear()
     assert state.version == version + 6 and not state
     state[a] = {"step": torch.tensor(5.0)}
-    for twin in (copy.deepcopy(state), pickle.loads(pickle.dumps(state))):
+    for twin in (copy.deepcopy(state), pickle.loads(pickle.dumps(state)), copy.copy(state), state.copy()):
         assert type(twin) is TrackedState and float(next(iter(twin.values()))["step"]) == 5.0
         assert twin[torch.nn.Parameter(torch.zeros(1))] == {}  # still a defaultdict(dict)
 
