@@ -29,22 +29,33 @@ from torch import Tensor
 
 
 class TrackedEntry(dict):
-    """One parameter's entry in a TrackedState: a dict that reports every value set or removed to its mapping."""
+    """One parameter's entry in a TrackedState: a dict that reports every value set or removed to its mapping.
+
+    Built as a dict is (`TrackedEntry(items)`), as generic code rebuilds a mapping of the same type
+    (lightning_utilities' apply_to_collection, which Lightning moves optimizer state with, and accelerate's
+    recursively_apply), it belongs to no mapping until a TrackedState stores it."""
 
     __slots__ = ("_mapping", "_param")
 
-    def __init__(self, mapping: TrackedState, param: Tensor, items: Any = ()) -> None:
-        super().__init__(items)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._mapping: weakref.ref | None = None
+        self._param: Tensor | None = None
+
+    @classmethod
+    def of(cls, mapping: TrackedState, param: Tensor, entry: Any) -> TrackedEntry:
+        tracked = cls(entry)
         # A weak reference: the mapping holds its entries, and a cycle would keep a dropped optimizer's state
         # (gigabytes of device memory) alive until the cyclic garbage collector ran.
-        self._mapping = weakref.ref(mapping)
-        self._param = param
+        tracked._mapping = weakref.ref(mapping)
+        tracked._param = param
+        return tracked
 
     def __reduce__(self):
         return (dict, (dict(self),))
 
     def _changed(self) -> None:
-        mapping = self._mapping()
+        mapping = None if self._mapping is None else self._mapping()
         if mapping is not None and dict.get(mapping, self._param) is self:  # not an entry replaced since
             mapping.entry_changed(self._param)
 
@@ -89,10 +100,13 @@ class TrackedState(defaultdict):
     values inside them (`version`) and remembers which parameters were given an entry or a value since the
     optimizer last adopted them (`assigned`)."""
 
-    def __init__(self, entries: Any = ()) -> None:
+    def __init__(self, *args: Any) -> None:
+        # TrackedState(entries), or defaultdict's form TrackedState(default_factory, entries), which generic code
+        # uses to rebuild a mapping of the same type; the factory is always dict.
+        entries = args[-1] if args and not callable(args[-1]) else ()
         super().__init__(dict)
         for param, entry in dict(entries).items():
-            dict.__setitem__(self, param, TrackedEntry(self, param, entry))
+            dict.__setitem__(self, param, TrackedEntry.of(self, param, entry))
         self.version = 0
         self.assigned: dict[Tensor, None] = dict.fromkeys(self.keys())
 
@@ -113,7 +127,7 @@ class TrackedState(defaultdict):
         return dict.__getitem__(self, param)
 
     def __setitem__(self, param: Tensor, entry: dict) -> None:
-        super().__setitem__(param, TrackedEntry(self, param, entry))
+        super().__setitem__(param, TrackedEntry.of(self, param, entry))
         self.entry_changed(param)
 
     def __delitem__(self, param: Tensor) -> None:

@@ -9,6 +9,7 @@ import copy
 import gc
 import pickle
 import weakref
+from collections import defaultdict
 
 import pytest
 import torch
@@ -779,6 +780,38 @@ def test_tracked_state_sees_every_way_to_change_a_value():
     given = {"step": torch.tensor(2.0)}
     state[b] = given  # stored as a tracked entry of its own: the caller's dict is not the entry
     assert state[b] == given and state[b] is not given and type(state[b]) is not dict
+
+
+def _rebuilt_by_type(data):
+    """A copy of `data` rebuilt the way generic collection code does it (lightning_utilities' apply_to_collection,
+    with which Lightning moves optimizer state; accelerate's recursively_apply): the same type, from its items."""
+    if isinstance(data, torch.Tensor):
+        return data.clone()
+    if isinstance(data, dict):
+        items = {key: _rebuilt_by_type(value) for key, value in data.items()}
+        return type(data)(data.default_factory, items) if isinstance(data, defaultdict) else type(data)(items)
+    return data
+
+
+def test_tracked_state_and_entries_rebuild_by_type(backend):
+    """Generic code rebuilds the state, or an entry, as `type(x)(items)` (a defaultdict as `type(x)(factory,
+    items)`); an entry so built belongs to no mapping until it is stored, and storing it is noticed."""
+    planned, regular = _twins("AdamW", backend)
+    generator = torch.Generator().manual_seed(19)
+    for _ in range(2):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+    whole = _rebuilt_by_type(planned[0].state)
+    assert type(whole) is type(planned[0].state) and whole.keys() == planned[0].state.keys()
+    detached = _rebuilt_by_type(planned[0].state[planned[1][0]])
+    version = planned[0].state.version
+    detached["exp_avg"] = detached["exp_avg"] * 2  # belongs to no mapping: nothing to notice
+    assert planned[0].state.version == version
+    for optimizer, params in (planned, regular):
+        for p in params:  # Lightning's _optimizer_to_device, entry by entry
+            optimizer.state[p] = _rebuilt_by_type(optimizer.state[p])
+    for _ in range(2):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+        _assert_identical(planned, regular)
 
 
 def test_tracked_state_makes_no_reference_cycle():
