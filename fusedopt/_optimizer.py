@@ -373,6 +373,8 @@ class FusedOptimizer(Optimizer):
         # NOTE [step plan]: the grads are checked in C++; a step no plan can take runs the regular path.
         if self._step_plans.run(self, getattr(self, "found_inf", None)):
             return loss
+        if not isinstance(self.state, TrackedState):  # `optimizer.state = defaultdict(dict)`, a common reset
+            self.state = TrackedState(self.state)  # NOTE [foreign state]: its entries are adopted below
         foreign = self.state.take_assigned()
         if foreign:  # NOTE [foreign state]: entries written by others (ZeroRedundancyOptimizer) become ours
             self._adopt_loaded_state({}, only=foreign)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections import defaultdict
 
 import pytest
 import torch
@@ -31,6 +32,24 @@ STATE_NAMES = ["exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "momentu
 # Seeds per backend: the interpreted Triton backend costs about ten times as much per step.
 SEEDS = {"cpu": range(64), "cuda": range(64), "triton": range(8)}
 PLAN_BACKENDS = [b for b in ("cpu", "triton") if b in AVAILABLE_ON_CPU] + EMULATED_CUDA
+
+
+def _torch_adagrad_makes_missing_state() -> bool:
+    """Whether torch.optim.Adagrad steps a parameter it has no state for. Before torch 2.5 its state was made in
+    __init__ only: a parameter added later, or whose state was dropped, raised KeyError('sum') (fusedopt makes
+    the state there, as for its other optimizers)."""
+    p, q = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.Adagrad([p])
+    optimizer.add_param_group({"params": [q]})
+    p.grad, q.grad = torch.ones(1), torch.ones(1)
+    try:
+        optimizer.step()
+    except KeyError:
+        return False
+    return True
+
+
+TORCH_ADAGRAD_MAKES_MISSING_STATE = _torch_adagrad_makes_missing_state()
 
 
 def _draw_options(rng: random.Random) -> tuple[str, dict, dict, torch.dtype]:
@@ -79,6 +98,10 @@ class Worlds:
             self.worlds.append((kind, optimizer, params))
         self.events: list[str] = []
         self.scaled_last_step = False
+        # The events that leave torch.optim.Adagrad a parameter without state, where it cannot step it.
+        self.skipped_events = set()
+        if self.uses_torch and self.name == "Adagrad" and not TORCH_ADAGRAD_MAKES_MISSING_STATE:
+            self.skipped_events = {"add_param_group", "drop_state", "reset_state", "replace_param_in_its_group"}
 
     def new_value(self) -> torch.Tensor:
         return torch.randn(self.rng.choice(SHAPES), generator=self.generator).to(self.dtype)
@@ -145,6 +168,11 @@ def _act_on_a_state_value(w: Worlds, what: str, act) -> None:
     w.each(apply)
 
 
+def reset_state(w: Worlds) -> None:
+    w.events.append("state = defaultdict(dict)")
+    w.each(lambda o, _: setattr(o, "state", defaultdict(dict)))
+
+
 def replace_state_value(w: Worlds) -> None:
     _act_on_a_state_value(w, " = clone", lambda entry, name: entry.__setitem__(name, entry[name].clone()))
 
@@ -195,6 +223,7 @@ EVENTS = [
     (0.08, checkpoint_round_trip),
     (0.08, give_new_memory),
     (0.05, drop_state),
+    (0.02, reset_state),
     (0.08, replace_state_value),
     (0.08, change_state_in_place),
     (0.05, add_param_group),
@@ -265,23 +294,31 @@ def step_all(w: Worlds, found_inf: bool) -> list[str]:
     return outcomes
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit, NaNs included (torch.equal calls a NaN unequal to itself; centered RMSprop on float16 state
+    takes the square root of a variance that rounding made negative, as torch.optim does)."""
+    as_integers = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.view(as_integers[a.element_size()]), b.view(as_integers[b.element_size()]))
+
+
 def check_all(w: Worlds) -> None:
     (_, planned, params), (_, regular, twins), (_, third, others) = w.worlds
     tolerance = 1e-4 if w.uses_torch else 2e-2
     for i, (p, twin, other) in enumerate(zip(params, twins, others)):
-        assert torch.equal(p, twin), f"p{i}: planned and regular differ"
-        torch.testing.assert_close(p.float(), other.float(), rtol=tolerance, atol=tolerance, msg=f"p{i}: third")
+        assert _same_bits(p.detach(), twin.detach()), f"p{i}: planned and regular differ"
+        close = dict(rtol=tolerance, atol=tolerance, equal_nan=True)
+        torch.testing.assert_close(p.float(), other.float(), **close, msg=f"p{i}: third")
         mine, theirs = planned.state.get(p, {}), third.state.get(other, {})
         assert mine.keys() == regular.state.get(twin, {}).keys(), f"p{i}: state keys"
         if not theirs and mine.get("step") is not None and float(mine["step"]) == 0:
             continue  # made by a step GradScaler skipped: torch.optim's fused kernels make it too, its loop none
         assert set(mine) >= set(theirs), f"p{i}: state keys {set(mine)} {set(theirs)}"
         for name, value in mine.items():
-            assert torch.equal(value, regular.state[twin][name]), f"p{i}: state {name}, planned and regular"
+            assert _same_bits(value, regular.state[twin][name]), f"p{i}: state {name}, planned and regular"
             if name in theirs and name != "master_remainder":  # the low bits of a float32 master differ by ulps
-                torch.testing.assert_close(
-                    value.float(), theirs[name].float(), rtol=tolerance, atol=tolerance, msg=f"p{i}: {name}, third"
-                )
+                torch.testing.assert_close(value.float(), theirs[name].float(), **close, msg=f"p{i}: {name}, third")
 
 
 @pytest.mark.parametrize("backend, seed", [(backend, seed) for backend in PLAN_BACKENDS for seed in SEEDS[backend]])
@@ -289,7 +326,7 @@ def test_random_sequences(backend, seed):
     w = Worlds(seed, backend)
     for step in range(STEPS):
         for probability, event in EVENTS:
-            if w.rng.random() < probability:
+            if w.rng.random() < probability and event.__name__ not in w.skipped_events:
                 event(w)
         outcomes = step_all(w, give_grads(w))
         context = f"{w.description}, step {step}, last events {w.events[-6:]}"

@@ -634,6 +634,24 @@ def test_state_values_assigned_from_outside_are_adopted(backend, change):
     assert all(planned[0].state[p]["exp_avg"].dtype == torch.float32 for p in planned[1])
 
 
+@pytest.mark.parametrize("mapping", ["reset", "copied"])
+def test_a_state_mapping_assigned_by_hand_is_adopted(backend, mapping):
+    """`optimizer.state = defaultdict(dict)` resets an optimizer (a common idiom), and a plain mapping of entries
+    may be put back the same way: the next step makes it a tracked mapping and adopts its entries."""
+    planned, regular = _twins("Adam", backend)
+    generator = torch.Generator().manual_seed(23)
+    for _ in range(2):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+    for optimizer, _ in (planned, regular):
+        entries = {p: {k: v.clone() for k, v in e.items()} for p, e in optimizer.state.items()}
+        optimizer.state = defaultdict(dict, {} if mapping == "reset" else entries)
+    for _ in range(2):
+        _step_both(planned, regular, _grads(generator, planned[1]))
+        _assert_identical(planned, regular)
+    assert all(float(planned[0].state[p]["step"]) == (2.0 if mapping == "reset" else 4.0) for p in planned[1])
+    assert planned[0]._step_plans.newest() is not None
+
+
 def test_a_replaced_entrys_old_dict_no_longer_counts(backend):
     """A dict dropped from the state (its parameter given a new entry, or removed) may still be held and written
     by its caller; that must neither make the plan stale nor have its parameter adopted."""
