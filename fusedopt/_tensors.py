@@ -16,12 +16,12 @@ import torch
 from torch import Tensor
 
 try:  # torch >= 2.5 moved DTensor to a public module
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor, Replicate
 except ImportError:  # pragma: no cover -- torch 2.4, or builds without torch.distributed
     try:
-        from torch.distributed._tensor import DTensor
+        from torch.distributed._tensor import DTensor, Replicate
     except ImportError:
-        DTensor = None
+        DTensor = Replicate = None
 
 _ALIGN_BYTES = 64
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
@@ -52,6 +52,25 @@ def _like_param(param: Tensor, local_view: Tensor) -> Tensor:
     )
 
 
+# NOTE [dtensor state offsets]: on torch 2.11, 2.13 and 2.14 (checked; 2.4.1 does not), a DTensor made from a local
+# tensor that starts inside its storage (storage_offset > 0, as every state view but a bucket's first does) takes
+# that offset into its own wrapper, which has no storage: torch.save, pickle and copy.deepcopy of it then fail
+# ("invalid python storage"), so `torch.save(optimizer.state_dict())` would fail under FSDP2 where torch.optim's
+# works. On such a torch each DTensor parameter's state gets a buffer of its own (offset 0); the kernels address
+# each state tensor by its own pointer either way. Probed once, on the first DTensor parameter's device.
+_DTENSOR_KEEPS_LOCAL_OFFSET: bool | None = None
+
+
+def _dtensor_keeps_local_offset(param: Tensor) -> bool:
+    global _DTENSOR_KEEPS_LOCAL_OFFSET
+    if _DTENSOR_KEEPS_LOCAL_OFFSET is None:
+        inner = torch.zeros(2, device=local_tensor(param).device)[1:]
+        replicated = [Replicate()] * param.device_mesh.ndim
+        probe = DTensor.from_local(inner, param.device_mesh, replicated, run_check=False)
+        _DTENSOR_KEEPS_LOCAL_OFFSET = probe.storage_offset() != 0
+    return _DTENSOR_KEEPS_LOCAL_OFFSET
+
+
 def _real_numel(tensor: Tensor) -> int:
     return tensor.numel() * (2 if tensor.is_complex() else 1)
 
@@ -62,7 +81,8 @@ def state_views(
     initial: Callable[[Tensor], Tensor | None] | None = None,
     dtype: torch.dtype | None = None,
 ) -> list[Tensor]:
-    """One state tensor per parameter, all views into one new flat buffer (NOTE [flat state]).
+    """One state tensor per parameter, all views into one new flat buffer (NOTE [flat state]; for DTensor
+    parameters on some torch releases, one buffer each: NOTE [dtensor state offsets]).
 
     The params must share a device and dtype; the state has the params' dtype unless `dtype` says otherwise
     (state_dtype=). Each view is filled with `fill`, or, where `initial(param)` returns a tensor, with a copy of
@@ -74,14 +94,18 @@ def state_views(
     param_dtype = locals_[0].dtype
     real_dtype = param_dtype.to_real() if param_dtype.is_complex else (dtype or param_dtype)
     align = max(1, _ALIGN_BYTES // torch.empty((), dtype=real_dtype).element_size())
-    offsets, total = [], 0
-    for local in locals_:
-        offsets.append(total)
-        total += -(-_real_numel(local) // align) * align
-    flat = torch.full((total,), fill, dtype=real_dtype, device=locals_[0].device)
+    device = locals_[0].device
+    if is_dtensor(params[0]) and _dtensor_keeps_local_offset(params[0]):  # NOTE [dtensor state offsets]
+        pieces = [torch.full((_real_numel(local),), fill, dtype=real_dtype, device=device) for local in locals_]
+    else:
+        offsets, total = [], 0
+        for local in locals_:
+            offsets.append(total)
+            total += -(-_real_numel(local) // align) * align
+        flat = torch.full((total,), fill, dtype=real_dtype, device=device)
+        pieces = [flat[offset : offset + _real_numel(local)] for local, offset in zip(locals_, offsets)]
     views = []
-    for param, local, offset in zip(params, locals_, offsets):
-        piece = flat[offset : offset + _real_numel(local)]
+    for param, local, piece in zip(params, locals_, pieces):
         view = torch.view_as_complex(piece.view(*local.shape, 2)) if local.is_complex() else piece.view(local.shape)
         source = initial(param) if initial is not None else None
         if source is not None:

@@ -3,6 +3,9 @@ complex parameters, and the functional API on views of larger buffers."""
 
 from __future__ import annotations
 
+import copy
+import io
+
 import pytest
 import torch
 from conftest import CPU_TENSOR_BACKENDS
@@ -194,6 +197,33 @@ def test_dtensor_parameters(process_group, generator):
         assert isinstance(fused.state[p]["exp_avg"], DTensor)
         assert fused.state[p]["exp_avg"].placements == p.placements
         assert_close_detailed(fused.state[p]["exp_avg"].full_tensor(), reference.state[q]["exp_avg"].full_tensor(), "m")
+
+
+def test_dtensor_state_saves_and_deep_copies(process_group, generator):
+    """NOTE [dtensor state offsets]: the state of every DTensor parameter, not only a bucket's first, survives
+    torch.save and copy.deepcopy (per-rank checkpoints of FSDP2 models), and loads back as it was."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (1,))
+    plain = make_params(torch.float32, generator, shapes=[(6, 4), (10,), (3, 5)])[:3]
+    shard = lambda ps: [torch.nn.Parameter(distribute_tensor(p.detach().clone(), mesh, [Shard(0)])) for p in ps]  # noqa: E731
+    params, twins = shard(plain), shard(plain)
+    optimizer = fusedopt.AdamW(params, lr=1e-2)
+    for p in params:
+        p.grad = distribute_tensor(torch.randn(p.shape, generator=generator), mesh, [Shard(0)])
+    optimizer.step()
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    for copied in (torch.load(buffer, weights_only=False), copy.deepcopy(optimizer.state_dict())):
+        twin = fusedopt.AdamW(twins, lr=1e-2)
+        twin.load_state_dict(copied)
+        for p, q in zip(params, twins):
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert isinstance(twin.state[q][key], DTensor)
+                assert torch.equal(twin.state[q][key].full_tensor(), optimizer.state[p][key].full_tensor()), key
+    whole = copy.deepcopy(optimizer)
+    assert [float(entry["step"]) for entry in whole.state.values()] == [1.0] * len(params)
 
 
 def test_step_inside_torch_compile(generator):

@@ -22,7 +22,7 @@ from collections import defaultdict
 import pytest
 import torch
 from conftest import AVAILABLE_ON_CPU, EMULATED_CUDA
-from helpers import FUSED_CLASSES, TORCH_CLASSES
+from helpers import FUSED_CLASSES, TORCH_CLASSES, DTensor, Shard
 
 pytestmark = pytest.mark.usefixtures("cuda_on_cpu")
 
@@ -76,18 +76,24 @@ def _draw_options(rng: random.Random) -> tuple[str, dict, dict, torch.dtype]:
 class Worlds:
     """The three optimizers and their parameters, kept in step with each other."""
 
-    def __init__(self, seed: int, backend: str) -> None:
+    def __init__(self, seed: int, backend: str, sharded: bool = False) -> None:
+        # FSDP2's parameters: DTensors sharded on a one-rank mesh (the plan gathers their local shards in Python).
+        self.mesh = None
+        if sharded:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            self.mesh = init_device_mesh("cpu", (1,))
         self.rng = random.Random(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.name, options, own, self.dtype = _draw_options(self.rng)
         self.uses_torch = self.dtype == torch.float32
         self.clip = own["max_grad_norm"]
-        self.description = f"seed {seed}: {self.name} {options} {own}"
+        self.description = f"seed {seed}{' sharded' if sharded else ''}: {self.name} {options} {own}"
         values = [self.new_value() for _ in range(self.rng.randint(1, 8))]
         split = self.rng.randint(0, len(values))
         self.worlds = []
         for kind in ("planned", "regular", "third"):
-            params = [torch.nn.Parameter(v.clone()) for v in values]
+            params = [self.new_param(v) for v in values]
             groups = [{"params": params[:split]}, {"params": params[split:], "lr": 3e-3}]
             groups = [g for g in groups if g["params"]]
             if kind == "third" and self.uses_torch:
@@ -105,6 +111,14 @@ class Worlds:
 
     def new_value(self) -> torch.Tensor:
         return torch.randn(self.rng.choice(SHAPES), generator=self.generator).to(self.dtype)
+
+    def as_sharded(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` as a DTensor on the mesh when the parameters are sharded (the whole of it is the one rank's
+        shard), else as it is."""
+        return tensor if self.mesh is None else DTensor.from_local(tensor, self.mesh, [Shard(0)], run_check=False)
+
+    def new_param(self, value: torch.Tensor) -> torch.nn.Parameter:
+        return torch.nn.Parameter(self.as_sharded(value.clone()))
 
     def each(self, change) -> None:
         for _, optimizer, params in self.worlds:
@@ -188,7 +202,7 @@ def add_param_group(w: Worlds) -> None:
     w.events.append(f"add_param_group {tuple(value.shape)} {value.dtype}")
 
     def add(o, params):
-        params.append(torch.nn.Parameter(value.clone()))
+        params.append(w.new_param(value))
         o.add_param_group({"params": [params[-1]], "lr": 4e-3})
 
     w.each(add)
@@ -202,7 +216,7 @@ def replace_param_in_its_group(w: Worlds) -> None:
 
     def replace(o, params):
         old = o.param_groups[group]["params"][index]
-        new = torch.nn.Parameter(value.clone())
+        new = w.new_param(value)
         o.param_groups[group]["params"][index] = new
         params[next(i for i, p in enumerate(params) if p is old)] = new
         o.state.pop(old, None)  # else state_dict() fails on it (KeyError), torch.optim's as well
@@ -258,7 +272,7 @@ def give_grads(w: Worlds) -> bool:
                 if not accumulate:
                     p.grad = None
                 continue
-            grad = (grad if scale is None or unscaled else grad * scale).to(p.dtype)
+            grad = w.as_sharded((grad if scale is None or unscaled else grad * scale).to(p.dtype))
             if accumulate and p.grad is not None:
                 p.grad.add_(grad)
             else:
@@ -294,10 +308,15 @@ def step_all(w: Worlds, found_inf: bool) -> list[str]:
     return outcomes
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bit for bit, NaNs included (torch.equal calls a NaN unequal to itself; centered RMSprop on float16 state
     takes the square root of a variance that rounding made negative, as torch.optim does)."""
     as_integers = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    a, b = _local(a), _local(b)
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     return torch.equal(a.view(as_integers[a.element_size()]), b.view(as_integers[b.element_size()]))
@@ -309,7 +328,7 @@ def check_all(w: Worlds) -> None:
     for i, (p, twin, other) in enumerate(zip(params, twins, others)):
         assert _same_bits(p.detach(), twin.detach()), f"p{i}: planned and regular differ"
         close = dict(rtol=tolerance, atol=tolerance, equal_nan=True)
-        torch.testing.assert_close(p.float(), other.float(), **close, msg=f"p{i}: third")
+        torch.testing.assert_close(_local(p).float(), _local(other).float(), **close, msg=f"p{i}: third")
         mine, theirs = planned.state.get(p, {}), third.state.get(other, {})
         assert mine.keys() == regular.state.get(twin, {}).keys(), f"p{i}: state keys"
         if not theirs and mine.get("step") is not None and float(mine["step"]) == 0:
@@ -318,12 +337,11 @@ def check_all(w: Worlds) -> None:
         for name, value in mine.items():
             assert _same_bits(value, regular.state[twin][name]), f"p{i}: state {name}, planned and regular"
             if name in theirs and name != "master_remainder":  # the low bits of a float32 master differ by ulps
-                torch.testing.assert_close(value.float(), theirs[name].float(), **close, msg=f"p{i}: {name}, third")
+                mine_, theirs_ = _local(value).float(), _local(theirs[name]).float()
+                torch.testing.assert_close(mine_, theirs_, **close, msg=f"p{i}: {name}, third")
 
 
-@pytest.mark.parametrize("backend, seed", [(backend, seed) for backend in PLAN_BACKENDS for seed in SEEDS[backend]])
-def test_random_sequences(backend, seed):
-    w = Worlds(seed, backend)
+def _run(w: Worlds) -> None:
     for step in range(STEPS):
         for probability, event in EVENTS:
             if w.rng.random() < probability and event.__name__ not in w.skipped_events:
@@ -339,3 +357,19 @@ def test_random_sequences(backend, seed):
             check_all(w)
         except AssertionError as error:
             raise AssertionError(f"{context}: {error}") from None
+
+
+@pytest.mark.parametrize("backend, seed", [(backend, seed) for backend in PLAN_BACKENDS for seed in SEEDS[backend]])
+def test_random_sequences(backend, seed):
+    _run(Worlds(seed, backend))
+
+
+# DTensor operations cost about ten times as much host time as plain ones.
+SHARDED_SEEDS = {"cpu": range(8), "cuda": range(8), "triton": range(2)}
+
+
+@pytest.mark.parametrize(
+    "backend, seed", [(backend, seed) for backend in PLAN_BACKENDS for seed in SHARDED_SEEDS[backend]]
+)
+def test_random_sequences_of_sharded_params(backend, seed, process_group):
+    _run(Worlds(seed, backend, sharded=True))
