@@ -89,6 +89,8 @@ class Adagrad(FusedOptimizer):
 
     def share_memory(self) -> None:
         """Moves every state sum into shared memory (torch.optim.Adagrad.share_memory)."""
+        # The sums move to new memory, whose addresses the step plans do not have (NOTE [step plan]).
+        self._step_plans.clear()
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p]["sum"].share_memory_()

@@ -652,6 +652,22 @@ def test_a_state_mapping_assigned_by_hand_is_adopted(backend, mapping):
     assert planned[0]._step_plans.newest() is not None
 
 
+def test_adagrad_share_memory_after_planned_steps(backend):
+    """Adagrad.share_memory() moves the state sums to new (shared) memory under the same tensors: the plans, which
+    hold the old addresses, must go (a planned step over freed memory hung, found 2026-12-03)."""
+    planned, regular = _twins("Adagrad", backend)
+    generator = torch.Generator().manual_seed(29)
+    for step in range(4):
+        if step == 2:
+            address = planned[0].state[planned[1][0]]["sum"].data_ptr()
+            for optimizer, _ in (planned, regular):
+                optimizer.share_memory()
+            assert planned[0].state[planned[1][0]]["sum"].data_ptr() != address
+        _step_both(planned, regular, _grads(generator, planned[1]))
+        _assert_identical(planned, regular)
+    assert planned[0].state[planned[1][0]]["sum"].is_shared()
+
+
 def test_a_replaced_entrys_old_dict_no_longer_counts(backend):
     """A dict dropped from the state (its parameter given a new entry, or removed) may still be held and written
     by its caller; that must neither make the plan stale nor have its parameter adopted."""
