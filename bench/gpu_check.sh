@@ -47,7 +47,8 @@ stage info 30 $PY -m fusedopt info
 stage build 240 $PY -c "from fusedopt import _extensions as e; e.cuda_extension(); e.cpu_extension(); print('built')"
 # The CUDA backend's tests first (no JIT), the benchmark next, the Triton tests (which compile every kernel
 # variant they use) after it: a call that runs out of time still has the numbers.
-GPU_TESTS="tests/test_cuda.py tests/test_gpu_backends.py tests/test_triton.py tests/test_non_finite.py"
+GPU_TESTS="tests/test_cuda.py tests/test_gpu_backends.py tests/test_triton.py tests/test_non_finite.py \
+  tests/test_random_sequences.py"
 stage gpu_tests_cuda 120 $PY -m pytest -q -m gpu -p no:cacheprovider $GPU_TESTS -k "not triton" \
   --junitxml="$OUT/gpu_tests_cuda.xml"
 stage bench 200 $PY -m fusedopt.bench --device cuda --optimizer adamw --dtype float32,bfloat16 --variants default \

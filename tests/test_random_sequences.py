@@ -32,6 +32,10 @@ STATE_NAMES = ["exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "momentu
 # Seeds per backend: the interpreted Triton backend costs about ten times as much per step.
 SEEDS = {"cpu": range(64), "cuda": range(64), "triton": range(8)}
 PLAN_BACKENDS = [b for b in ("cpu", "triton") if b in AVAILABLE_ON_CPU] + EMULATED_CUDA
+# On a GPU (bench/gpu_check.sh, marker `gpu`): the compiled CUDA and Triton backends on CUDA tensors, fewer seeds (each
+# Triton kernel variant compiles once, and the device check has minutes).
+ON_GPU = torch.cuda.is_available()
+GPU_SEEDS = {"cuda": range(16), "triton": range(4)}
 
 
 def _torch_adagrad_makes_missing_state() -> bool:
@@ -76,7 +80,8 @@ def _draw_options(rng: random.Random) -> tuple[str, dict, dict, torch.dtype]:
 class Worlds:
     """The three optimizers and their parameters, kept in step with each other."""
 
-    def __init__(self, seed: int, backend: str, sharded: bool = False) -> None:
+    def __init__(self, seed: int, backend: str, sharded: bool = False, device: str = "cpu") -> None:
+        self.device = torch.device(device)
         # FSDP2's parameters: DTensors sharded on a one-rank mesh (the plan gathers their local shards in Python).
         self.mesh = None
         if sharded:
@@ -110,7 +115,7 @@ class Worlds:
             self.skipped_events = {"add_param_group", "drop_state", "reset_state", "replace_param_in_its_group"}
 
     def new_value(self) -> torch.Tensor:
-        return torch.randn(self.rng.choice(SHAPES), generator=self.generator).to(self.dtype)
+        return torch.randn(self.rng.choice(SHAPES), generator=self.generator).to(self.device, self.dtype)
 
     def as_sharded(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` as a DTensor on the mesh when the parameters are sharded (the whole of it is the one rank's
@@ -260,7 +265,7 @@ def give_grads(w: Worlds) -> bool:
     for p in w.worlds[0][2]:
         grad = None
         if p.requires_grad and w.rng.random() >= 0.15:
-            grad = torch.randn(p.shape, generator=w.generator, dtype=torch.float64)
+            grad = torch.randn(p.shape, generator=w.generator, dtype=torch.float64).to(w.device)
             if grad.dim() == 2 and w.rng.random() < 0.1:
                 grad = grad.t().contiguous().t()
         grads.append(grad)
@@ -278,7 +283,9 @@ def give_grads(w: Worlds) -> bool:
             else:
                 p.grad = grad.clone()  # clone keeps a transposed grad's strides
         if scale is not None and not unscaled:
-            optimizer.grad_scale, optimizer.found_inf = torch.tensor(scale), torch.tensor(float(found_inf))
+            on_device = dict(device=w.device)
+            optimizer.grad_scale = torch.tensor(scale, **on_device)
+            optimizer.found_inf = torch.tensor(float(found_inf), **on_device)
     return found_inf
 
 
@@ -362,6 +369,14 @@ def _run(w: Worlds) -> None:
 @pytest.mark.parametrize("backend, seed", [(backend, seed) for backend in PLAN_BACKENDS for seed in SEEDS[backend]])
 def test_random_sequences(backend, seed):
     _run(Worlds(seed, backend))
+
+
+if ON_GPU:  # collected on a GPU only, as tests/test_cuda.py is (conftest.py), rather than reported as skips
+
+    @pytest.mark.gpu
+    @pytest.mark.parametrize("backend, seed", [(b, seed) for b in GPU_SEEDS for seed in GPU_SEEDS[b]])
+    def test_random_sequences_on_the_gpu(backend, seed):
+        _run(Worlds(seed, backend, device="cuda"))
 
 
 # DTensor operations cost about ten times as much host time as plain ones.
