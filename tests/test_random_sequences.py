@@ -6,11 +6,13 @@
   not have, fusedopt's reference backend.
 
 The events (lr, weight decay, betas, eps and maximize changes; checkpoint round trips; parameters given new memory;
-state entries dropped, replaced value by value or changed in place; parameters added in a new group or replaced
-inside their group's list; parameters without grads, accumulated grads, zero_grad both ways; GradScaler's fused
-path with and without inf; clipping) are drawn from a seeded generator, so a failure names the seed and the last
+state entries dropped, replaced value by value or changed in place, the state mapping reset; parameters added in
+a new group (sometimes of a second dtype) or replaced inside their group's list; requires_grad toggles;
+parameters without grads, accumulated grads, zero_grad both ways; GradScaler's fused path with and without inf;
+clipping) are drawn from a seeded generator, so a failure names the seed and the last
 events before it. The planned optimizer must equal its twin bit for bit after every step, and the third within
-tolerance; the targeted tests of each event live in tests/test_step_plan.py and tests/test_state_dict.py.
+tolerance; the targeted tests of each event live in tests/test_step_plan.py and tests/test_state_dict.py. The
+sequences run on plain and on DTensor parameters (FSDP2's, on a one-rank mesh), and on a GPU on CUDA tensors.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ GPU_SEEDS = {"cuda": range(16), "triton": range(4)}
 
 
 def _torch_adagrad_makes_missing_state() -> bool:
-    """Whether torch.optim.Adagrad steps a parameter it has no state for. Before torch 2.5 its state was made in
-    __init__ only: a parameter added later, or whose state was dropped, raised KeyError('sum') (fusedopt makes
-    the state there, as for its other optimizers)."""
+    """Whether torch.optim.Adagrad steps a parameter it has no state for. torch 2.4's made its state in __init__
+    only: a parameter added later, or whose state was dropped, raised KeyError('sum'); torch 2.13's makes it, as
+    fusedopt does."""
     p, q = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
     optimizer = torch.optim.Adagrad([p])
     optimizer.add_param_group({"params": [q]})
